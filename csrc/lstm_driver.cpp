@@ -1,0 +1,239 @@
+#include "lstm_driver.h"
+
+#include <c10/util/Exception.h>
+
+namespace tbptt {
+namespace {
+
+// Accumulation type (also the cell state's): float for every storage type but double.
+at::ScalarType acc_type_of(at::ScalarType storage) {
+  return storage == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Address of ring slot `slot` of `layer` in a ring tensor shaped [layers, S, ...] (or [S, ...]
+// when layer < 0). Ring tensors are dense, so this is plain arithmetic.
+void* slot_ptr(const at::Tensor& ring, int64_t layer, int64_t slot) {
+  const int64_t per_slot = ring.stride(layer < 0 ? 0 : 1);
+  const int64_t slots = ring.size(layer < 0 ? 0 : 1);
+  const int64_t index = (layer < 0 ? 0 : layer * slots) + slot;
+  return static_cast<char*>(ring.data_ptr()) + index * per_slot * ring.element_size();
+}
+
+// Row `index` of a dense [N, ...] tensor.
+void* row_ptr(const at::Tensor& t, int64_t index) {
+  return static_cast<char*>(t.data_ptr()) + index * t.stride(0) * t.element_size();
+}
+
+// `length` consecutive steps of a ring [S, ...] starting at `first_slot`, as one tensor
+// [length, ...]: a view where the run does not wrap, a copy of two pieces where it does.
+at::Tensor window_of(const at::Tensor& ring, int64_t first_slot, int64_t length) {
+  SlotRange runs[2];
+  const int count = split_at_wrap(first_slot, length, ring.size(0), runs);
+  if (count == 1) return ring.narrow(0, runs[0].first_slot, runs[0].length);
+  return at::cat({ring.narrow(0, runs[0].first_slot, runs[0].length),
+                  ring.narrow(0, runs[1].first_slot, runs[1].length)});
+}
+
+// Copies src [length, ...] into the ring [S, ...] from `first_slot` on, wrapping.
+void write_window(const at::Tensor& ring, int64_t first_slot, const at::Tensor& src) {
+  SlotRange runs[2];
+  const int count = split_at_wrap(first_slot, src.size(0), ring.size(0), runs);
+  int64_t done = 0;
+  for (int r = 0; r < count; ++r) {
+    ring.narrow(0, runs[r].first_slot, runs[r].length).copy_(src.narrow(0, done, runs[r].length));
+    done += runs[r].length;
+  }
+}
+
+int64_t weights_per_layer(bool has_bias) { return has_bias ? 4 : 2; }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
+    const PointwiseBackend& backend, const at::Tensor& x_in, const at::Tensor& h0,
+    const at::Tensor& c0, const c10::optional<at::Tensor>& reset_in, at::TensorList weights,
+    bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
+    int64_t first_slot, bool record) {
+  const int64_t per_layer = weights_per_layer(has_bias);
+  TORCH_CHECK(x_in.dim() == 3, "tbptt: x must be [L, B, I], got ", x_in.sizes());
+  TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
+              "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
+  const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
+  const at::Tensor x = x_in.contiguous();
+  const int64_t L = x.size(0), B = x.size(1);
+  const int64_t H = weights[1].size(1), G = 4 * H;
+  const at::ScalarType storage = x.scalar_type();
+  const at::ScalarType acc = acc_type_of(storage);
+  TORCH_CHECK(h0.sizes() == at::IntArrayRef({layers, B, H}) && c0.sizes() == h0.sizes(),
+              "tbptt: h0/c0 must be [layers, B, H] = [", layers, ", ", B, ", ", H, "]");
+  TORCH_CHECK(L >= 1, "tbptt: a chunk needs at least one step");
+
+  at::Tensor reset;  // [L, B] u8, or undefined
+  if (reset_in.has_value() && reset_in->defined()) {
+    reset = reset_in->to(at::kByte).contiguous();
+    TORCH_CHECK(reset.sizes() == at::IntArrayRef({L, B}), "tbptt: reset must be [L, B]");
+  }
+  const bool dropout = dropout_masks.has_value() && dropout_masks->defined();
+  if (record) {
+    const int64_t slots = ring.gates.size(1);
+    TORCH_CHECK(L <= slots, "tbptt: chunk longer than the ring");
+    write_window(ring.input, first_slot, x);
+    if (reset.defined()) {
+      write_window(ring.reset, first_slot, reset);
+    } else {
+      write_window(ring.reset, first_slot, at::zeros({L, B}, ring.reset.options()));
+    }
+  }
+
+  std::vector<at::Tensor> h_n(layers), c_n(layers);
+  at::Tensor layer_in = x;  // [L, B, I_l]
+  at::Tensor out;           // [L, B, H]
+  at::Tensor gates_h = at::empty({B, G}, x.options());  // h_{t-1} @ W_hh^T
+  for (int64_t l = 0; l < layers; ++l) {
+    const at::Tensor& w_ih = weights[l * per_layer];
+    const at::Tensor w_hh_t = weights[l * per_layer + 1].t();  // [H, G]
+    if (l > 0 && dropout) {
+      const at::Tensor mask = (*dropout_masks)[l - 1];  // [L, B, H]
+      if (record) write_window(ring.mask[l - 1], first_slot, mask);
+      layer_in = layer_in * mask;
+    }
+    const int64_t in_size = layer_in.size(2);
+    // Input projection of the whole chunk, both biases folded in: one GEMM. [L*B, G]
+    const at::Tensor in_2d = layer_in.reshape({L * B, in_size});
+    const at::Tensor gates_x =
+        has_bias ? at::addmm(weights[l * per_layer + 2] + weights[l * per_layer + 3], in_2d,
+                             w_ih.t())
+                 : at::mm(in_2d, w_ih.t());
+
+    at::Tensor hidden = h0[l].contiguous().clone();  // [B, H] T: the next GEMM's input
+    at::Tensor cell = c0[l].to(acc).contiguous().clone();  // [B, H] acc
+    if (reset.defined()) {
+      const at::Tensor first_reset = reset[0].to(at::kBool).unsqueeze(1);
+      hidden.masked_fill_(first_reset, 0);
+      cell.masked_fill_(first_reset, 0);
+    }
+    out = at::empty({L, B, H}, x.options());
+    for (int64_t s = 0; s < L; ++s) {
+      at::mm_out(gates_h, hidden, w_hh_t);
+      ForwardStepParams p;
+      p.batch = B;
+      p.hidden = H;
+      p.gates_x = row_ptr(gates_x, s * B);
+      p.gates_h = gates_h.data_ptr();
+      p.cell = cell.data_ptr();
+      p.hidden_next = hidden.data_ptr();
+      p.out = row_ptr(out, s);
+      const int64_t slot = ring_slot(first_slot + s, record ? ring.gates.size(1) : 1);
+      p.ring_gates = record ? slot_ptr(ring.gates, l, slot) : nullptr;
+      p.ring_cell = record ? slot_ptr(ring.cell, l, slot) : nullptr;
+      p.ring_hidden = record ? slot_ptr(ring.hidden, l, slot) : nullptr;
+      p.reset_next = (reset.defined() && s + 1 < L)
+                         ? static_cast<const uint8_t*>(row_ptr(reset, s + 1))
+                         : nullptr;
+      backend.forward_step(p, storage);
+    }
+    h_n[l] = hidden;
+    c_n[l] = cell;
+    layer_in = out;
+  }
+  return {out, at::stack(h_n), at::stack(c_n)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward(
+    const PointwiseBackend& backend, const at::Tensor& grad_out_in,
+    const at::Tensor& grad_h_n_in, const at::Tensor& grad_c_n_in, at::TensorList weights,
+    bool has_bias, const RingTensors& ring, const at::Tensor& h_before_in,
+    const at::Tensor& c_before_in, int64_t window_len, int64_t last_slot) {
+  const int64_t per_layer = weights_per_layer(has_bias);
+  TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
+              "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
+  const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
+  const at::Tensor grad_out = grad_out_in.contiguous();
+  const int64_t L = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2), G = 4 * H;
+  const int64_t slots = ring.gates.size(1);
+  const int64_t W = window_len;
+  TORCH_CHECK(L >= 1 && L <= W && W < slots,
+              "tbptt: window must hold the chunk and fit the ring (L=", L, ", window=", W,
+              ", slots=", slots, ")");
+  const at::ScalarType storage = grad_out.scalar_type();
+  const at::ScalarType acc = acc_type_of(storage);
+  const at::Tensor grad_h_n = grad_h_n_in.contiguous();
+  const at::Tensor grad_c_n = grad_c_n_in.to(acc).contiguous();
+  const at::Tensor h_before = h_before_in.contiguous();
+  const at::Tensor c_before = c_before_in.to(acc).contiguous();
+  const int64_t first_slot = ring_slot(last_slot - W + 1, slots);
+  const bool dropout = ring.mask.defined() && ring.mask.numel() > 0;
+
+  std::vector<at::Tensor> grad_weights(weights.size());
+  std::vector<at::Tensor> grad_h_before(layers), grad_c_before(layers);
+  at::Tensor grad_from_above;  // [W, B, H] dL/dh of this layer's outputs, from the layer above
+  at::Tensor grad_x;
+  const uint8_t* reset_base = static_cast<const uint8_t*>(ring.reset.data_ptr());
+  auto reset_of_slot = [&](int64_t slot) { return reset_base + slot * B; };
+
+  for (int64_t l = layers - 1; l >= 0; --l) {
+    const at::Tensor& w_ih = weights[l * per_layer];      // [G, I_l]
+    const at::Tensor& w_hh = weights[l * per_layer + 1];  // [G, H]
+    const bool top = l == layers - 1;
+    const at::Tensor grad_gates = at::empty({W, B, G}, grad_out.options());
+    const at::Tensor hidden_prev_seen = at::empty({W, B, H}, grad_out.options());
+    const at::Tensor grad_cell = grad_c_n[l].clone();           // [B, H] acc
+    at::Tensor grad_hidden_next = at::empty({B, H}, grad_out.options());  // dL/dh_{t-1}
+    for (int64_t j = W - 1; j >= 0; --j) {
+      const int64_t slot = ring_slot(first_slot + j, slots);
+      const int64_t prev_slot = ring_slot(slot - 1, slots);
+      BackwardStepParams p;
+      p.batch = B;
+      p.hidden = H;
+      p.gates = slot_ptr(ring.gates, l, slot);
+      p.cell = slot_ptr(ring.cell, l, slot);
+      p.cell_prev = j > 0 ? slot_ptr(ring.cell, l, prev_slot) : row_ptr(c_before, l);
+      p.hidden_prev = j > 0 ? slot_ptr(ring.hidden, l, prev_slot) : row_ptr(h_before, l);
+      p.reset = reset_of_slot(slot);
+      p.reset_after = j < W - 1 ? reset_of_slot(ring_slot(slot + 1, slots)) : nullptr;
+      if (top) {
+        p.grad_out = j >= W - L ? row_ptr(grad_out, j - (W - L)) : nullptr;
+      } else {
+        p.grad_out = row_ptr(grad_from_above, j);
+      }
+      p.grad_hidden_next = j == W - 1 ? row_ptr(grad_h_n, l) : grad_hidden_next.data_ptr();
+      p.grad_cell = grad_cell.data_ptr();
+      p.grad_gates = row_ptr(grad_gates, j);
+      p.hidden_prev_seen = row_ptr(hidden_prev_seen, j);
+      backend.backward_step(p, storage);
+      // dL/dh_{t-1} through this step: [B, G] @ [G, H]
+      at::mm_out(grad_hidden_next, grad_gates[j], w_hh);
+    }
+    // The state entering the window: its reset (if any) cuts the gradient.
+    const at::Tensor first_reset =
+        ring.reset[first_slot].to(at::kBool).unsqueeze(1);  // [B, 1]
+    grad_h_before[l] = grad_hidden_next.masked_fill(first_reset, 0);
+    grad_c_before[l] = grad_cell.masked_fill(first_reset, 0);
+
+    // Weight and bias gradients: window-wide GEMMs and a reduction.
+    const at::Tensor grad_gates_2d = grad_gates.view({W * B, G});
+    at::Tensor layer_in;  // [W, B, I_l] the layer's input over the window
+    if (l == 0) {
+      layer_in = window_of(ring.input, first_slot, W);
+    } else {
+      layer_in = window_of(ring.hidden[l - 1], first_slot, W);
+      if (dropout) layer_in = layer_in * window_of(ring.mask[l - 1], first_slot, W);
+    }
+    grad_weights[l * per_layer] = grad_gates_2d.t().mm(layer_in.reshape({W * B, -1}));
+    grad_weights[l * per_layer + 1] = grad_gates_2d.t().mm(hidden_prev_seen.view({W * B, H}));
+    if (has_bias) {
+      const at::Tensor grad_bias = grad_gates_2d.sum(0);
+      grad_weights[l * per_layer + 2] = grad_bias;
+      grad_weights[l * per_layer + 3] = grad_bias.clone();
+    }
+    if (l > 0) {
+      grad_from_above = grad_gates_2d.mm(w_ih).view({W, B, H});
+      if (dropout) grad_from_above.mul_(window_of(ring.mask[l - 1], first_slot, W));
+    } else {
+      grad_x = grad_gates.narrow(0, W - L, L).reshape({L * B, G}).mm(w_ih).view({L, B, -1});
+    }
+  }
+  return {grad_x, at::stack(grad_h_before), at::stack(grad_c_before), grad_weights};
+}
+
+}  // namespace tbptt

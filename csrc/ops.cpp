@@ -1,0 +1,84 @@
+// The op registry: the schema of every op, once, and the implementation bound to each
+// dispatch key. Dispatch by device happens here and nowhere else.
+#include <c10/core/DeviceGuard.h>
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "backends.h"
+
+namespace tbptt {
+namespace {
+
+using BackendGetter = const PointwiseBackend& (*)();
+
+RingTensors ring_of(const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& hidden,
+                    const at::Tensor& input, const at::Tensor& reset, const at::Tensor& mask) {
+  return RingTensors{gates, cell, hidden, input, reset, mask};
+}
+
+template <BackendGetter backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward_op(
+    const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+    const c10::optional<at::Tensor>& reset, at::TensorList weights, bool has_bias,
+    const c10::optional<at::Tensor>& dropout_masks, at::Tensor& ring_gates,
+    at::Tensor& ring_cell, at::Tensor& ring_hidden, at::Tensor& ring_input,
+    at::Tensor& ring_reset, at::Tensor& ring_mask, int64_t first_slot, bool record) {
+  const c10::OptionalDeviceGuard guard(x.device());
+  return chunk_forward(backend(), x, h0, c0, reset, weights, has_bias, dropout_masks,
+                       ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_reset, ring_mask),
+                       first_slot, record);
+}
+
+template <BackendGetter backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward_op(
+    const at::Tensor& grad_out, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    at::TensorList weights, bool has_bias, const at::Tensor& ring_gates,
+    const at::Tensor& ring_cell, const at::Tensor& ring_hidden, const at::Tensor& ring_input,
+    const at::Tensor& ring_reset, const at::Tensor& ring_mask, const at::Tensor& h_before,
+    const at::Tensor& c_before, int64_t window_len, int64_t last_slot) {
+  const c10::OptionalDeviceGuard guard(grad_out.device());
+  return window_backward(backend(), grad_out, grad_h_n, grad_c_n, weights, has_bias,
+                         ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_reset, ring_mask),
+                         h_before, c_before, window_len, last_slot);
+}
+
+}  // namespace
+}  // namespace tbptt
+
+TORCH_LIBRARY(tbptt, m) {
+  // Forward over one chunk; writes the chunk's steps into the ring when `record`.
+  m.def(
+      "chunk_forward(Tensor x, Tensor h0, Tensor c0, Tensor? reset, Tensor[] weights, "
+      "bool has_bias, Tensor? dropout_masks, Tensor(a!) ring_gates, Tensor(b!) ring_cell, "
+      "Tensor(c!) ring_hidden, Tensor(d!) ring_input, Tensor(e!) ring_reset, "
+      "Tensor(f!) ring_mask, int first_slot, bool record) -> (Tensor, Tensor, Tensor)");
+  // Backward over the last window_len recorded steps (ending at ring slot last_slot).
+  m.def(
+      "window_backward(Tensor grad_out, Tensor grad_h_n, Tensor grad_c_n, Tensor[] weights, "
+      "bool has_bias, Tensor ring_gates, Tensor ring_cell, Tensor ring_hidden, "
+      "Tensor ring_input, Tensor ring_reset, Tensor ring_mask, Tensor h_before, "
+      "Tensor c_before, int window_len, int last_slot) -> (Tensor, Tensor, Tensor, Tensor[])");
+}
+
+TORCH_LIBRARY_IMPL(tbptt, CPU, m) {
+  m.impl("chunk_forward", &tbptt::chunk_forward_op<tbptt::cpu::backend>);
+  m.impl("window_backward", &tbptt::window_backward_op<tbptt::cpu::backend>);
+}
+
+#ifdef TBPTT_WITH_CUDA
+TORCH_LIBRARY_IMPL(tbptt, CUDA, m) {
+  m.impl("chunk_forward", &tbptt::chunk_forward_op<tbptt::cuda::backend>);
+  m.impl("window_backward", &tbptt::window_backward_op<tbptt::cuda::backend>);
+}
+#endif
+
+// The Python module only reports how it was built; the ops live in torch.ops.tbptt.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("compiled_with_cuda", [] {
+#ifdef TBPTT_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}

@@ -1,0 +1,24 @@
+"""tbptt_cuda: LSTMs trained with truncated backpropagation through time, TBPTT(k1, k2), at
+memory set by k2, not by the sequence length."""
+from .module import LSTMState, TruncatedLSTM
+
+__version__ = "0.1.0"
+__all__ = ["TruncatedLSTM", "LSTMState", "build_info"]
+
+
+def build_info():
+    """How the extension was built: {'cuda': bool, 'cuda_archs': str, 'torch': str, ...}."""
+    import torch
+
+    from . import _backend
+
+    _backend.load()
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda": _backend.compiled_with_cuda(),
+        "cuda_archs": _backend.cuda_archs(),
+        "cuda_available": torch.cuda.is_available(),
+        "built_just_in_time": _backend.built_just_in_time(),
+    }

@@ -1,0 +1,77 @@
+"""Build facts shared by setup.py and the just-in-time fallback in _backend.py.
+
+Imports nothing of torch at module level, so setup.py can fix CUDA_HOME before
+torch.utils.cpp_extension reads it.
+"""
+import glob
+import os
+import shutil
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(PACKAGE_DIR)
+CSRC = os.path.join(ROOT, "csrc")
+DEFAULT_ARCH_LIST = "9.0+PTX"
+_CONFIG_FILE = os.path.join(PACKAGE_DIR, "_build_config.py")
+
+
+def find_cuda_home():
+    """The CUDA toolkit folder, found by where include/cuda_runtime.h really is.
+
+    On these machines `nvcc` on PATH may be a small wrapper script outside the toolkit, so
+    torch's default (the folder above nvcc) finds no headers.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for folder in candidates:
+        if folder and os.path.isfile(os.path.join(folder, "include", "cuda_runtime.h")):
+            return folder
+    return None
+
+
+def prepare_cuda_environment():
+    """Sets CUDA_HOME to the real toolkit and a default TORCH_CUDA_ARCH_LIST."""
+    home = find_cuda_home()
+    if home:
+        os.environ["CUDA_HOME"] = home
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+
+
+def want_cuda():
+    """CUDA sources are built when nvcc and a CUDA build of torch are there, or FORCE_CUDA=1."""
+    if os.environ.get("FORCE_CPU", "0") == "1":
+        return False
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    import torch
+
+    home = find_cuda_home()
+    return bool(torch.version.cuda) and home is not None and os.path.isfile(
+        os.path.join(home, "bin", "nvcc")
+    )
+
+
+def sources(with_cuda):
+    files = [os.path.join(CSRC, "ops.cpp"), os.path.join(CSRC, "lstm_driver.cpp")]
+    files += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    if with_cuda:
+        files += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
+        files += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+    return files
+
+
+def compile_args(with_cuda):
+    args = {"cxx": ["-O3", "-std=c++17"]}
+    if with_cuda:
+        args["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+    return args
+
+
+def write_build_config(with_cuda):
+    """Records how the extension was built (read by tbptt_cuda.build_info())."""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST) if with_cuda else ""
+    with open(_CONFIG_FILE, "w") as f:
+        f.write("# Written by the build; not tracked.\n")
+        f.write(f"CUDA = {with_cuda!r}\nCUDA_ARCHS = {archs!r}\n")

@@ -1,0 +1,85 @@
+"""The one autograd Function: forward over a chunk, backward over its TBPTT window.
+
+The chunk covers global steps [a, b) of a stream; its backward window is [w, b) with
+w = max(b - k2, floor) (w = a when k2 is None), read from the history ring. See DESIGN.md
+section 2 and tbptt_cuda/reference.py for the definition this computes.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _backend
+from .history import History, RingBuffers
+
+
+@dataclass
+class ChunkPlan:
+    """Everything about one chunk that is not a differentiable tensor."""
+
+    history: Optional[History]       # None: nothing recorded (no gradient possible)
+    ring: Optional[RingBuffers]
+    chunk_start: int                 # a
+    chunk_end: int                   # b
+    window_start: int                # w
+    reset: Optional[torch.Tensor]    # [L, B] uint8
+    dropout_masks: Optional[torch.Tensor]  # [layers-1, L, B, H]
+    has_bias: bool
+    empty: torch.Tensor              # a 0-element tensor on the device, for unused ring args
+
+
+class TruncatedLSTMFunction(torch.autograd.Function):
+    """apply(plan, x [L,B,I], h0 [layers,B,H], c0 [layers,B,H], *weights) -> y, h_n, c_n."""
+
+    @staticmethod
+    def forward(ctx, plan, x, h0, c0, *weights):
+        record = plan.ring is not None
+        if record:
+            ring_args = plan.ring.tensors()
+            first_slot = plan.chunk_start % plan.ring.slots
+        else:
+            ring_args = tuple(plan.empty.clone() for _ in range(6))
+            first_slot = 0
+        y, h_n, c_n = _backend.ops().chunk_forward(
+            x, h0, c0, plan.reset, list(weights), plan.has_bias, plan.dropout_masks,
+            *ring_args, first_slot, record)
+        if record:
+            plan.ring.end = plan.chunk_end
+            plan.history.end = plan.chunk_end
+        ctx.plan = plan
+        ctx.save_for_backward(*weights)
+        ctx.c0_dtype = c0.dtype
+        return y, h_n, c_n.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_h_n, grad_c_n):
+        plan = ctx.plan
+        if plan.ring is None:
+            raise RuntimeError(
+                "TruncatedLSTM: this chunk was run without recording history (under no_grad), "
+                "so it has no backward.")
+        weights = ctx.saved_tensors
+        ring, history = plan.ring, plan.history
+        w, b = plan.window_start, plan.chunk_end
+        first_needed = w - 1 if w > 0 else 0
+        if not ring.holds(first_needed, b):
+            raise RuntimeError(
+                f"TruncatedLSTM: the history this backward needs (steps {first_needed}..{b - 1} of "
+                f"the stream) was overwritten by a later forward (the ring now holds steps "
+                f"{max(ring.end - ring.slots, 0)}..{ring.end - 1}). Call backward() on each "
+                "chunk's loss before running the next chunk's forward, or make k2 larger than "
+                "the steps that pass between a forward and its backward.")
+        h_before, c_before = history.state_before(ring, w)
+        grad_x, grad_h0, grad_c0, grad_weights = _backend.ops().window_backward(
+            grad_y, grad_h_n, grad_c_n, list(weights), plan.has_bias, *ring.tensors(),
+            h_before, c_before, b - w, (b - 1) % ring.slots)
+        needs = ctx.needs_input_grad
+        return (
+            None,
+            grad_x if needs[1] else None,
+            grad_h0 if needs[2] else None,
+            grad_c0.to(ctx.c0_dtype) if needs[3] else None,
+            *grad_weights,
+        )

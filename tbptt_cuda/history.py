@@ -1,0 +1,126 @@
+"""The history a stream carries: a ring of the last k2 + 1 steps' activations on the device.
+
+Global steps of a stream are numbered from 0 at its start; step t lives in slot t % slots.
+Per layer and step the ring keeps what backward needs (csrc/tbptt/window.h has the layout):
+the activated gates (4H), the cell state c_t (H, float32 for half/bfloat16 storage), the hidden
+output h_t (H); for layer 0 the input x_t (I); one reset byte per row; and, where dropout is on
+between layers, the mask on the input of each layer above the first (H).
+The extra slot (k2 + 1, not k2) keeps the state entering the oldest window.
+"""
+import torch
+
+
+def accumulation_dtype(dtype):
+    """The cell state's dtype for a storage dtype (float32 for half/bfloat16)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class RingBuffers:
+    """One allocation of the ring. A resize makes a new one; the old one is then never written
+    again, so a pending backward that holds it stays valid."""
+
+    def __init__(self, slots, num_layers, batch, input_size, hidden_size, dtype, device, with_mask):
+        self.slots = slots
+        acc = accumulation_dtype(dtype)
+        make = dict(device=device)
+        self.gates = torch.empty(num_layers, slots, batch, 4 * hidden_size, dtype=dtype, **make)
+        self.cell = torch.empty(num_layers, slots, batch, hidden_size, dtype=acc, **make)
+        self.hidden = torch.empty(num_layers, slots, batch, hidden_size, dtype=dtype, **make)
+        self.input = torch.empty(slots, batch, input_size, dtype=dtype, **make)
+        self.reset = torch.zeros(slots, batch, dtype=torch.uint8, **make)
+        mask_shape = (num_layers - 1, slots, batch, hidden_size) if with_mask else (0,)
+        self.mask = torch.empty(mask_shape, dtype=dtype, **make)
+        self.with_mask = with_mask
+        self.end = 0  # steps [0, end) of the stream have been written
+
+    def tensors(self):
+        """In the order of the ops' ring arguments."""
+        return (self.gates, self.cell, self.hidden, self.input, self.reset, self.mask)
+
+    def holds(self, first_step, end_step):
+        """Whether steps [first_step, end_step) are still in this ring, unoverwritten."""
+        return self.end - self.slots <= first_step and end_step <= self.end
+
+    @property
+    def nbytes(self):
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    def copy_steps_from(self, old, first_step, end_step):
+        """Copies steps [first_step, end_step) from another ring (a resize)."""
+        if end_step <= first_step:
+            return
+        steps = torch.arange(first_step, end_step, device=self.gates.device)
+        src, dst = steps % old.slots, steps % self.slots
+        for new_t, old_t in zip(self.tensors(), old.tensors()):
+            if new_t.numel() == 0 or old_t.numel() == 0:
+                continue
+            dim = 0 if new_t is self.input or new_t is self.reset else 1
+            new_t.index_copy_(dim, dst, old_t.index_select(dim, src))
+
+
+class History:
+    """What a stream keeps of its earlier steps so that backward can reach k2 steps back.
+
+    h_init, c_init [layers, B, H]: the (detached) state at the stream's start.
+    """
+
+    def __init__(self, h_init, c_init, input_size):
+        self.h_init = h_init.detach().clone()
+        self.c_init = c_init.detach().to(accumulation_dtype(h_init.dtype)).clone()
+        self.input_size = input_size
+        self.ring = None
+        self.end = 0    # steps of the stream so far
+        self.floor = 0  # the earliest step a window may start at (older ones were dropped)
+
+    @property
+    def batch(self):
+        return self.h_init.shape[1]
+
+    def ring_for(self, chunk_len, k2, with_mask):
+        """The ring to record a chunk of `chunk_len` steps into, resized if k2 changed.
+
+        k2 None keeps chunk_len + 1 slots (the window is the chunk itself).
+        """
+        if k2 is None:
+            slots = max(chunk_len + 1, self.ring.slots if self.ring is not None else 0)
+        else:
+            slots = k2 + 1
+        ring = self.ring
+        if ring is not None and ring.slots == slots and ring.with_mask == with_mask:
+            return ring
+        layers, batch, hidden = self.h_init.shape
+        new = RingBuffers(slots, layers, batch, self.input_size, hidden, self.h_init.dtype,
+                          self.h_init.device, with_mask)
+        if ring is not None:
+            # Keep what fits; at least the newest step, whose state the next chunk enters from.
+            kept = min(self.end, ring.slots, slots)
+            first = self.end - kept
+            new.copy_steps_from(ring, first, self.end)
+            new.end = self.end
+            # A window may start at `first` only if the state entering it is there too.
+            floor = 0 if first == 0 else first + 1
+            if ring.with_mask != with_mask:
+                floor = self.end  # dropout switched on or off: older layer inputs are not kept
+            self.floor = min(max(self.floor, floor), self.end)
+        self.ring = new
+        return new
+
+    def window_start(self, chunk_end, chunk_start, k2):
+        """First step of the backward window of the chunk [chunk_start, chunk_end)."""
+        if k2 is None:
+            return chunk_start
+        return max(chunk_end - k2, self.floor)
+
+    def state_before(self, ring, step):
+        """(h, c) [layers, B, H] entering global step `step`, as stored (no reset applied)."""
+        if step == 0:
+            return self.h_init, self.c_init
+        slot = (step - 1) % ring.slots
+        return ring.hidden[:, slot], ring.cell[:, slot]
+
+    @property
+    def nbytes(self):
+        ring_bytes = self.ring.nbytes if self.ring is not None else 0
+        init = self.h_init.numel() * self.h_init.element_size()
+        init += self.c_init.numel() * self.c_init.element_size()
+        return ring_bytes + init
