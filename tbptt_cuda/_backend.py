@@ -23,8 +23,37 @@ def load():
             from . import _C as module
         except ImportError as error:
             module = _build_just_in_time(error)
+        _register_fakes()
         _module = module
     return _module
+
+
+def _accumulation_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _register_fakes():
+    """Shape-only implementations, for torch.compile / FakeTensor / opcheck."""
+
+    @torch.library.register_fake("tbptt::chunk_forward")
+    def _chunk_forward_fake(x, h0, c0, reset, weights, has_bias, dropout_masks, ring_gates,
+                            ring_cell, ring_hidden, ring_input, ring_reset, ring_mask,
+                            first_slot, record):
+        L, B, _ = x.shape
+        layers, H = h0.shape[0], weights[1].shape[1]
+        return (x.new_empty(L, B, H), x.new_empty(layers, B, H),
+                x.new_empty(layers, B, H, dtype=_accumulation_dtype(x.dtype)))
+
+    @torch.library.register_fake("tbptt::window_backward")
+    def _window_backward_fake(grad_out, grad_h_n, grad_c_n, weights, has_bias, ring_gates,
+                              ring_cell, ring_hidden, ring_input, ring_reset, ring_mask,
+                              h_before, c_before, window_len, last_slot):
+        L, B, H = grad_out.shape
+        layers = grad_h_n.shape[0]
+        return (grad_out.new_empty(L, B, weights[0].shape[1]),
+                grad_out.new_empty(layers, B, H),
+                grad_out.new_empty(layers, B, H, dtype=_accumulation_dtype(grad_out.dtype)),
+                [torch.empty_like(w) for w in weights])
 
 
 def ops():

@@ -1,0 +1,122 @@
+"""A readable, plain-PyTorch definition of TBPTT(k1, k2) for TruncatedLSTM (DESIGN.md section 2).
+
+Slow on purpose: every chunk recomputes its whole window from the stream's start. It imports
+nothing of this package, so the tests can hold the fused code to it.
+
+For a chunk covering global steps [a, b) of a stream, the window is [w, b) with
+w = max(b - k2, 0) (w = a when k2 is None). The gradient is that of the chunk's loss through
+the window recomputed with the current parameters, starting from the detached true state
+before step w. A reset of row r at step t zeroes that row's state (all layers) before step t.
+
+Shapes: L steps in a chunk, B rows, I input size, H hidden size, G = 4H.
+"""
+import torch
+
+
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One step of one layer. x [B, I], h/c [B, H], w_ih [G, I], w_hh [G, H] -> (h, c) [B, H]."""
+    gates = x @ w_ih.t() + h @ w_hh.t()
+    if b_ih is not None:
+        gates = gates + b_ih + b_hh
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def layer_weights(module):
+    """[(w_ih, w_hh, b_ih, b_hh) per layer] of an nn.LSTM-named module (biases None if absent)."""
+    out = []
+    for layer in range(module.num_layers):
+        out.append((
+            getattr(module, f"weight_ih_l{layer}"),
+            getattr(module, f"weight_hh_l{layer}"),
+            getattr(module, f"bias_ih_l{layer}", None),
+            getattr(module, f"bias_hh_l{layer}", None),
+        ))
+    return out
+
+
+def run_steps(x, h, c, weights, resets=None, masks=None):
+    """Plain multi-layer LSTM over consecutive steps.
+
+    x [T, B, I]; h, c [layers, B, H] entering the first step; weights from layer_weights();
+    resets [T, B] bool or None; masks [layers-1, T, B, H] dropout masks on the input of layers
+    1.. or None. Returns out [T, B, H] (top layer) and (h, c) [layers, B, H] after the last step.
+    """
+    h = list(h.unbind(0))
+    c = list(c.unbind(0))
+    outputs = []
+    for t in range(x.shape[0]):
+        if resets is not None:
+            keep = (~resets[t]).to(x.dtype).unsqueeze(1)  # [B, 1]
+            h = [state * keep for state in h]
+            c = [state * keep for state in c]
+        layer_input = x[t]
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+            if layer > 0 and masks is not None:
+                layer_input = layer_input * masks[layer - 1, t]
+            h[layer], c[layer] = lstm_cell(layer_input, h[layer], c[layer], w_ih, w_hh, b_ih, b_hh)
+            layer_input = h[layer]
+        outputs.append(layer_input)
+    return torch.stack(outputs), (torch.stack(h), torch.stack(c))
+
+
+class ReferenceStream:
+    """One stream fed chunk by chunk, with the gradient of DESIGN.md section 2.
+
+    module: anything with nn.LSTM's parameter names and num_layers (its current parameters
+    are used at every chunk). h0, c0 [layers, B, H]: the explicit initial state, or None for
+    zeros; like any input, it gets gradient from the chunk it is given with (the first) only.
+    """
+
+    def __init__(self, module, h0=None, c0=None):
+        self.module = module
+        self.h0, self.c0 = h0, c0
+        self.inputs = []   # [1, B, I] per step, detached
+        self.resets = []   # [B] bool per step
+        self.masks = []    # [layers-1, 1, B, H] per step, or None
+
+    def chunk(self, x, k2, reset=None, masks=None):
+        """x [L, B, I] (may require grad); reset [L, B] bool or None; masks [layers-1, L, B, H].
+
+        Returns out [L, B, H] and (h_n, c_n) [layers, B, H], differentiable through the window.
+        """
+        L, B, _ = x.shape
+        a = len(self.inputs)
+        b = a + L
+        w = a if k2 is None else max(b - k2, 0)
+        weights = layer_weights(self.module)
+        layers = len(weights)
+        H = weights[0][1].shape[1]
+        if reset is None:
+            reset = torch.zeros(L, B, dtype=torch.bool, device=x.device)
+        h_start = self.h0 if self.h0 is not None else x.new_zeros(layers, B, H)
+        c_start = self.c0 if self.c0 is not None else x.new_zeros(layers, B, H)
+        if a > 0:  # the initial state is an input of the first chunk only
+            h_start, c_start = h_start.detach(), c_start.detach()
+
+        all_x = torch.cat(self.inputs + [x.detach()]) if self.inputs else x.detach()
+        all_resets = torch.stack(self.resets + list(reset.unbind(0)))
+        all_masks = None
+        if masks is not None:
+            all_masks = torch.cat([m for m in self.masks] + [masks], dim=1)
+
+        def masks_of(start, end):
+            return None if all_masks is None else all_masks[:, start:end]
+
+        # The true state before w, detached (for w = 0: the initial state, with its gradient).
+        if w > 0:
+            with torch.no_grad():
+                _, (h_w, c_w) = run_steps(all_x[:w], h_start, c_start, weights,
+                                          all_resets[:w], masks_of(0, w))
+        else:
+            h_w, c_w = h_start, c_start
+        window_x = torch.cat([all_x[w:a], x]) if a > w else x
+        out, (h_n, c_n) = run_steps(window_x, h_w, c_w, weights, all_resets[w:b], masks_of(w, b))
+
+        self.inputs += list(x.detach().split(1))
+        self.resets += list(reset.unbind(0))
+        if masks is not None:
+            self.masks += list(masks.detach().split(1, dim=1))
+        return out[a - w:], (h_n, c_n)

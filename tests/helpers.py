@@ -1,0 +1,99 @@
+"""Shared test helpers: run one stream through TruncatedLSTM and through the reference."""
+import torch
+
+from tbptt_cuda.reference import ReferenceStream
+
+# Relative-error bounds ||a - b|| / ||b|| per dtype, fused code vs the reference.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def rel_err(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_stream(chunk_lengths, batch, input_size, dtype, device, reset_prob=0.0, seed=0):
+    """Chunks x [L, B, I] (random, never all-zero) and reset masks [L, B] bool (or None)."""
+    gen = torch.Generator().manual_seed(seed)
+    chunks, resets = [], []
+    for L in chunk_lengths:
+        chunks.append(torch.randn(L, batch, input_size, generator=gen, dtype=torch.float64)
+                      .to(dtype=dtype, device=device))
+        if reset_prob > 0:
+            resets.append((torch.rand(L, batch, generator=gen) < reset_prob).to(device))
+        else:
+            resets.append(None)
+    return chunks, resets
+
+
+def _chunk_loss(out, state, out_weights, use_state):
+    loss = (out * out_weights).sum()
+    if use_state:
+        h, c = state
+        loss = loss + (h * 0.7).sum() + (c * c).sum() * 0.3
+    return loss
+
+
+def _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=None):
+    """One pass over the stream: ours when masks is None, else the reference with those
+    dropout masks. backward() after every chunk; returns per-chunk records and the masks."""
+    ours = masks is None
+    names = [n for n, _ in module.named_parameters()]
+    h0 = c0 = None
+    if explicit is not None:
+        h0 = explicit[0].clone().requires_grad_()
+        c0 = explicit[1].clone().requires_grad_()
+    stream = None if ours else ReferenceStream(module, h0, c0)
+    state = (h0, c0) if h0 is not None else None
+    gen = torch.Generator().manual_seed(99)
+    records, used_masks = [], []
+    for i, (x, reset, k2) in enumerate(zip(chunks, resets, k2s)):
+        x = x.clone().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        out_weights = torch.randn(x.shape[0], x.shape[1], module.hidden_size, generator=gen,
+                                  dtype=torch.float64).to(x)
+        if ours:
+            module.k2 = k2
+            x_in = x.transpose(0, 1) if batch_first else x
+            reset_in = None if reset is None else (reset.t() if batch_first else reset)
+            out, state = module(x_in, state, reset=reset_in)
+            if batch_first:
+                out = out.transpose(0, 1)
+            used_masks.append(module.last_dropout_masks if module.dropout else None)
+        else:
+            out, state = stream.chunk(x, k2, reset=reset, masks=masks[i])
+        _chunk_loss(out, state, out_weights, use_state).backward()
+        records.append({
+            "out": out.detach().clone(),
+            "h": state[0].detach().clone(),
+            "c": state[1].detach().clone(),
+            "x_grad": x.grad.clone(),
+            "param_grads": {n: p.grad.clone() for n, p in zip(names, module.parameters())},
+            "h0_grad": h0.grad.clone() if (i == 0 and h0 is not None) else None,
+            "c0_grad": c0.grad.clone() if (i == 0 and c0 is not None) else None,
+        })
+    return records, used_masks
+
+
+def run_both(module, chunks, resets, k2s, use_state=False, batch_first=False, explicit=None):
+    """The same stream through `module` (a TruncatedLSTM) and through the reference, with
+    backward after each chunk. Returns (ours, reference) lists of per-chunk records."""
+    ours, masks = _feed(module, chunks, resets, k2s, use_state, batch_first, explicit)
+    ref, _ = _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=masks)
+    return ours, ref
+
+
+def assert_records_close(ours, ref, dtype):
+    tol = TOLERANCE[dtype]
+    assert len(ours) == len(ref)
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        for key in ("out", "h", "c", "x_grad"):
+            err = rel_err(a[key], b[key])
+            assert err <= tol, f"chunk {i}: {key} rel err {err:.3g} > {tol}"
+        for name, grad in b["param_grads"].items():
+            err = rel_err(a["param_grads"][name], grad)
+            assert err <= tol, f"chunk {i}: grad of {name} rel err {err:.3g} > {tol}"
+        for key in ("h0_grad", "c0_grad"):
+            if b[key] is not None:
+                err = rel_err(a[key], b[key])
+                assert err <= tol, f"chunk {i}: {key} rel err {err:.3g} > {tol}"
