@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine:
+#   make run    set up (venv, torch==2.11.0, build) and run the main job
+#   make test   set up and run the test suite
+# Set-up is cached: the venv in .venv, the compiled extension in tbptt_cuda/_C*.so.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.11.0
+export MAX_JOBS ?= 2
+CSRC := $(shell find csrc -type f)
+
+.PHONY: setup run test bench info gpu-test sanitize clean
+
+$(VENV)/.deps:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy ninja setuptools wheel tqdm pytest pytest-benchmark
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml tbptt_cuda/_build.py $(CSRC)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.built
+
+run: setup
+	$(PY) -m tbptt_cuda.demo
+
+info: setup
+	$(PY) -m tbptt_cuda.info
+
+test: setup
+	$(PY) -m tbptt_cuda.info
+	$(PY) -m pytest tests -q
+
+bench: setup
+	$(PY) -m pytest bench -q --benchmark-only --benchmark-json=results/bench.json
+	$(PY) bench/summary.py results/bench.json
+
+# On a GPU machine (no registry, preinstalled torch, no venv): build there and run everything.
+gpu-test:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf build $(VENV) tbptt_cuda/_C*.so tbptt_cuda/_build_config.py *.egg-info
