@@ -85,6 +85,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     }
   }
 
+  // Where a step has nothing to read or keep: zeros and scratch (see window.h).
+  const at::Tensor no_reset = at::zeros({B}, x.options().dtype(at::kByte));
+  at::Tensor scratch_gates, scratch_cell, scratch_hidden;
+  if (!record) {
+    scratch_gates = at::empty({B, G}, x.options());
+    scratch_cell = at::empty({B, H}, x.options().dtype(acc));
+    scratch_hidden = at::empty({B, H}, x.options());
+  }
+
   std::vector<at::Tensor> h_n(layers), c_n(layers);
   at::Tensor layer_in = x;  // [L, B, I_l]
   at::Tensor out;           // [L, B, H]
@@ -107,10 +116,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
 
     at::Tensor hidden = h0[l].contiguous().clone();  // [B, H] T: the next GEMM's input
     at::Tensor cell = c0[l].to(acc).contiguous().clone();  // [B, H] acc
-    if (reset.defined()) {
-      const at::Tensor first_reset = reset[0].to(at::kBool).unsqueeze(1);
-      hidden.masked_fill_(first_reset, 0);
-      cell.masked_fill_(first_reset, 0);
+    if (reset.defined()) {  // the chunk's first step: zero the reset rows (a product, as in lstm_math.h)
+      const at::Tensor keep = (1 - reset[0].to(acc)).unsqueeze(1);  // [B, 1]
+      hidden.mul_(keep);
+      cell.mul_(keep);
     }
     out = at::empty({L, B, H}, x.options());
     for (int64_t s = 0; s < L; ++s) {
@@ -124,12 +133,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
       p.hidden_next = hidden.data_ptr();
       p.out = row_ptr(out, s);
       const int64_t slot = ring_slot(first_slot + s, record ? ring.gates.size(1) : 1);
-      p.ring_gates = record ? slot_ptr(ring.gates, l, slot) : nullptr;
-      p.ring_cell = record ? slot_ptr(ring.cell, l, slot) : nullptr;
-      p.ring_hidden = record ? slot_ptr(ring.hidden, l, slot) : nullptr;
-      p.reset_next = (reset.defined() && s + 1 < L)
-                         ? static_cast<const uint8_t*>(row_ptr(reset, s + 1))
-                         : nullptr;
+      p.ring_gates = record ? slot_ptr(ring.gates, l, slot) : scratch_gates.data_ptr();
+      p.ring_cell = record ? slot_ptr(ring.cell, l, slot) : scratch_cell.data_ptr();
+      p.ring_hidden = record ? slot_ptr(ring.hidden, l, slot) : scratch_hidden.data_ptr();
+      p.reset_next = static_cast<const uint8_t*>(
+          (reset.defined() && s + 1 < L) ? row_ptr(reset, s + 1) : no_reset.data_ptr());
       backend.forward_step(p, storage);
     }
     h_n[l] = hidden;
@@ -169,6 +177,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
   at::Tensor grad_from_above;  // [W, B, H] dL/dh of this layer's outputs, from the layer above
   at::Tensor grad_x;
   const uint8_t* reset_base = static_cast<const uint8_t*>(ring.reset.data_ptr());
+  const at::Tensor no_reset = at::zeros({B}, ring.reset.options());
+  const at::Tensor no_grad_out = at::zeros({B, H}, grad_out.options());
   auto reset_of_slot = [&](int64_t slot) { return reset_base + slot * B; };
 
   for (int64_t l = layers - 1; l >= 0; --l) {
@@ -190,9 +200,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
       p.cell_prev = j > 0 ? slot_ptr(ring.cell, l, prev_slot) : row_ptr(c_before, l);
       p.hidden_prev = j > 0 ? slot_ptr(ring.hidden, l, prev_slot) : row_ptr(h_before, l);
       p.reset = reset_of_slot(slot);
-      p.reset_after = j < W - 1 ? reset_of_slot(ring_slot(slot + 1, slots)) : nullptr;
+      p.reset_after = j < W - 1 ? reset_of_slot(ring_slot(slot + 1, slots))
+                                : static_cast<const uint8_t*>(no_reset.data_ptr());
       if (top) {
-        p.grad_out = j >= W - L ? row_ptr(grad_out, j - (W - L)) : nullptr;
+        p.grad_out = j >= W - L ? row_ptr(grad_out, j - (W - L)) : no_grad_out.data_ptr();
       } else {
         p.grad_out = row_ptr(grad_from_above, j);
       }

@@ -167,6 +167,9 @@ class TruncatedLSTM(nn.Module):
         if input.dtype != param.dtype:
             raise TypeError(f"TruncatedLSTM: input dtype {input.dtype} does not match the "
                             f"parameters' {param.dtype} (convert one with .to())")
+        if param.device.type == "cpu" and param.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"TruncatedLSTM: on the CPU the dtype must be float32 or float64, "
+                            f"got {param.dtype} (float16/bfloat16 run on CUDA)")
         if input.device != param.device:
             raise ValueError(f"TruncatedLSTM: input is on {input.device}, the parameters on "
                              f"{param.device}; move one with .to()")

@@ -109,3 +109,9 @@ def test_device_mismatch(lstm):
 def test_device_mismatch_meta(lstm):
     with pytest.raises(ValueError, match=r"input is on meta"):
         lstm(torch.randn(4, 2, 3, device="meta"))
+
+
+def test_cpu_half_refused_with_reason():
+    lstm = TruncatedLSTM(3, 4, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="on the CPU the dtype must be float32 or float64"):
+        lstm(torch.randn(2, 2, 3, dtype=torch.bfloat16))

@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kThreads) forward_step_kernel(const ForwardSte
   const int64_t n = params.batch * params.hidden;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
        e += int64_t(gridDim.x) * blockDim.x) {
-    forward_step_element<T, acc_t>(params, e);
+    forward_step_element<T, acc_t>(params, e / params.hidden, e % params.hidden);
   }
 }
 
@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads) backward_step_kernel(const BackwardS
   const int64_t n = params.batch * params.hidden;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n;
        e += int64_t(gridDim.x) * blockDim.x) {
-    backward_step_element<T, acc_t>(params, e);
+    backward_step_element<T, acc_t>(params, e / params.hidden, e % params.hidden);
   }
 }
 

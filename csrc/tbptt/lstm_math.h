@@ -54,10 +54,12 @@ TBPTT_HD acc_t hidden_from_cell(const Gates<acc_t>& gate, acc_t c) {
   return gate.o * std::tanh(c);
 }
 
-// A reset zeroes the state entering a step for that row: this is the value the step sees.
+// A reset zeroes the state entering a step for that row. The flag (0 or 1, one byte per row)
+// becomes a factor that multiplies the state, as reference.py does: arithmetic rather than a
+// select, so the compiler keeps every load unconditional and the CPU loop vectorises.
 template <typename acc_t>
-TBPTT_HD acc_t apply_reset(acc_t state, bool reset) {
-  return reset ? acc_t(0) : state;
+TBPTT_HD acc_t keep_factor(uint8_t reset_flag) {
+  return acc_t(1 - int(reset_flag));
 }
 
 // Gradients of one (row, unit) of one step with respect to the gate pre-activations and
@@ -95,12 +97,11 @@ TBPTT_HD To convert(From value) {
   return static_cast<To>(value);
 }
 
-// Element e = row * H + unit of one forward step (see ForwardStepParams).
+// Element (row, unit) of one forward step (see ForwardStepParams).
 template <typename T, typename acc_t>
-TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t e) {
+TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t row, int64_t unit) {
   const int64_t H = p.hidden;
-  const int64_t row = e / H;
-  const int64_t unit = e - row * H;
+  const int64_t e = row * H + unit;
   const int64_t gate0 = row * 4 * H + unit;  // offset of gate i in the [B, G] row
   const T* gx = static_cast<const T*>(p.gates_x);
   const T* gh = static_cast<const T*>(p.gates_h);
@@ -112,45 +113,38 @@ TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t e) {
   const acc_t c = cell_update(gate, cell[e]);
   const acc_t h = hidden_from_cell(gate, c);
   static_cast<T*>(p.out)[e] = convert<T>(h);
-  if (p.ring_gates != nullptr) {
-    T* ring_gates = static_cast<T*>(p.ring_gates);
-    ring_gates[gate0] = convert<T>(gate.i);
-    ring_gates[gate0 + H] = convert<T>(gate.f);
-    ring_gates[gate0 + 2 * H] = convert<T>(gate.g);
-    ring_gates[gate0 + 3 * H] = convert<T>(gate.o);
-    static_cast<acc_t*>(p.ring_cell)[e] = c;
-    static_cast<T*>(p.ring_hidden)[e] = convert<T>(h);
-  }
-  const bool reset_next = p.reset_next != nullptr && p.reset_next[row] != 0;
-  cell[e] = apply_reset(c, reset_next);
-  static_cast<T*>(p.hidden_next)[e] = convert<T>(apply_reset(h, reset_next));
+  T* ring_gates = static_cast<T*>(p.ring_gates);
+  ring_gates[gate0] = convert<T>(gate.i);
+  ring_gates[gate0 + H] = convert<T>(gate.f);
+  ring_gates[gate0 + 2 * H] = convert<T>(gate.g);
+  ring_gates[gate0 + 3 * H] = convert<T>(gate.o);
+  static_cast<acc_t*>(p.ring_cell)[e] = c;
+  static_cast<T*>(p.ring_hidden)[e] = convert<T>(h);
+  const acc_t keep_next = keep_factor<acc_t>(p.reset_next[row]);
+  cell[e] = c * keep_next;
+  static_cast<T*>(p.hidden_next)[e] = convert<T>(h * keep_next);
 }
 
-// Element e = row * H + unit of one backward step (see BackwardStepParams).
+// Element (row, unit) of one backward step (see BackwardStepParams).
 template <typename T, typename acc_t>
-TBPTT_HD void backward_step_element(const BackwardStepParams& p, int64_t e) {
+TBPTT_HD void backward_step_element(const BackwardStepParams& p, int64_t row, int64_t unit) {
   const int64_t H = p.hidden;
-  const int64_t row = e / H;
-  const int64_t unit = e - row * H;
+  const int64_t e = row * H + unit;
   const int64_t gate0 = row * 4 * H + unit;
   const T* stored = static_cast<const T*>(p.gates);
   const Gates<acc_t> gate{convert<acc_t>(stored[gate0]), convert<acc_t>(stored[gate0 + H]),
                           convert<acc_t>(stored[gate0 + 2 * H]),
                           convert<acc_t>(stored[gate0 + 3 * H])};
-  const bool reset = p.reset != nullptr && p.reset[row] != 0;
-  const bool reset_after = p.reset_after != nullptr && p.reset_after[row] != 0;
-  const acc_t c_prev = apply_reset(static_cast<const acc_t*>(p.cell_prev)[e], reset);
-  const T h_prev = static_cast<const T*>(p.hidden_prev)[e];
-  static_cast<T*>(p.hidden_prev_seen)[e] = reset ? convert<T>(acc_t(0)) : h_prev;
+  const acc_t keep = keep_factor<acc_t>(p.reset[row]);
+  const acc_t keep_after = keep_factor<acc_t>(p.reset_after[row]);
+  const acc_t c_prev = static_cast<const acc_t*>(p.cell_prev)[e] * keep;
+  const acc_t h_prev = convert<acc_t>(static_cast<const T*>(p.hidden_prev)[e]);
+  static_cast<T*>(p.hidden_prev_seen)[e] = convert<T>(h_prev * keep);
 
-  acc_t dh = p.grad_out != nullptr ? convert<acc_t>(static_cast<const T*>(p.grad_out)[e]) : acc_t(0);
   acc_t* grad_cell = static_cast<acc_t*>(p.grad_cell);
-  acc_t dc_next = grad_cell[e];
-  if (reset_after) {
-    dc_next = acc_t(0);
-  } else if (p.grad_hidden_next != nullptr) {
-    dh += convert<acc_t>(static_cast<const T*>(p.grad_hidden_next)[e]);
-  }
+  const acc_t dc_next = grad_cell[e] * keep_after;
+  const acc_t dh = convert<acc_t>(static_cast<const T*>(p.grad_out)[e]) +
+                   convert<acc_t>(static_cast<const T*>(p.grad_hidden_next)[e]) * keep_after;
   const GateGrads<acc_t> grad =
       backward_gates(gate, static_cast<const acc_t*>(p.cell)[e], c_prev, dh, dc_next);
   T* grad_gates = static_cast<T*>(p.grad_gates);

@@ -54,6 +54,10 @@ inline int split_at_wrap(int64_t first_slot, int64_t length, int64_t slots, Slot
   return 2;
 }
 
+// Every pointer below is valid (no nullptr): the driver passes zeros or scratch buffers where
+// a step has nothing to read or keep, so that the element loops have no branches and the
+// CPU loop vectorises.
+
 // One forward step of one layer over all B rows: everything the pointwise pass reads and writes.
 struct ForwardStepParams {
   int64_t batch;               // B
@@ -64,10 +68,10 @@ struct ForwardStepParams {
                                //             out: c entering step t+1 (its reset applied)
   void* hidden_next;           // [B, H] T    out: h entering step t+1 (its reset applied)
   void* out;                   // [B, H] T    out: h_t
-  void* ring_gates;            // [B, G] T    out, or nullptr when not recording
-  void* ring_cell;             // [B, H] acc  out, or nullptr
-  void* ring_hidden;           // [B, H] T    out, or nullptr
-  const uint8_t* reset_next;   // [B]         reset flags of step t+1, or nullptr (none)
+  void* ring_gates;            // [B, G] T    out: activated gates (scratch when not recording)
+  void* ring_cell;             // [B, H] acc  out: c_t (scratch when not recording)
+  void* ring_hidden;           // [B, H] T    out: h_t (scratch when not recording)
+  const uint8_t* reset_next;   // [B]         reset flags of step t+1 (zeros for none)
 };
 
 // One backward step of one layer over all B rows.
@@ -78,11 +82,13 @@ struct BackwardStepParams {
   const void* cell;              // [B, H] acc  c_t (ring)
   const void* cell_prev;         // [B, H] acc  c_{t-1} as stored (no reset applied)
   const void* hidden_prev;       // [B, H] T    h_{t-1} as stored (no reset applied)
-  const uint8_t* reset;          // [B]  reset flags of step t, or nullptr
-  const uint8_t* reset_after;    // [B]  reset flags of step t+1, or nullptr: where set, the
-                                 //      gradients arriving from step t+1 are dropped
-  const void* grad_out;          // [B, H] T    dL/dh_t from the output or the layer above, or nullptr
-  const void* grad_hidden_next;  // [B, H] T    dL/dh_t through step t+1 (dG_{t+1} @ W_hh), or nullptr
+  const uint8_t* reset;          // [B]  reset flags of step t
+  const uint8_t* reset_after;    // [B]  reset flags of step t+1 (zeros at the window's end):
+                                 //      where set, the gradients arriving from step t+1 are dropped
+  const void* grad_out;          // [B, H] T    dL/dh_t from the output or the layer above (zeros
+                                 //             for window steps before the chunk)
+  const void* grad_hidden_next;  // [B, H] T    dL/dh_t through step t+1 (dG_{t+1} @ W_hh); at
+                                 //             the window's last step, dL/dh_n
   void* grad_cell;               // [B, H] acc  in: dL/dc_t from step t+1; out: dL/dc_{t-1}
   void* grad_gates;              // [B, G] T    out: dL/d(pre-activations)
   void* hidden_prev_seen;        // [B, H] T    out: h_{t-1} as the step saw it (reset applied),
