@@ -67,7 +67,7 @@ def compile_args(with_cuda):
     # CPU pointwise loop call glibc's vector exp/tanh.
     args = {"cxx": ["-O3", "-std=c++17", "-ffast-math", "-fopenmp-simd"]}
     if with_cuda:
-        args["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        args["nvcc"] = ["-O3", "-std=c++17", "-lineinfo"]  # IEEE exp/tanh: held to 1e-5 vs the reference
     return args
 
 
