@@ -1,0 +1,292 @@
+"""Training helper (tbptt_cuda.train) and the demo entry points (tbptt_cuda.demo), tiny budgets."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tbptt_cuda import TruncatedLSTM
+from tbptt_cuda import demo
+from tbptt_cuda.data import SequenceStream
+from tbptt_cuda.train import evaluate, history_nbytes, set_k2, train_tbptt
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and OpenMP spinning on a busy CPU costs 100x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Regressor(torch.nn.Module):
+    def __init__(self, hidden=16, k2=None):
+        super().__init__()
+        self.lstm = TruncatedLSTM(1, hidden, k2=k2)
+        self.head = torch.nn.Linear(hidden, 1)
+
+    def forward(self, x, state=None, reset=None):
+        out, state = self.lstm(x, state, reset=reset)
+        return self.head(out), state
+
+
+def delayed_sum(delay, lanes, steps, seed):
+    """Per lane: x random [steps, 1]; target(t) = x(t) + x(t - delay) (x(t) alone for t < delay)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(lanes, steps, 1, generator=g)
+    y = x.clone()
+    y[:, delay:] += x[:, :-delay]
+    return list(x), list(y)
+
+
+def first_last(losses, n):
+    return float(np.mean(losses[:n])), float(np.mean(losses[-n:]))
+
+
+# ----------------------------------------------------------------------------------------
+# train_tbptt
+
+
+def test_train_tbptt_loss_falls_and_held_out_improves():
+    torch.manual_seed(0)
+    model = Regressor(k2=None)
+    xs, ys = delayed_sum(delay=3, lanes=8, steps=600, seed=0)
+    vx, vy = delayed_sum(delay=3, lanes=4, steps=200, seed=1)
+    train = SequenceStream(xs, k1=4, batch_size=8, targets=ys)
+    held_out = SequenceStream(vx, k1=4, batch_size=4, targets=vy)
+    before = evaluate(model, held_out, F.mse_loss).loss
+    run = train_tbptt(model, torch.optim.Adam(model.parameters(), lr=1e-2), F.mse_loss, train,
+                      k2=8, max_updates=150, eval_chunks=held_out, eval_every=50, progress=False)
+    assert model.lstm.k2 == 8  # set by k2=
+    first, last = first_last(run.losses, 15)
+    assert last < 0.5 * first, (first, last)
+    assert [u for u, _ in run.evals] == [50, 100, 150]
+    assert run.evals[-1][1] < 0.5 * before
+    assert run.updates == 150 and run.stopped_by == "max_updates"
+    assert run.lane_steps == 150 * 4 * 8 == run.scored_steps
+    assert run.history_nbytes == history_nbytes(run.state) > 0
+    assert run.updates_per_second > 0 and len(run.update_seconds) == 150
+
+
+def test_k2_beyond_chunk_learns_what_bptt_k_k_cannot():
+    """Delay 3 > k1 = 2: the gradient must reach into the previous chunk."""
+    results = {}
+    for k2 in (2, 6):
+        torch.manual_seed(0)
+        model = Regressor(hidden=16)
+        xs, ys = delayed_sum(delay=3, lanes=8, steps=800, seed=0)
+        run = train_tbptt(model, torch.optim.Adam(model.parameters(), lr=1e-2), F.mse_loss,
+                          SequenceStream(xs, k1=2, batch_size=8, targets=ys), k2=k2, progress=False)
+        results[k2] = np.mean(run.losses[-50:])
+    # target variance 2: BPTT(2,2) can learn x(t) (loss -> ~1), BPTT(2,6) also x(t-3)
+    assert results[6] < 0.6 * results[2], results
+
+
+def test_k1_one_step_per_call_keeps_state():
+    """Internal state: BPTT(1, k2), one step per call; target(t) = x(t - 1)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 400, 1, generator=g)
+    y = torch.zeros_like(x)
+    y[:, 1:] = x[:, :-1]
+    stream = SequenceStream(list(x), k1=1, batch_size=16, targets=list(y))
+    assert all(chunk.inputs.shape == (1, 16, 1) for chunk in stream)
+    model = Regressor(hidden=16)
+    run = train_tbptt(model, torch.optim.Adam(model.parameters(), lr=1e-2), F.mse_loss, stream,
+                      k2=4, progress=False)
+    assert run.updates == 400 and run.lane_steps == 400 * 16
+    first, last = first_last(run.losses, 40)
+    assert last < 0.3 * first, (first, last)
+    # the ring holds k2 = 4 steps: more than one step's worth of history
+    single = Regressor(hidden=16)
+    _, one_step_state = single(x[:, :1].transpose(0, 1), None)
+    assert run.history_nbytes > one_step_state.history_nbytes > 0
+
+
+def test_progress_bar_shows_loss_and_steps_per_second(capsys):
+    model = Regressor(hidden=8)
+    xs, ys = delayed_sum(delay=1, lanes=2, steps=40, seed=0)
+    train_tbptt(model, torch.optim.SGD(model.parameters(), lr=0.01), F.mse_loss,
+                SequenceStream(xs, k1=4, batch_size=2, targets=ys), k2=4, progress=True)
+    err = capsys.readouterr().err
+    assert "loss=" in err and "steps/s=" in err and "10/10" in err
+
+
+def test_time_budget_and_cycling():
+    model = Regressor(hidden=8)
+    xs, ys = delayed_sum(delay=1, lanes=2, steps=8, seed=0)
+    stream = SequenceStream(xs, k1=4, batch_size=2, targets=ys)  # 2 chunks per epoch
+    run = train_tbptt(model, torch.optim.SGD(model.parameters(), lr=0.01), F.mse_loss, stream,
+                      max_updates=7, cycle=True, progress=False)
+    assert run.updates == 7  # 3.5 epochs
+    run = train_tbptt(model, torch.optim.SGD(model.parameters(), lr=0.01), F.mse_loss, stream,
+                      max_seconds=0.3, cycle=True, progress=False)
+    assert run.stopped_by == "max_seconds" and run.updates > 2
+    assert run.seconds < 5
+
+
+def test_padding_is_not_scored():
+    model = Regressor(hidden=8)
+    xs = [torch.randn(10, 1), torch.randn(3, 1)]
+    stream = SequenceStream(xs, k1=4, batch_size=2, targets=xs)
+    run = train_tbptt(model, torch.optim.SGD(model.parameters(), lr=0.01), F.mse_loss, stream,
+                      progress=False)
+    assert run.scored_steps == 13 and run.lane_steps == 20
+
+
+def test_train_tbptt_rejects_bad_arguments():
+    model = Regressor(hidden=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    xs, ys = delayed_sum(delay=1, lanes=2, steps=8, seed=0)
+    stream = SequenceStream(xs, k1=4, batch_size=2, targets=ys)
+    with pytest.raises(ValueError, match="amp=True needs the model on CUDA"):
+        train_tbptt(model, opt, F.mse_loss, stream, amp=True, progress=False)
+    with pytest.raises(ValueError, match="re-iterable"):
+        train_tbptt(model, opt, F.mse_loss, iter(stream), cycle=True, max_updates=3, progress=False)
+    with pytest.raises(ValueError, match="give max_updates or max_seconds"):
+        train_tbptt(model, opt, F.mse_loss, stream, cycle=True, progress=False)
+    with pytest.raises(ValueError, match="max_updates must be"):
+        train_tbptt(model, opt, F.mse_loss, stream, max_updates=0, progress=False)
+    with pytest.raises(ValueError, match="has no targets"):
+        train_tbptt(model, opt, F.mse_loss, SequenceStream(xs, k1=4, batch_size=2), progress=False)
+    with pytest.raises(ValueError, match="eval_chunks"):
+        train_tbptt(model, opt, F.mse_loss, stream, eval_every=2, progress=False)
+    with pytest.raises(TypeError, match="must contain a TruncatedLSTM"):
+        set_k2(torch.nn.Linear(2, 2), 4)
+    with pytest.raises(ValueError, match="k2 must be None or an integer >= 1"):
+        set_k2(model, 0)
+
+
+def test_diverging_loss_raises_clearly():
+    model = Regressor(hidden=4)
+    xs, ys = delayed_sum(delay=1, lanes=2, steps=8, seed=0)
+    ys = [y * float("inf") for y in ys]
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        train_tbptt(model, torch.optim.SGD(model.parameters(), lr=0.1), F.mse_loss,
+                    SequenceStream(xs, k1=4, batch_size=2, targets=ys), progress=False)
+
+
+# ----------------------------------------------------------------------------------------
+# demo entry points
+
+
+def test_demo_lm_smoke_learns_and_writes_files(tmp_path, capsys):
+    summary = demo.main([
+        "--out", str(tmp_path), "--max-chars", "60000", "--val-chars", "4000", "--hidden", "48",
+        "--embed", "16", "--batch", "8", "--k1", "16", "--steps", "120", "--minutes", "2",
+        "--eval-seconds", "1000", "--no-progress", "--lr", "0.01",
+    ])
+    printed = capsys.readouterr().out
+    assert summary["k2"] == 32  # default 2 * k1
+    assert summary["val_bits_per_char"] < summary["val_bits_per_char_before"] - 1.0
+    assert summary["val_bits_per_char"] < math.log2(summary["vocabulary"])  # beats uniform
+    first, last = first_last(summary["losses"], 10)
+    assert last < first - 0.5, (first, last)
+    assert summary["history_nbytes"] > 0 and summary["chars_per_second"] > 0
+    saved = json.loads((tmp_path / "lm_summary.json").read_text())
+    assert saved["val_bits_per_char"] == pytest.approx(summary["val_bits_per_char"])
+    sample = (tmp_path / "lm_sample.txt").read_text()
+    assert sample.startswith("def ") and len(sample) > 300
+    for phrase in ("held-out bits/char", "history ring", "chars/s", "unigram entropy", "sample"):
+        assert phrase in printed
+    if summary["plot"] is not None:
+        assert (tmp_path / "lm_curve.png").stat().st_size > 1000
+
+
+def test_demo_lm_on_given_text(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta"]
+    corpus.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(3000)))
+    summary = demo.main([
+        "--text", str(corpus), "--out", str(tmp_path / "out"), "--hidden", "32", "--embed", "8",
+        "--batch", "4", "--k1", "16", "--steps", "80", "--eval-seconds", "1000", "--no-progress",
+        "--lr", "0.02",
+    ])
+    assert summary["corpus"] == str(corpus)
+    assert summary["vocabulary"] <= 20
+    # four words and spaces: far below the characters' unigram entropy once learned
+    assert summary["val_bits_per_char"] < summary["unigram_entropy_bits"] - 0.5
+
+
+def test_demo_memory_smoke_shows_the_gap(tmp_path):
+    result = demo.main([
+        "memory", "--out", str(tmp_path), "--delay", "3", "--k", "2", "--k2s", "2,6", "--hidden", "16",
+        "--batch", "8", "--steps", "300", "--eval-steps", "200", "--no-progress", "--lr", "0.01",
+    ])
+    rows = {r["k2"]: r for r in result["rows"]}
+    assert set(rows) == {2, 6}
+    assert rows[6]["accuracy"] > rows[2]["accuracy"] + 0.1, (rows[6]["accuracy"], rows[2]["accuracy"])
+    assert rows[6]["history_nbytes"] > rows[2]["history_nbytes"] > 0
+    assert rows[6]["steps_with_source_in_window"] == 2 and rows[2]["steps_with_source_in_window"] == 0
+    table = (tmp_path / "memory_task.md").read_text()
+    assert "BPTT(2,2)" in table and "BPTT(2,6)" in table
+    assert json.loads((tmp_path / "memory_task.json").read_text())["delay"] == 3
+    if result["plot"] is not None:
+        assert (tmp_path / "memory_task.png").stat().st_size > 1000
+
+
+def test_demo_compare_smoke(tmp_path):
+    result = demo.main([
+        "compare", "--out", str(tmp_path), "--max-chars", "20000", "--val-chars", "2000", "--hidden", "16",
+        "--embed", "8", "--batch", "4", "--k1", "8", "--n", "32", "--steps", "12", "--minutes", "1",
+        "--eval-seconds", "1000", "--no-progress",
+    ])
+    schedules = [(r["k1"], r["k2"]) for r in result["rows"]]
+    assert schedules == [(8, 8), (8, 16), (32, 32)]
+    memory = {s: r["history_nbytes"] for s, r in zip(schedules, result["rows"])}
+    assert memory[(8, 8)] < memory[(8, 16)] < memory[(32, 32)]
+    assert all(math.isfinite(r["val_bits_per_char"]) and r["updates"] == 12 for r in result["rows"])
+    assert "BPTT(32,32)" in (tmp_path / "compare.md").read_text()
+    assert (tmp_path / "compare.json").exists()
+
+
+def test_demo_rejects_bad_flags(tmp_path):
+    with pytest.raises(SystemExit, match="unknown command 'train'"):
+        demo.main(["train"])
+    with pytest.raises(SystemExit, match=r"--k2 \(8\) must be >= --k1 \(16\)"):
+        demo.main(["--k1", "16", "--k2", "8", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--k \(5\) must be < --delay \(4\)"):
+        demo.main(["memory", "--k", "5", "--delay", "4", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--hidden must be >= 1"):
+        demo.main(["--hidden", "0", "--out", str(tmp_path)])
+
+
+def test_demo_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "tbptt_cuda.demo", "memory", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--delay" in done.stdout and "--k2s" in done.stdout
+
+
+def test_demo_without_matplotlib_skips_the_plot_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    result = demo.main(["memory", "--out", str(tmp_path), "--delay", "2", "--k", "1", "--k2s", "1,4",
+                        "--hidden", "8", "--batch", "4", "--steps", "20", "--eval-steps", "50", "--no-progress"])
+    assert result["plot"] is None and not (tmp_path / "memory_task.png").exists()
+    assert (tmp_path / "memory_task.md").exists()
+    assert "pip install matplotlib" in capsys.readouterr().out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("amp", [False, "bf16", "fp16"])
+def test_train_tbptt_on_cuda_with_and_without_mixed_precision(amp):
+    torch.manual_seed(0)
+    model = Regressor(k2=None).cuda()
+    xs, ys = delayed_sum(delay=3, lanes=8, steps=600, seed=0)
+    train = SequenceStream(xs, k1=4, batch_size=8, targets=ys, device="cuda")
+    run = train_tbptt(model, torch.optim.Adam(model.parameters(), lr=1e-2), F.mse_loss, train,
+                      k2=8, max_updates=150, amp=amp, progress=False)
+    first, last = first_last(run.losses, 15)
+    assert last < 0.5 * first, (first, last)
+    assert run.history_nbytes > 0
