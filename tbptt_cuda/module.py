@@ -164,7 +164,9 @@ class TruncatedLSTM(nn.Module):
             raise ValueError("TruncatedLSTM: input has no timesteps (L = 0); a chunk needs L >= 1")
         if B == 0:
             raise ValueError("TruncatedLSTM: input has batch size 0")
-        if input.dtype != param.dtype:
+        if input.dtype != param.dtype and torch.is_autocast_enabled(input.device.type):
+            x = x.to(param.dtype)  # under autocast the LSTM runs in its parameters' dtype
+        if x.dtype != param.dtype:
             raise TypeError(f"TruncatedLSTM: input dtype {input.dtype} does not match the "
                             f"parameters' {param.dtype} (convert one with .to())")
         if param.device.type == "cpu" and param.dtype not in (torch.float32, torch.float64):

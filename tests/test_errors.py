@@ -115,3 +115,10 @@ def test_cpu_half_refused_with_reason():
     lstm = TruncatedLSTM(3, 4, dtype=torch.bfloat16)
     with pytest.raises(TypeError, match="on the CPU the dtype must be float32 or float64"):
         lstm(torch.randn(2, 2, 3, dtype=torch.bfloat16))
+
+
+def test_autocast_input_runs_in_parameter_dtype():
+    lstm = TruncatedLSTM(3, 4, k2=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = lstm(torch.randn(2, 2, 3, dtype=torch.bfloat16))
+    assert out.dtype == torch.float32
