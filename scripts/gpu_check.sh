@@ -27,8 +27,8 @@ if command -v compute-sanitizer > /dev/null; then
   step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 9 python3 scripts/sanitize_run.py
 fi
 if [ -d bench ] && [ -z "${SKIP_BENCH:-}" ]; then
-  step bench bench.log python3 -m pytest bench -q --benchmark-only --benchmark-json="$OUT/bench.json"
-  [ -f bench/summary.py ] && step summary summary.log python3 bench/summary.py "$OUT/bench.json"
+  step bench bench.log python3 -m pytest bench -q --benchmark-only --bench-device cuda --benchmark-json="$OUT/bench.json"
+  [ -f bench/summary.py ] && step summary summary.log python3 bench/summary.py "$OUT/bench.json" --out "$OUT"
 fi
 echo "== $(cat "$OUT/gpu.txt") | torch $(python3 -c 'import torch; print(torch.__version__)') | $(git rev-parse --short HEAD 2>/dev/null)"
 printf '%s\n' "${summary[@]}"
