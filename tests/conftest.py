@@ -27,3 +27,12 @@ def _seed_and_tf32():
     torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and OpenMP spinning on a busy CPU costs 100x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,12 +20,8 @@ from tbptt_cuda.data import (
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and OpenMP spinning on a busy CPU costs 100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_models_on_one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 def numbered(length, seq_id, features=None):
