@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make run    set up (venv, torch==2.11.0, build) and run the main job
 #   make test   set up and run the test suite
-# Set-up is cached: the venv in .venv, the compiled extension in tbptt_cuda/_C*.so.
+# Set-up is cached: the venv in .venv (matplotlib included, for the demo's and the
+# benchmarks' plots; the library itself does not need it), the extension in tbptt_cuda/_C*.so.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ CSRC := $(shell find csrc -type f)
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy ninja setuptools wheel tqdm pytest pytest-benchmark
+	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy ninja setuptools wheel tqdm pytest pytest-benchmark matplotlib
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml tbptt_cuda/_build.py $(CSRC)
