@@ -570,7 +570,7 @@ def machine_info():
             import tbptt_cuda
 
             bi = tbptt_cuda.build_info()
-            info["tbptt_cuda"] = {k: bi.get(k) for k in ("cuda", "cuda_archs", "torch")}
+            info["tbptt_cuda"] = {k: bi.get(k) for k in ("cuda", "cuda_archs", "torch", "cpu_gemm")}
         except Exception as e:  # noqa: BLE001
             info["tbptt_cuda"] = f"build_info failed: {e}"
     else:
@@ -581,7 +581,9 @@ def machine_info():
 def header_line(info):
     dev = f"GPU {info['gpu']} (CUDA {info.get('cuda')}, cuDNN {info.get('cudnn')})" if info.get(
         "gpu") else "no GPU"
+    ours = info.get("tbptt_cuda")
+    gemm = f", CPU GEMMs {ours['cpu_gemm']}" if isinstance(ours, dict) and ours.get("cpu_gemm") else ""
     return (f"machine {info['host']}: CPU {info['cpu']} x{info['cpu_count']} "
             f"({info['torch_threads']} torch threads), {dev}; torch {info['torch']}, "
             f"python {info['python']}, commit {info['commit']}, "
-            f"load average {info['loadavg_1min']}")
+            f"load average {info['loadavg_1min']}{gemm}")

@@ -50,7 +50,7 @@ int64_t weights_per_layer(bool has_bias) { return has_bias ? 4 : 2; }
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
-    const PointwiseBackend& backend, const at::Tensor& x_in, const at::Tensor& h0,
+    const DeviceBackend& backend, const at::Tensor& x_in, const at::Tensor& h0,
     const at::Tensor& c0, const c10::optional<at::Tensor>& reset_in, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
     int64_t first_slot, bool record) {
@@ -97,10 +97,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
   std::vector<at::Tensor> h_n(layers), c_n(layers);
   at::Tensor layer_in = x;  // [L, B, I_l]
   at::Tensor out;           // [L, B, H]
+  const GemmBackend& gemm = backend.gemm;
   at::Tensor gates_h = at::empty({B, G}, x.options());  // h_{t-1} @ W_hh^T
   for (int64_t l = 0; l < layers; ++l) {
-    const at::Tensor& w_ih = weights[l * per_layer];
-    const at::Tensor w_hh_t = weights[l * per_layer + 1].t();  // [H, G]
+    const at::Tensor& w_ih = weights[l * per_layer];  // [G, I_l]
+    const at::Tensor w_hh = gemm.prepare_step_weight(weights[l * per_layer + 1], B);  // [G, H]
     if (l > 0 && dropout) {
       const at::Tensor mask = (*dropout_masks)[l - 1];  // [L, B, H]
       if (record) write_window(ring.mask[l - 1], first_slot, mask);
@@ -109,10 +110,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     const int64_t in_size = layer_in.size(2);
     // Input projection of the whole chunk, both biases folded in: one GEMM. [L*B, G]
     const at::Tensor in_2d = layer_in.reshape({L * B, in_size});
-    const at::Tensor gates_x =
-        has_bias ? at::addmm(weights[l * per_layer + 2] + weights[l * per_layer + 3], in_2d,
-                             w_ih.t())
-                 : at::mm(in_2d, w_ih.t());
+    const at::Tensor gates_x = gemm.linear(
+        in_2d, w_ih,
+        has_bias ? weights[l * per_layer + 2] + weights[l * per_layer + 3] : at::Tensor());
 
     at::Tensor hidden = h0[l].contiguous().clone();  // [B, H] T: the next GEMM's input
     at::Tensor cell = c0[l].to(acc).contiguous().clone();  // [B, H] acc
@@ -123,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     }
     out = at::empty({L, B, H}, x.options());
     for (int64_t s = 0; s < L; ++s) {
-      at::mm_out(gates_h, hidden, w_hh_t);
+      gemm.step_linear(gates_h, hidden, w_hh);
       ForwardStepParams p;
       p.batch = B;
       p.hidden = H;
@@ -138,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
       p.ring_hidden = record ? slot_ptr(ring.hidden, l, slot) : scratch_hidden.data_ptr();
       p.reset_next = static_cast<const uint8_t*>(
           (reset.defined() && s + 1 < L) ? row_ptr(reset, s + 1) : no_reset.data_ptr());
-      backend.forward_step(p, storage);
+      backend.pointwise.forward_step(p, storage);
     }
     h_n[l] = hidden;
     c_n[l] = cell;
@@ -148,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward(
-    const PointwiseBackend& backend, const at::Tensor& grad_out_in,
+    const DeviceBackend& backend, const at::Tensor& grad_out_in,
     const at::Tensor& grad_h_n_in, const at::Tensor& grad_c_n_in, at::TensorList weights,
     bool has_bias, const RingTensors& ring, const at::Tensor& h_before_in,
     const at::Tensor& c_before_in, int64_t window_len, int64_t last_slot) {
@@ -181,9 +181,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
   const at::Tensor no_grad_out = at::zeros({B, H}, grad_out.options());
   auto reset_of_slot = [&](int64_t slot) { return reset_base + slot * B; };
 
+  const GemmBackend& gemm = backend.gemm;
   for (int64_t l = layers - 1; l >= 0; --l) {
-    const at::Tensor& w_ih = weights[l * per_layer];      // [G, I_l]
-    const at::Tensor& w_hh = weights[l * per_layer + 1];  // [G, H]
+    const at::Tensor& w_ih = weights[l * per_layer];  // [G, I_l]
+    // dL/dh_{t-1} = dL/dgates @ W_hh, written x @ w^T with w = W_hh^T [H, G]
+    const at::Tensor w_hh_t = gemm.prepare_step_weight(weights[l * per_layer + 1].t(), B);
     const bool top = l == layers - 1;
     const at::Tensor grad_gates = at::empty({W, B, G}, grad_out.options());
     const at::Tensor hidden_prev_seen = at::empty({W, B, H}, grad_out.options());
@@ -211,9 +213,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
       p.grad_cell = grad_cell.data_ptr();
       p.grad_gates = row_ptr(grad_gates, j);
       p.hidden_prev_seen = row_ptr(hidden_prev_seen, j);
-      backend.backward_step(p, storage);
+      backend.pointwise.backward_step(p, storage);
       // dL/dh_{t-1} through this step: [B, G] @ [G, H]
-      at::mm_out(grad_hidden_next, grad_gates[j], w_hh);
+      gemm.step_linear(grad_hidden_next, grad_gates[j], w_hh_t);
     }
     // The state entering the window: its reset (if any) cuts the gradient.
     const at::Tensor first_reset =
@@ -230,18 +232,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
       layer_in = window_of(ring.hidden[l - 1], first_slot, W);
       if (dropout) layer_in = layer_in * window_of(ring.mask[l - 1], first_slot, W);
     }
-    grad_weights[l * per_layer] = grad_gates_2d.t().mm(layer_in.reshape({W * B, -1}));
-    grad_weights[l * per_layer + 1] = grad_gates_2d.t().mm(hidden_prev_seen.view({W * B, H}));
+    std::vector<at::Tensor> grad_w = gemm.weight_grads(
+        grad_gates_2d, {layer_in.reshape({W * B, -1}), hidden_prev_seen.view({W * B, H})});
+    grad_weights[l * per_layer] = grad_w[0];
+    grad_weights[l * per_layer + 1] = grad_w[1];
     if (has_bias) {
       const at::Tensor grad_bias = grad_gates_2d.sum(0);
       grad_weights[l * per_layer + 2] = grad_bias;
       grad_weights[l * per_layer + 3] = grad_bias.clone();
     }
+    // dL/d(layer input) = dL/dgates @ W_ih, written x @ w^T with w = W_ih^T [I_l, G]
     if (l > 0) {
-      grad_from_above = grad_gates_2d.mm(w_ih).view({W, B, H});
+      grad_from_above = gemm.linear(grad_gates_2d, w_ih.t(), at::Tensor()).view({W, B, H});
       if (dropout) grad_from_above.mul_(window_of(ring.mask[l - 1], first_slot, W));
     } else {
-      grad_x = grad_gates.narrow(0, W - L, L).reshape({L * B, G}).mm(w_ih).view({L, B, -1});
+      grad_x = gemm.linear(grad_gates.narrow(0, W - L, L).reshape({L * B, G}), w_ih.t(), at::Tensor())
+                   .view({L, B, -1});
     }
   }
   return {grad_x, at::stack(grad_h_before), at::stack(grad_c_before), grad_weights};

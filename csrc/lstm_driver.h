@@ -1,7 +1,8 @@
-// The chunk forward and the window backward, written once for every device: GEMMs through
-// ATen (which runs them on the tensors' device and, on CUDA, on the current stream), the
-// per-step pointwise pass through a backend (CPU loop or CUDA kernel) given by the caller.
-// The op registry (ops.cpp) binds each device's backend; nothing here branches on device.
+// The chunk forward and the window backward, written once for every device. The GEMMs and the
+// per-step pointwise pass go through a backend given by the caller (CPU: oneDNN or ATen GEMMs
+// and a vectorised loop; CUDA: ATen GEMMs, i.e. cuBLAS on the current stream, and fused
+// kernels). The op registry (ops.cpp) binds each device's backend; nothing here branches on
+// device.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,6 +21,26 @@ struct PointwiseBackend {
   void (*backward_step)(const BackwardStepParams& params, at::ScalarType storage);
 };
 
+// One device's GEMMs. Every product the driver needs is written as x @ w^T with w in
+// nn.Linear's [N, K] layout, so that a backend can route each to the library that is fastest
+// for it on that device.
+struct GemmBackend {
+  // [M, N] = x [M, K] @ w [N, K]^T, plus bias [N] when it is defined.
+  at::Tensor (*linear)(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+  // The weight gradients [N, K_i] = grad [M, N]^T @ inputs[i] [M, K_i], one per input.
+  std::vector<at::Tensor> (*weight_grads)(const at::Tensor& grad, at::TensorList inputs);
+  // A weight w [N, K] that multiplies a [rows, K] operand at every step of a chunk or window,
+  // prepared once (packed, copied or kept as is: the backend's choice) for step_linear.
+  at::Tensor (*prepare_step_weight)(const at::Tensor& w, int64_t rows);
+  // out [rows, N] = x [rows, K] @ w^T, with `prepared` from prepare_step_weight(w, rows).
+  void (*step_linear)(const at::Tensor& out, const at::Tensor& x, const at::Tensor& prepared);
+};
+
+struct DeviceBackend {
+  PointwiseBackend pointwise;
+  GemmBackend gemm;
+};
+
 // Ring tensors of one stream (shapes in window.h). `record` false: none is touched and they
 // may be empty.
 struct RingTensors {
@@ -32,7 +53,7 @@ struct RingTensors {
 //   dropout_masks [layers-1, L, B, H] or undefined; first_slot: ring slot of the chunk's first
 //   step. Returns y [L, B, H], h_n [layers, B, H] (T), c_n [layers, B, H] (acc).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
-    const PointwiseBackend& backend, const at::Tensor& x, const at::Tensor& h0,
+    const DeviceBackend& backend, const at::Tensor& x, const at::Tensor& h0,
     const at::Tensor& c0, const c10::optional<at::Tensor>& reset, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
     int64_t first_slot, bool record);
@@ -45,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
 // Returns grad_x [L, B, I], grad_h_before [layers, B, H] (T), grad_c_before [layers, B, H] (acc),
 // and the weight gradients in the order of `weights`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward(
-    const PointwiseBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_h_n,
+    const DeviceBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_h_n,
     const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias, const RingTensors& ring,
     const at::Tensor& h_before, const at::Tensor& c_before, int64_t window_len,
     int64_t last_slot);

@@ -9,7 +9,7 @@
 namespace tbptt {
 namespace {
 
-using BackendGetter = const PointwiseBackend& (*)();
+using BackendGetter = const DeviceBackend& (*)();
 
 RingTensors ring_of(const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& hidden,
                     const at::Tensor& input, const at::Tensor& reset, const at::Tensor& mask) {
@@ -72,8 +72,17 @@ TORCH_LIBRARY_IMPL(tbptt, CUDA, m) {
 }
 #endif
 
-// The Python module only reports how it was built; the ops live in torch.ops.tbptt.
+// The Python module reports how it was built and selects the CPU GEMM library; the ops live in
+// torch.ops.tbptt.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_cpu_gemm", &tbptt::cpu::set_gemm_library,
+        "Selects the CPU GEMM library: 'onednn' (float32 default) or 'aten' (MKL).");
+  m.def(
+      "cpu_gemm", [](const std::string& dtype) {
+        TORCH_CHECK(dtype == "float32" || dtype == "float64", "tbptt: dtype must be 'float32' or 'float64'");
+        return tbptt::cpu::gemm_library(dtype == "float32" ? at::kFloat : at::kDouble);
+      },
+      "The library the CPU GEMMs use now for that dtype.");
   m.def("compiled_with_cuda", [] {
 #ifdef TBPTT_WITH_CUDA
     return true;

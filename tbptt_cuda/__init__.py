@@ -21,4 +21,5 @@ def build_info():
         "cuda_archs": _backend.cuda_archs(),
         "cuda_available": torch.cuda.is_available(),
         "built_just_in_time": _backend.built_just_in_time(),
+        "cpu_gemm": _backend.cpu_gemm("float32"),
     }

@@ -24,6 +24,8 @@ def load():
         except ImportError as error:
             module = _build_just_in_time(error)
         _register_fakes()
+        if os.environ.get("TBPTT_CPU_GEMM"):
+            module.set_cpu_gemm(os.environ["TBPTT_CPU_GEMM"])
         _module = module
     return _module
 
@@ -102,6 +104,17 @@ def _build_just_in_time(import_error):
 
 def compiled_with_cuda():
     return bool(load().compiled_with_cuda())
+
+
+def cpu_gemm(dtype="float32"):
+    """The library the CPU GEMMs use now for that dtype: 'onednn' or 'aten' (MKL)."""
+    return load().cpu_gemm(dtype)
+
+
+def set_cpu_gemm(name):
+    """Selects the CPU GEMM library for float32: 'onednn' (the default where torch has it) or
+    'aten'. Also settable with TBPTT_CPU_GEMM=aten|onednn before the first use."""
+    load().set_cpu_gemm(name)
 
 
 def cuda_archs():

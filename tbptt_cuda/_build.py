@@ -54,7 +54,7 @@ def want_cuda():
 
 
 def sources(with_cuda):
-    files = [os.path.join(CSRC, "ops.cpp"), os.path.join(CSRC, "lstm_driver.cpp")]
+    files = [os.path.join(CSRC, name) for name in ("ops.cpp", "lstm_driver.cpp", "aten_gemm.cpp")]
     files += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     if with_cuda:
         files += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))

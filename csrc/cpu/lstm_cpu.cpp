@@ -1,4 +1,4 @@
-// CPU pointwise pass: lstm_math.h's element functions over all B*H elements of one step.
+// CPU backend: the GEMMs of gemm_cpu.cpp and this pointwise pass: lstm_math.h's element functions over all B*H elements of one step.
 // Rows are split across threads with at::parallel_for; within a row the units are contiguous
 // and the loop is written for the compiler to vectorise (this file is built with fast math so
 // that exp/tanh use glibc's vector variants). float32 and float64.
@@ -47,8 +47,8 @@ void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
 
 }  // namespace
 
-const PointwiseBackend& backend() {
-  static const PointwiseBackend cpu_backend{forward_step, backward_step};
+const DeviceBackend& backend() {
+  static const DeviceBackend cpu_backend{{forward_step, backward_step}, gemm()};
   return cpu_backend;
 }
 

@@ -1,4 +1,5 @@
-// CUDA glue: binds the pointwise kernels into the shared driver as the CUDA backend, launching
+// CUDA glue: binds the pointwise kernels and ATen's cuBLAS GEMMs into the shared driver as the
+// CUDA backend, launching
 // on PyTorch's current stream and checking every launch.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -32,8 +33,9 @@ void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
 
 }  // namespace
 
-const PointwiseBackend& backend() {
-  static const PointwiseBackend cuda_backend{forward_step, backward_step};
+const DeviceBackend& backend() {
+  // GEMMs: ATen's, i.e. cuBLAS on the current stream (TF32 as torch.backends allows).
+  static const DeviceBackend cuda_backend{{forward_step, backward_step}, aten_gemm::gemm()};
   return cuda_backend;
 }
 

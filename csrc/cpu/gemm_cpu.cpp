@@ -1,0 +1,139 @@
+// CPU GEMMs. float32 goes to oneDNN's inner product (mkldnn::_linear_pointwise, the library
+// behind nn.LSTM's CPU path): on the x86 machines we measured it runs these shapes 1.5-5x
+// faster than MKL sgemm (notes/benchmarks.md). float64, builds of torch without oneDNN, and
+// torch.backends.mkldnn.enabled = False take ATen's GEMMs (MKL); set_cpu_gemm("aten") forces
+// them too, for comparison.
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
+#include <atomic>
+#include <optional>
+#include <string>
+
+#include "backends.h"
+
+namespace tbptt {
+namespace cpu {
+namespace {
+
+// mkldnn::_linear_pointwise(Tensor X, Tensor W, Tensor? B, str attr, Scalar?[] scalars,
+// str? algorithm) -> Tensor: X [M, K] @ W [N, K]^T + B, W dense or packed by
+// mkldnn::_reorder_linear_weight.
+using LinearPointwise =
+    at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+               c10::string_view, c10::List<std::optional<at::Scalar>>,
+               std::optional<c10::string_view>);
+using ReorderLinearWeight = at::Tensor(const at::Tensor&, std::optional<int64_t>);
+
+template <typename Signature>
+std::optional<c10::TypedOperatorHandle<Signature>> find_op(const char* name) {
+  const auto op = c10::Dispatcher::singleton().findOp({name, ""});
+  if (!op.has_value() || !op->hasKernelForDispatchKey(c10::DispatchKey::CPU)) return std::nullopt;
+  return op->typed<Signature>();
+}
+
+const std::optional<c10::TypedOperatorHandle<LinearPointwise>>& onednn_linear_op() {
+  static const auto op = find_op<LinearPointwise>("mkldnn::_linear_pointwise");
+  return op;
+}
+
+const std::optional<c10::TypedOperatorHandle<ReorderLinearWeight>>& onednn_reorder_op() {
+  static const auto op = find_op<ReorderLinearWeight>("mkldnn::_reorder_linear_weight");
+  return op;
+}
+
+std::atomic<bool> prefer_onednn{true};
+
+bool use_onednn(const at::Tensor& x) {
+  return x.scalar_type() == at::kFloat && prefer_onednn.load() &&
+         at::globalContext().userEnabledMkldnn() && onednn_linear_op().has_value() &&
+         onednn_reorder_op().has_value();
+}
+
+// A dense copy of m^T for a matrix m [R, C] (any strides): [C, R]; no copy where m is itself a
+// transposed view of a dense matrix.
+at::Tensor transposed(const at::Tensor& m) { return m.t().contiguous(); }
+
+// x [M, K] @ w [N, K]^T (+ bias [N]) through oneDNN; w dense or packed.
+at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  const std::optional<at::Tensor> maybe_bias =
+      bias.defined() ? std::optional<at::Tensor>(bias.contiguous()) : std::nullopt;
+  return onednn_linear_op()->call(x.contiguous(), w.is_mkldnn() ? w : w.contiguous(),
+                                  maybe_bias, "none", c10::List<std::optional<at::Scalar>>(),
+                                  std::nullopt);
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  if (!use_onednn(x)) return aten_gemm::gemm().linear(x, w, bias);
+  return onednn_linear(x, w, bias);
+}
+
+std::vector<at::Tensor> weight_grads(const at::Tensor& grad, at::TensorList inputs) {
+  if (!use_onednn(grad)) return aten_gemm::gemm().weight_grads(grad, inputs);
+  // grad^T [N, M] @ (input^T [K, M])^T: oneDNN wants both operands dense, hence the copies,
+  // grad's once for all inputs.
+  const at::Tensor grad_t = transposed(grad);
+  std::vector<at::Tensor> result;
+  for (const at::Tensor& input : inputs) {
+    result.push_back(onednn_linear(grad_t, transposed(input), at::Tensor()));
+  }
+  return result;
+}
+
+// Per-step products: below this many weight elements a oneDNN call costs more than it saves
+// (H = 128: equal times), so small weights stay with ATen.
+constexpr int64_t kMinStepWeightElements = 128 * 1024;
+
+// oneDNN's inner product is slow where few rows meet a weight with many more outputs than
+// inputs (the forward's [B, H] @ [H, 4H]: 2-3x slower than MKL at B = 16, H = 1024). There the
+// product is computed transposed, out^T [N, rows] = w [N, K] @ x^T, with the weight as the
+// tall operand, which is fast. Otherwise the weight is packed once for oneDNN.
+enum class StepForm { kAten, kPacked, kTransposed };
+
+StepForm step_form_of(const at::Tensor& w) {
+  if (!use_onednn(w) || w.numel() < kMinStepWeightElements) return StepForm::kAten;
+  return w.size(0) > w.size(1) ? StepForm::kTransposed : StepForm::kPacked;
+}
+
+at::Tensor prepare_step_weight(const at::Tensor& w, int64_t rows) {
+  switch (step_form_of(w)) {
+    case StepForm::kAten: return aten_gemm::gemm().prepare_step_weight(w, rows);
+    case StepForm::kTransposed: return w.contiguous();
+    case StepForm::kPacked: break;
+  }
+  return (*onednn_reorder_op()).call(w.contiguous(), rows);
+}
+
+// `prepared` tells the form: packed by oneDNN, dense and tall (transposed form; only float32
+// reaches here), or anything else for ATen.
+void step_linear(const at::Tensor& out, const at::Tensor& x, const at::Tensor& prepared) {
+  at::Tensor target = out;  // [rows, N], dense
+  if (prepared.is_mkldnn()) {
+    target.copy_(onednn_linear(x, prepared, at::Tensor()));
+  } else if (step_form_of(prepared) == StepForm::kTransposed && prepared.is_contiguous()) {
+    target.copy_(onednn_linear(prepared, x, at::Tensor()).t());  // [N, rows] -> [rows, N]
+  } else {
+    aten_gemm::gemm().step_linear(out, x, prepared);
+  }
+}
+
+}  // namespace
+
+const GemmBackend& gemm() {
+  static const GemmBackend cpu_gemm{linear, weight_grads, prepare_step_weight, step_linear};
+  return cpu_gemm;
+}
+
+void set_gemm_library(const std::string& name) {
+  TORCH_CHECK(name == "onednn" || name == "aten",
+              "tbptt: the CPU GEMM library must be 'onednn' or 'aten', got '", name, "'");
+  prefer_onednn.store(name == "onednn");
+}
+
+std::string gemm_library(at::ScalarType dtype) {
+  return use_onednn(at::empty({0}, at::TensorOptions().dtype(dtype))) ? "onednn" : "aten";
+}
+
+}  // namespace cpu
+}  // namespace tbptt
