@@ -6,7 +6,6 @@
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include <algorithm>
 #include <atomic>
 #include <optional>
 #include <string>
