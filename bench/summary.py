@@ -241,6 +241,16 @@ def targets(by_case, mem):
 # --------------------------------------------------------------------------------------------
 # plots (optional)
 
+def _finish_plot(plt, fig, ax, path):
+    """Grid, legend, save as PNG, close; returns the path written."""
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def plots(by_case, mem, out_dir):
     try:
         import matplotlib
@@ -263,13 +273,8 @@ def plots(by_case, mem, out_dir):
         ax.set_ylabel("CUDA peak allocated (MiB)" if dev == "cuda"
                       else "bytes held for backward (MiB)")
         ax.set_title(f"memory vs n: {dev} {dt}, H={H}, B={B}, k1={k1}, k2={k2}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        p = out_dir / f"memory_vs_n_{dev}_{dt}_H{H}_B{B}_k{k1}_k2_{k2}.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(str(p))
+        written.append(_finish_plot(plt, fig, ax,
+                                    out_dir / f"memory_vs_n_{dev}_{dt}_H{H}_B{B}_k{k1}_k2_{k2}.png"))
     groups = defaultdict(dict)  # (dev, dt, B, k1, k2 kind, n) -> H -> variants
     for key, vs in by_case.items():
         dev, dt, H, B, k1, k2, n, _ = key
@@ -295,13 +300,8 @@ def plots(by_case, mem, out_dir):
         ax.set_xlabel("hidden size H")
         ax.set_ylabel("µs per timestep, forward + backward (median)")
         ax.set_title(f"time vs H: {dev} {dt}, B={B}, k1={k1}, k2={k2s}, n={n}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        p = out_dir / f"time_vs_H_{dev}_{dt}_B{B}_k{k1}_k2_{k2s}.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(str(p))
+        written.append(_finish_plot(plt, fig, ax,
+                                    out_dir / f"time_vs_H_{dev}_{dt}_B{B}_k{k1}_k2_{k2s}.png"))
     return [f"plot: {p}" for p in written] or ["plots: nothing to draw (need >= 2 sizes)"]
 
 

@@ -74,8 +74,9 @@ def _machine_line(device: torch.device) -> str:
             f"{platform.python_version()}; {os.cpu_count()} cores")
 
 
-def _try_plot(what: str, draw) -> Optional[str]:
-    """Run ``draw(plt)`` if matplotlib is installed; else say it was skipped."""
+def _try_plot(what: str, draw, path: Path) -> Optional[str]:
+    """If matplotlib is installed, ``draw(plt)`` returns a figure, saved to ``path`` (PNG) and
+    closed; returns the path. Else says the plot was skipped and returns None."""
     try:
         import matplotlib
         matplotlib.use("Agg", force=False)
@@ -83,7 +84,11 @@ def _try_plot(what: str, draw) -> Optional[str]:
     except ImportError:
         _print(f"matplotlib is not installed: skipping the {what} plot (pip install matplotlib)")
         return None
-    return draw(plt)
+    fig = draw(plt)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -461,13 +466,9 @@ def run_lm(args) -> Dict:
         ax.set_ylabel("bits per character")
         ax.set_title(f"char LSTM, TBPTT({args.k1},{k2}), H={args.hidden}, {device}", fontsize=10)
         ax.legend()
-        fig.tight_layout()
-        path = out / "lm_curve.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return str(path)
+        return fig
 
-    summary["plot"] = _try_plot("lm", draw)
+    summary["plot"] = _try_plot("lm", draw, out / "lm_curve.png")
     _print(f"wrote {out / 'lm_summary.json'}, {out / 'lm_sample.txt'}" +
            (f", {summary['plot']}" if summary["plot"] else ""))
     summary["losses"] = run.losses
@@ -628,13 +629,9 @@ def run_memory(args) -> Dict:
         ax_mem.set_xticklabels(labels, fontsize=8)
         ax_mem.set_ylabel("history ring (KiB)")
         ax_mem.set_title("memory held for backward", fontsize=9)
-        fig.tight_layout()
-        path = out / "memory_task.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return str(path)
+        return fig
 
-    plot = _try_plot("memory-task", draw)
+    plot = _try_plot("memory-task", draw, out / "memory_task.png")
     _print(f"wrote {out / 'memory_task.md'}, {out / 'memory_task.json'}" + (f", {plot}" if plot else ""))
     return {"command": "memory", "rows": rows, "table": table_text, "plot": plot}
 
@@ -722,13 +719,9 @@ def run_compare(args) -> Dict:
         ax_mem.set_xticks(np.arange(len(rows)))
         ax_mem.set_xticklabels(labels)
         ax_mem.set_ylabel("history ring (MiB)")
-        fig.tight_layout()
-        path = out / "compare.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return str(path)
+        return fig
 
-    plot = _try_plot("compare", draw)
+    plot = _try_plot("compare", draw, out / "compare.png")
     _print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}" + (f", {plot}" if plot else ""))
     return {"command": "compare", "rows": rows, "table": table_text, "plot": plot, "n": n}
 

@@ -27,39 +27,28 @@ constexpr int64_t kGrainElements = 16384;
 #define TBPTT_CPU_CLONES
 #endif
 
-// Rows [row_begin, row_end) of one step; within a row the units are contiguous.
-template <typename scalar_t>
-inline void forward_rows(const ForwardStepParams& p, int64_t row_begin, int64_t row_end) {
+// Rows [row_begin, row_end) of one step through `element` (forward_step_element or
+// backward_step_element of lstm_math.h); within a row the units are contiguous.
+template <typename Params, void (*element)(const Params&, int64_t, int64_t)>
+inline void element_rows(const Params& p, int64_t row_begin, int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
 #pragma omp simd
-    for (int64_t unit = 0; unit < p.hidden; ++unit) {
-      forward_step_element<scalar_t, scalar_t>(p, row, unit);
-    }
-  }
-}
-
-template <typename scalar_t>
-inline void backward_rows(const BackwardStepParams& p, int64_t row_begin, int64_t row_end) {
-  for (int64_t row = row_begin; row < row_end; ++row) {
-#pragma omp simd
-    for (int64_t unit = 0; unit < p.hidden; ++unit) {
-      backward_step_element<scalar_t, scalar_t>(p, row, unit);
-    }
+    for (int64_t unit = 0; unit < p.hidden; ++unit) element(p, row, unit);
   }
 }
 
 // One clone set per dtype (target_clones takes plain functions, not templates).
 TBPTT_CPU_CLONES void forward_rows_float(const ForwardStepParams& p, int64_t b, int64_t e) {
-  forward_rows<float>(p, b, e);
+  element_rows<ForwardStepParams, forward_step_element<float, float>>(p, b, e);
 }
 TBPTT_CPU_CLONES void forward_rows_double(const ForwardStepParams& p, int64_t b, int64_t e) {
-  forward_rows<double>(p, b, e);
+  element_rows<ForwardStepParams, forward_step_element<double, double>>(p, b, e);
 }
 TBPTT_CPU_CLONES void backward_rows_float(const BackwardStepParams& p, int64_t b, int64_t e) {
-  backward_rows<float>(p, b, e);
+  element_rows<BackwardStepParams, backward_step_element<float, float>>(p, b, e);
 }
 TBPTT_CPU_CLONES void backward_rows_double(const BackwardStepParams& p, int64_t b, int64_t e) {
-  backward_rows<double>(p, b, e);
+  element_rows<BackwardStepParams, backward_step_element<double, double>>(p, b, e);
 }
 
 // Splits the rows across threads; `params` is copied into each task so that the compiler
