@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.11.0
 export MAX_JOBS ?= 2
 CSRC := $(shell find csrc -type f)
 
-.PHONY: setup run test bench info gpu-test sanitize clean
+.PHONY: setup run test bench info gpu-test emulator-check ptxas-check clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,18 @@ run: setup
 info: setup
 	$(PY) -m tbptt_cuda.info
 
-test: setup
+# The test suite runs every kernel of csrc/cuda on the CPU through the SIMT emulator (and on a
+# GPU where there is one); before it, the emulator's own C++ test in three builds (plain, TSan,
+# ASan+UBSan) and nvcc's register/spill report of every kernel.
+test: setup emulator-check ptxas-check
 	$(PY) -m tbptt_cuda.info
 	$(PY) -m pytest tests -q
+
+emulator-check:
+	bash scripts/emulator_check.sh
+
+ptxas-check: setup
+	$(PY) scripts/check_ptxas.py
 
 bench: setup
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-json=results/bench.json

@@ -3,7 +3,8 @@ build of torch are present (or FORCE_CUDA=1). Never gated on torch.cuda.is_avail
 hosts have no GPU.
 
 Environment: TORCH_CUDA_ARCH_LIST (default "9.0+PTX", the H100/H200), MAX_JOBS (parallel
-compile jobs, read by torch's ninja build), FORCE_CUDA=1 / FORCE_CPU=1.
+compile jobs, read by torch's ninja build), FORCE_CUDA=1 / FORCE_CPU=1, TBPTT_NO_EMULATION=1
+(leave out the CUDA kernels' second build, for the SIMT emulator; CI and `make test` build it).
 """
 import os
 import sys
@@ -24,7 +25,7 @@ kwargs = dict(
     sources=sources,
     include_dirs=[_build.CSRC],
     extra_compile_args=_build.compile_args(with_cuda),
-    define_macros=[("TBPTT_WITH_CUDA", None)] if with_cuda else [],
+    define_macros=_build.define_macros(with_cuda),
 )
 extension = CUDAExtension(**kwargs) if with_cuda else CppExtension(**kwargs)
 _build.write_build_config(with_cuda)

@@ -2,11 +2,26 @@
 // may share.
 #pragma once
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include "lstm_driver.h"
 
 namespace tbptt {
+
+// The storage type a kernel launch is instantiated for.
+inline StorageType storage_type_of(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return StorageType::kFloat32;
+    case at::kDouble: return StorageType::kFloat64;
+    case at::kHalf: return StorageType::kFloat16;
+    case at::kBFloat16: return StorageType::kBFloat16;
+    default:
+      TORCH_CHECK(false, "tbptt: the CUDA kernels support float32, float64, float16 and bfloat16, got ", type);
+  }
+}
+
 // GEMMs through at::mm / addmm: cuBLAS on CUDA (current stream), the CPU BLAS on CPU.
 namespace aten_gemm {
 const GemmBackend& gemm();
@@ -23,5 +38,19 @@ std::string gemm_library(at::ScalarType dtype);
 namespace cuda {
 const DeviceBackend& backend();
 }
+#endif
+#ifdef TBPTT_WITH_EMULATION
+// csrc/cuda's kernels run by the SIMT emulator on CPU tensors (tbptt_cuda.emulate_cuda()).
+namespace emulated {
+const DeviceBackend& backend();
+bool active();
+// enabled; seed < 0: the deterministic schedule, else a random one from that seed; sms <= 0:
+// the H100's 132.
+void configure(bool enabled, int64_t seed, int64_t sms);
+// kernel -> {launches, block barriers, grid barriers, warp collectives} since the start.
+std::map<std::string, std::vector<int64_t>> stats();
+// The emulator's float -> float16 / bfloat16 conversion, as int16 bits (a test hook).
+at::Tensor sixteen_bit_conversion(const at::Tensor& values, bool bfloat16);
+}  // namespace emulated
 #endif
 }  // namespace tbptt

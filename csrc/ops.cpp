@@ -5,11 +5,24 @@
 #include <torch/library.h>
 
 #include "backends.h"
+#ifdef TBPTT_WITH_EMULATION
+#include "emulation/selftest.h"
+#include "emulation/simt_emu.h"
+#endif
 
 namespace tbptt {
 namespace {
 
 using BackendGetter = const DeviceBackend& (*)();
+
+// CPU tensors: the CPU backend, or csrc/cuda's kernels under the SIMT emulator while
+// tbptt_cuda.emulate_cuda() is active.
+const DeviceBackend& cpu_or_emulated_backend() {
+#ifdef TBPTT_WITH_EMULATION
+  if (emulated::active()) return emulated::backend();
+#endif
+  return cpu::backend();
+}
 
 RingTensors ring_of(const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& hidden,
                     const at::Tensor& input, const at::Tensor& reset, const at::Tensor& mask) {
@@ -61,8 +74,8 @@ TORCH_LIBRARY(tbptt, m) {
 }
 
 TORCH_LIBRARY_IMPL(tbptt, CPU, m) {
-  m.impl("chunk_forward", &tbptt::chunk_forward_op<tbptt::cpu::backend>);
-  m.impl("window_backward", &tbptt::window_backward_op<tbptt::cpu::backend>);
+  m.impl("chunk_forward", &tbptt::chunk_forward_op<tbptt::cpu_or_emulated_backend>);
+  m.impl("window_backward", &tbptt::window_backward_op<tbptt::cpu_or_emulated_backend>);
 }
 
 #ifdef TBPTT_WITH_CUDA
@@ -90,4 +103,31 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   });
+  m.def("compiled_with_emulation", [] {
+#ifdef TBPTT_WITH_EMULATION
+    return true;
+#else
+    return false;
+#endif
+  });
+#ifdef TBPTT_WITH_EMULATION
+  m.def("set_emulation", &tbptt::emulated::configure, pybind11::arg("enabled"),
+        pybind11::arg("seed"), pybind11::arg("sms"),
+        "Routes CPU tensors through the emulated CUDA kernels (seed < 0: deterministic "
+        "schedule; sms <= 0: 132).");
+  m.def("emulation_active", &tbptt::emulated::active);
+  m.def("emulation_stats", &tbptt::emulated::stats,
+        "kernel -> [launches, block barriers, grid barriers, warp collectives] so far.");
+  m.def("emulated_sixteen_bit", &tbptt::emulated::sixteen_bit_conversion);
+  m.def("emulator_fault_names", &tbptt::emu_selftest::fault_names);
+  m.def(
+      "emulator_selftest",
+      [](const std::string& fault, int n, int steps, int blocks, int threads) {
+        const tbptt::emu_selftest::ToyRun run =
+            tbptt::emu_selftest::run_toy_rnn(fault, n, steps, blocks, threads);
+        return std::make_tuple(std::string(simt::status_name(run.status)), run.max_abs_diff);
+      },
+      "Runs the emulator's toy persistent RNN with a planted fault: (launch status, max |diff| "
+      "from the reference); raises where the emulator reports the fault.");
+#endif
 }

@@ -1,13 +1,15 @@
 """tbptt_cuda: LSTMs trained with truncated backpropagation through time, TBPTT(k1, k2), at
 memory set by k2, not by the sequence length."""
+from .emulation import EmulationStats, emulate_cuda
 from .module import LSTMState, TruncatedLSTM
 
 __version__ = "0.1.0"
-__all__ = ["TruncatedLSTM", "LSTMState", "build_info"]
+__all__ = ["TruncatedLSTM", "LSTMState", "build_info", "emulate_cuda", "EmulationStats"]
 
 
 def build_info():
-    """How the extension was built: {'cuda': bool, 'cuda_archs': str, 'torch': str, ...}."""
+    """How the extension was built: {'cuda': bool, 'cuda_archs': str, 'torch': str,
+    'cuda_emulation': bool (the CUDA kernels' source also built for the SIMT emulator), ...}."""
     import torch
 
     from . import _backend
@@ -19,6 +21,7 @@ def build_info():
         "torch_cuda": torch.version.cuda,
         "cuda": _backend.compiled_with_cuda(),
         "cuda_archs": _backend.cuda_archs(),
+        "cuda_emulation": _backend.compiled_with_emulation(),
         "cuda_available": torch.cuda.is_available(),
         "built_just_in_time": _backend.built_just_in_time(),
         "cpu_gemm": _backend.cpu_gemm("float32"),

@@ -81,7 +81,7 @@ def _build_just_in_time(import_error):
 
         with_cuda = _build.want_cuda()
         flags = _build.compile_args(with_cuda)
-        defines = ["-DTBPTT_WITH_CUDA"] if with_cuda else []
+        defines = [f"-D{name}" for name, _ in _build.define_macros(with_cuda)]
         module = load_extension(
             name="tbptt_cuda_jit",
             sources=_build.sources(with_cuda),
@@ -104,6 +104,16 @@ def _build_just_in_time(import_error):
 
 def compiled_with_cuda():
     return bool(load().compiled_with_cuda())
+
+
+def compiled_with_emulation():
+    return bool(load().compiled_with_emulation())
+
+
+def emulation_active():
+    """Whether CPU tensors go through the emulated CUDA kernels now (tbptt_cuda.emulate_cuda)."""
+    module = load()
+    return bool(module.compiled_with_emulation() and module.emulation_active())
 
 
 def cpu_gemm(dtype="float32"):

@@ -53,18 +53,36 @@ def want_cuda():
     )
 
 
-def sources(with_cuda):
+def want_emulation():
+    """The CUDA kernels' source also built for the SIMT emulator (CPU), unless
+    TBPTT_NO_EMULATION=1. Needs no CUDA toolkit."""
+    return os.environ.get("TBPTT_NO_EMULATION", "0") != "1"
+
+
+def sources(with_cuda, with_emulation=None):
+    if with_emulation is None:
+        with_emulation = want_emulation()
     files = [os.path.join(CSRC, name) for name in ("ops.cpp", "lstm_driver.cpp", "aten_gemm.cpp")]
     files += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    if with_emulation:
+        files += sorted(glob.glob(os.path.join(CSRC, "emulation", "*.cpp")))
     if with_cuda:
         files += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
         files += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     return files
 
 
+def define_macros(with_cuda, with_emulation=None):
+    if with_emulation is None:
+        with_emulation = want_emulation()
+    return ([("TBPTT_WITH_CUDA", None)] if with_cuda else []) + (
+        [("TBPTT_WITH_EMULATION", None)] if with_emulation else [])
+
+
 def compile_args(with_cuda):
     # -ffast-math (compile only, never at link: no crtfastmath in a shared library) lets the
-    # CPU pointwise loop call glibc's vector exp/tanh.
+    # CPU pointwise loop call glibc's vector exp/tanh. The emulated kernels' translation units
+    # switch it off again (#pragma GCC optimize("no-fast-math")): IEEE like nvcc's build.
     args = {"cxx": ["-O3", "-std=c++17", "-ffast-math", "-fopenmp-simd"]}
     if with_cuda:
         args["nvcc"] = ["-O3", "-std=c++17", "-lineinfo"]  # IEEE exp/tanh: held to 1e-5 vs the reference
@@ -77,3 +95,4 @@ def write_build_config(with_cuda):
     with open(_CONFIG_FILE, "w") as f:
         f.write("# Written by the build; not tracked.\n")
         f.write(f"CUDA = {with_cuda!r}\nCUDA_ARCHS = {archs!r}\n")
+        f.write(f"CUDA_EMULATION = {want_emulation()!r}\n")

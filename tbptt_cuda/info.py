@@ -1,16 +1,24 @@
 """`python -m tbptt_cuda.info`: how the extension was built, and a quick check of every
-available backend (CPU, and CUDA where a GPU exists) against the plain-PyTorch reference."""
+available backend (CPU; the CUDA kernels under the SIMT emulator; CUDA where a GPU exists)
+against the plain-PyTorch reference."""
+import contextlib
 import json
 import sys
 
 import torch
 
-from . import TruncatedLSTM, build_info
+from . import TruncatedLSTM, build_info, emulate_cuda
 from .reference import ReferenceStream
 
 
-def check_backend(device, dtype=torch.float64, k2=6, chunks=(4, 4, 3)):
-    """Max relative error of outputs and gradients vs the reference over a short stream."""
+def check_backend(device, dtype=torch.float64, k2=6, chunks=(4, 4, 3), emulated=False):
+    """Max relative error of outputs and gradients vs the reference over a short stream
+    (`emulated`: CPU tensors through the emulated CUDA kernels)."""
+    with emulate_cuda() if emulated else contextlib.nullcontext():
+        return _check(device, dtype, k2, chunks)
+
+
+def _check(device, dtype, k2, chunks):
     torch.manual_seed(0)
     lstm = TruncatedLSTM(3, 8, 2, device=device, dtype=dtype, k2=k2)
     xs = [torch.randn(L, 2, 3, device=device, dtype=dtype) for L in chunks]
@@ -40,17 +48,22 @@ def check_backend(device, dtype=torch.float64, k2=6, chunks=(4, 4, 3)):
 def main():
     info = build_info()
     print(json.dumps(info, indent=2))
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and info["cuda"] else [])
+    backends = [("cpu", "cpu", False)]
+    if info["cuda_emulation"]:
+        backends.append(("emulated cuda", "cpu", True))
+    if torch.cuda.is_available() and info["cuda"]:
+        backends.append(("cuda", "cuda", False))
     ok = True
-    for device in devices:
+    for name, device, emulated in backends:
         for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
-            err = check_backend(device, dtype)
+            err = check_backend(device, dtype, emulated=emulated)
             good = err <= tol
             ok &= good
-            print(f"{device:5s} {str(dtype):14s} max rel err vs reference {err:.2e} "
+            print(f"{name:13s} {str(dtype):14s} max rel err vs reference {err:.2e} "
                   f"(<= {tol:g}): {'ok' if good else 'FAIL'}")
     if info["cuda"] and not torch.cuda.is_available():
-        print("cuda  kernels compiled in; no GPU on this machine, so not run here")
+        print("cuda          kernels compiled in; no GPU on this machine, so run here only "
+              "under the emulator")
     return 0 if ok else 1
 
 

@@ -10,6 +10,7 @@ import numbers
 import torch
 from torch import nn
 
+from . import _backend
 from .function import ChunkPlan, TruncatedLSTMFunction
 from .history import History
 
@@ -169,9 +170,12 @@ class TruncatedLSTM(nn.Module):
         if x.dtype != param.dtype:
             raise TypeError(f"TruncatedLSTM: input dtype {input.dtype} does not match the "
                             f"parameters' {param.dtype} (convert one with .to())")
-        if param.device.type == "cpu" and param.dtype not in (torch.float32, torch.float64):
+        if param.device.type == "cpu" and param.dtype not in (torch.float32, torch.float64) \
+                and not (param.dtype in (torch.float16, torch.bfloat16)
+                         and _backend.emulation_active()):
             raise TypeError(f"TruncatedLSTM: on the CPU the dtype must be float32 or float64, "
-                            f"got {param.dtype} (float16/bfloat16 run on CUDA)")
+                            f"got {param.dtype} (float16/bfloat16 run on CUDA, or on CPU "
+                            "tensors under tbptt_cuda.emulate_cuda())")
         if input.device != param.device:
             raise ValueError(f"TruncatedLSTM: input is on {input.device}, the parameters on "
                              f"{param.device}; move one with .to()")

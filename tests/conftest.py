@@ -1,14 +1,24 @@
 import pytest
 import torch
 
+import tbptt_cuda
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer-running test")
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "emulated: csrc/cuda's kernels under the SIMT emulator")
+    config.addinivalue_line("markers", "no_kernels: a device test that launches no kernel")
 
 
+_EMULATION = tbptt_cuda.build_info()["cuda_emulation"]
+
+# Three backends: the CPU path; csrc/cuda's kernels run on CPU tensors by the SIMT emulator
+# (every commit, no GPU needed); and the real GPU (skipped without one).
 DEVICES = [
     "cpu",
+    pytest.param("emulated", marks=[pytest.mark.emulated, pytest.mark.skipif(
+        not _EMULATION, reason="built without the emulated kernels (TBPTT_NO_EMULATION=1)")]),
     pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
         not torch.cuda.is_available(), reason="no CUDA GPU on this machine")]),
 ]
@@ -16,7 +26,15 @@ DEVICES = [
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    return torch.device(request.param)
+    """The tensors' device. For "emulated", CPU tensors inside tbptt_cuda.emulate_cuda(); the
+    test must then have launched our kernels (unless marked no_kernels)."""
+    if request.param != "emulated":
+        yield torch.device(request.param)
+        return
+    with tbptt_cuda.emulate_cuda() as stats:
+        yield torch.device("cpu")
+    if request.node.get_closest_marker("no_kernels") is None:
+        assert stats.launches, "the emulated backend launched no kernel in this test"
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,10 @@ from tbptt_cuda.reference import ReferenceStream
 # Relative-error bounds ||a - b|| / ||b|| per dtype, fused code vs the reference.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
+# At 16 bits, ours may be at most this many times as far from the float64 result as plain
+# PyTorch at that dtype (the reference's ops run in it) is.
+LOW_PRECISION_RATIO = {torch.float16: 4.0, torch.bfloat16: 4.0}
+
 
 def rel_err(a, b):
     a, b = a.detach().double(), b.detach().double()
@@ -97,3 +101,23 @@ def assert_records_close(ours, ref, dtype):
             if b[key] is not None:
                 err = rel_err(a[key], b[key])
                 assert err <= tol, f"chunk {i}: {key} rel err {err:.3g} > {tol}"
+
+
+def stream_records(module, chunks, resets, k2, reference=False):
+    """Per chunk of a stream: [out, x.grad, *parameter grads], from `module` (a TruncatedLSTM)
+    or, with reference=True, from the reference with the module's parameters."""
+    stream = ReferenceStream(module) if reference else None
+    state, records = None, []
+    gen = torch.Generator().manual_seed(5)
+    for x, reset in zip(chunks, resets):
+        x = x.clone().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        if reference:
+            out, _ = stream.chunk(x, k2, reset=reset)
+        else:
+            module.k2 = k2
+            out, state = module(x, state, reset=reset)
+        w = torch.randn(out.shape, generator=gen).to(out)
+        (out.float() * w.float()).sum().backward()
+        records.append([out.detach()] + [x.grad] + [p.grad.clone() for p in module.parameters()])
+    return records

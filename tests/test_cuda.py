@@ -5,31 +5,12 @@ import pytest
 import torch
 
 from tbptt_cuda import TruncatedLSTM
-from tbptt_cuda.reference import ReferenceStream
 
-from helpers import assert_records_close, make_stream, rel_err, run_both
+from helpers import (LOW_PRECISION_RATIO, assert_records_close, make_stream, rel_err, run_both,
+                     stream_records)
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
-
-
-def _stream_grads(module, chunks, resets, k2, reference=False):
-    """Outputs and parameter/input gradients of each chunk of a stream."""
-    stream = ReferenceStream(module) if reference else None
-    state, records = None, []
-    gen = torch.Generator().manual_seed(5)
-    for x, reset in zip(chunks, resets):
-        x = x.clone().requires_grad_()
-        module.zero_grad(set_to_none=True)
-        if reference:
-            out, _ = stream.chunk(x, k2, reset=reset)
-        else:
-            module.k2 = k2
-            out, state = module(x, state, reset=reset)
-        w = torch.randn(out.shape, generator=gen).to(out)
-        (out.float() * w.float()).sum().backward()
-        records.append([out.detach()] + [x.grad] + [p.grad.clone() for p in module.parameters()])
-    return records
 
 
 @pytest.mark.parametrize("H", [33, 64, 256], ids=lambda h: f"H{h}")
@@ -40,19 +21,14 @@ def test_cuda_matches_cpu_and_reference_float32(H, B, L, k2):
     gpu = TruncatedLSTM(7, H, 2, dtype=torch.float32, device="cuda")
     gpu.load_state_dict(cpu.state_dict())
     chunks, resets = make_stream([L] * 9, B, 7, torch.float32, "cpu", reset_prob=0.1, seed=H)
-    on_cpu = _stream_grads(cpu, chunks, resets, k2)
-    on_gpu = _stream_grads(gpu, [c.cuda() for c in chunks],
+    on_cpu = stream_records(cpu, chunks, resets, k2)
+    on_gpu = stream_records(gpu, [c.cuda() for c in chunks],
                            [r.cuda() for r in resets], k2)
     for a, b in zip(on_gpu, on_cpu):
         for ta, tb in zip(a, b):
             assert rel_err(ta.cpu(), tb) <= 1e-5
     ours, ref = run_both(gpu, [c.cuda() for c in chunks], [r.cuda() for r in resets], [k2] * 9)
     assert_records_close(ours, ref, torch.float32)
-
-
-# Ours at low precision may be at most this many times as far from the float64 result as
-# plain PyTorch (the reference's ops, run at that dtype) is.
-LOW_PRECISION_RATIO = {torch.float16: 4.0, torch.bfloat16: 4.0}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
@@ -64,10 +40,10 @@ def test_low_precision_error_relative_to_pytorch(dtype, H):
     ours.load_state_dict(exact.state_dict())
     plain.load_state_dict(exact.state_dict())
     chunks, resets = make_stream([8] * 4, 8, 16, torch.float64, "cuda", reset_prob=0.05)
-    truth = _stream_grads(exact, chunks, resets, 16, reference=True)
+    truth = stream_records(exact, chunks, resets, 16, reference=True)
     low_chunks = [c.to(dtype) for c in chunks]
-    got = _stream_grads(ours, low_chunks, resets, 16)
-    baseline = _stream_grads(plain, low_chunks, resets, 16, reference=True)
+    got = stream_records(ours, low_chunks, resets, 16)
+    baseline = stream_records(plain, low_chunks, resets, 16, reference=True)
     ratio = LOW_PRECISION_RATIO[dtype]
     for t, g, p in zip(truth, got, baseline):
         for a, b, c in zip(t, g, p):
@@ -79,11 +55,11 @@ def test_low_precision_error_relative_to_pytorch(dtype, H):
 def test_second_stream_gives_the_same_result():
     lstm = TruncatedLSTM(5, 32, 2, k2=8, device="cuda")
     chunks, resets = make_stream([4] * 5, 3, 5, torch.float32, "cuda", reset_prob=0.1)
-    default = _stream_grads(lstm, chunks, resets, 8)
+    default = stream_records(lstm, chunks, resets, 8)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        other = _stream_grads(lstm, chunks, resets, 8)
+        other = stream_records(lstm, chunks, resets, 8)
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     for a, b in zip(default, other):

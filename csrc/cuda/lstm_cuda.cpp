@@ -1,6 +1,5 @@
 // CUDA glue: binds the pointwise kernels and ATen's cuBLAS GEMMs into the shared driver as the
-// CUDA backend, launching
-// on PyTorch's current stream and checking every launch.
+// CUDA backend, launching on PyTorch's current stream and checking every launch.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 
@@ -11,23 +10,13 @@ namespace tbptt {
 namespace cuda {
 namespace {
 
-StorageType storage_of(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return StorageType::kFloat32;
-    case at::kDouble: return StorageType::kFloat64;
-    case at::kHalf: return StorageType::kFloat16;
-    case at::kBFloat16: return StorageType::kBFloat16;
-    default: TORCH_CHECK(false, "tbptt: CUDA supports float32, float64, float16 and bfloat16, got ", type);
-  }
-}
-
 void forward_step(const ForwardStepParams& params, at::ScalarType storage) {
-  C10_CUDA_CHECK(launch_forward_step(params, storage_of(storage),
+  C10_CUDA_CHECK(launch_forward_step(params, storage_type_of(storage),
                                      c10::cuda::getCurrentCUDAStream()));
 }
 
 void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
-  C10_CUDA_CHECK(launch_backward_step(params, storage_of(storage),
+  C10_CUDA_CHECK(launch_backward_step(params, storage_type_of(storage),
                                       c10::cuda::getCurrentCUDAStream()));
 }
 

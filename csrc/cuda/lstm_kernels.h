@@ -1,4 +1,5 @@
-// Launchers of the CUDA pointwise step kernels. Pure CUDA runtime API: no ATen here.
+// Launchers of the CUDA kernels (csrc/cuda/lstm_launch.h, built by nvcc). Pure CUDA runtime
+// API: no ATen here.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -21,7 +21,7 @@
 
 #include <cmath>
 
-#include "window.h"  // TBPTT_HD, the step params structs
+#include "window.h"  // TBPTT_HD, convert, the step params structs
 
 namespace tbptt {
 
@@ -89,13 +89,6 @@ TBPTT_HD GateGrads<acc_t> backward_gates(const Gates<acc_t>& gate, acc_t c, acc_
 }  // namespace tbptt
 
 namespace tbptt {
-
-// Storage <-> accumulation conversion. The CUDA half/bfloat16 instantiations specialise this
-// (csrc/cuda) because PyTorch builds with the implicit half conversions switched off.
-template <typename To, typename From>
-TBPTT_HD To convert(From value) {
-  return static_cast<To>(value);
-}
 
 // Element (row, unit) of one forward step (see ForwardStepParams).
 template <typename T, typename acc_t>

@@ -21,11 +21,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define TBPTT_HD __host__ __device__ __forceinline__
-#else
-#define TBPTT_HD inline
-#endif
+#include "numeric.h"  // TBPTT_HD
 
 namespace tbptt {
 

@@ -1,0 +1,66 @@
+// Launch glue of the kernels in lstm_kernels.cuh: grid sizes and the choice of instantiation
+// by storage type. Written once and compiled into both builds, tbptt::cuda (nvcc, by
+// lstm_kernels.cu) and tbptt::emu (g++, by csrc/emulation/lstm_kernels_emu.cpp), so that the
+// emulated run exercises this code too. No ATen. Each build includes it in exactly one
+// translation unit (the launchers are ordinary functions, declared for the ATen glue in
+// csrc/cuda/lstm_kernels.h and csrc/emulation/emulated_kernels.h).
+#pragma once
+
+#include <algorithm>
+
+#include "cuda/lstm_kernels.cuh"
+
+namespace tbptt {
+namespace SIMT_NS {
+
+// Registers per thread the kernels are compiled for at most (ptxas -v, sm_90: 31-40); the
+// emulator's occupancy uses them and scripts/check_ptxas.py holds the nvcc build to them.
+constexpr simt::KernelSpec kForwardStep{"forward_step", 48};
+constexpr simt::KernelSpec kBackwardStep{"backward_step", 48};
+
+inline simt::Dim3 pointwise_grid(int64_t elements) {
+  const int64_t blocks = (elements + kPointwiseThreads - 1) / kPointwiseThreads;
+  return simt::Dim3{static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535)),
+                    1, 1};
+}
+
+// Calls launch(storage, accumulation) with value-initialised tags of the storage type and of
+// the accumulation type (float, or double for float64): the one switch from the runtime
+// StorageType to a kernel instantiation.
+template <typename Launch>
+simt::Status with_storage_type(StorageType storage, Launch&& launch) {
+  switch (storage) {
+    case StorageType::kFloat32: return launch(float{}, float{});
+    case StorageType::kFloat64: return launch(double{}, double{});
+    case StorageType::kFloat16: return launch(simt::float16{}, float{});
+    case StorageType::kBFloat16: return launch(simt::bfloat16{}, float{});
+  }
+  return simt::Status(1);  // cudaErrorInvalidValue
+}
+
+// One forward step of one layer over B*H elements. Returns the launch status.
+simt::Status launch_forward_step(const ForwardStepParams& params, StorageType storage,
+                                 simt::Stream stream) {
+  const simt::Dim3 grid = pointwise_grid(params.batch * params.hidden);
+  return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
+    using T = decltype(storage_tag);
+    using acc_t = decltype(acc_tag);
+    return simt::launch(kForwardStep, forward_step_kernel<T, acc_t>, grid,
+                        simt::Dim3{kPointwiseThreads, 1, 1}, 0, stream, params);
+  });
+}
+
+// One backward step of one layer over B*H elements. Returns the launch status.
+simt::Status launch_backward_step(const BackwardStepParams& params, StorageType storage,
+                                  simt::Stream stream) {
+  const simt::Dim3 grid = pointwise_grid(params.batch * params.hidden);
+  return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
+    using T = decltype(storage_tag);
+    using acc_t = decltype(acc_tag);
+    return simt::launch(kBackwardStep, backward_step_kernel<T, acc_t>, grid,
+                        simt::Dim3{kPointwiseThreads, 1, 1}, 0, stream, params);
+  });
+}
+
+}  // namespace SIMT_NS
+}  // namespace tbptt

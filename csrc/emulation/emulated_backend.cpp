@@ -1,0 +1,75 @@
+// The emulated CUDA backend: csrc/cuda's kernels, built for the SIMT emulator, on CPU tensors,
+// with the GEMMs through ATen on the CPU (as the CUDA backend's go through ATen to cuBLAS).
+// ops.cpp binds it to the CPU dispatch key while tbptt_cuda.emulate_cuda() is active.
+#include <ATen/ATen.h>
+
+#include <atomic>
+
+#include "backends.h"
+#include "emulation/emulated_kernels.h"
+#include "emulation/simt_emu.h"
+
+namespace tbptt {
+namespace emulated {
+namespace {
+
+std::atomic<bool> active_flag{false};
+
+void check_launch(int status, const char* kernel) {
+  TORCH_CHECK(status == simt::kSuccess, "tbptt (emulated CUDA): launch of ", kernel,
+              " failed: ", simt::status_name(status));
+}
+
+void forward_step(const ForwardStepParams& params, at::ScalarType storage) {
+  check_launch(emu::launch_forward_step(params, storage_type_of(storage), nullptr), "forward_step");
+}
+
+void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
+  check_launch(emu::launch_backward_step(params, storage_type_of(storage), nullptr), "backward_step");
+}
+
+}  // namespace
+
+bool active() { return active_flag.load(std::memory_order_relaxed); }
+
+void configure(bool enabled, int64_t seed, int64_t sms) {
+  simt::emu::Config config = simt::emu::config();
+  config.order = seed < 0 ? simt::emu::Order::kForward : simt::emu::Order::kRandom;
+  config.seed = seed < 0 ? 0 : static_cast<uint64_t>(seed);
+  config.device.sms = sms > 0 ? static_cast<int>(sms) : simt::emu::DeviceModel{}.sms;
+  simt::emu::set_config(config);
+  active_flag.store(enabled, std::memory_order_relaxed);
+}
+
+std::map<std::string, std::vector<int64_t>> stats() {
+  std::map<std::string, std::vector<int64_t>> table;
+  for (const auto& entry : simt::emu::stats()) {
+    const simt::emu::KernelStats& s = entry.second;
+    table[entry.first] = {static_cast<int64_t>(s.launches), static_cast<int64_t>(s.block_barriers),
+                          static_cast<int64_t>(s.grid_barriers),
+                          static_cast<int64_t>(s.warp_collectives)};
+  }
+  return table;
+}
+
+at::Tensor sixteen_bit_conversion(const at::Tensor& values, bool bfloat16) {
+  TORCH_CHECK(values.scalar_type() == at::kFloat && values.device().is_cpu(),
+              "tbptt: expects a float32 CPU tensor");
+  const at::Tensor input = values.contiguous();
+  at::Tensor bits = at::empty(input.sizes(), input.options().dtype(at::kShort));
+  const float* in = input.data_ptr<float>();
+  int16_t* out = bits.data_ptr<int16_t>();
+  for (int64_t i = 0; i < input.numel(); ++i) {
+    out[i] = static_cast<int16_t>(bfloat16 ? simt::emu::float_to_bfloat16_bits(in[i])
+                                           : simt::emu::float_to_half_bits(in[i]));
+  }
+  return bits;
+}
+
+const DeviceBackend& backend() {
+  static const DeviceBackend emulated_backend{{forward_step, backward_step}, aten_gemm::gemm()};
+  return emulated_backend;
+}
+
+}  // namespace emulated
+}  // namespace tbptt

@@ -1,0 +1,17 @@
+// Launchers of csrc/cuda's kernels built for the SIMT emulator (lstm_kernels_emu.cpp): the
+// same launch glue as the CUDA build, run on the CPU. No ATen; no CUDA toolkit.
+#pragma once
+
+#include "tbptt/window.h"
+
+namespace tbptt {
+namespace emu {
+
+// One forward / backward step of one layer over B*H elements of CPU memory; `stream` is
+// ignored. Return the launch status (a cudaError_t value; see simt::status_name). Misuse found
+// while a kernel runs throws simt::emu::KernelError.
+int launch_forward_step(const ForwardStepParams& params, StorageType storage, void* stream);
+int launch_backward_step(const BackwardStepParams& params, StorageType storage, void* stream);
+
+}  // namespace emu
+}  // namespace tbptt
