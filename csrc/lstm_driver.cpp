@@ -51,7 +51,7 @@ int64_t weights_per_layer(bool has_bias) { return has_bias ? 4 : 2; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     const DeviceBackend& backend, const at::Tensor& x_in, const at::Tensor& h0,
-    const at::Tensor& c0, const c10::optional<at::Tensor>& reset_in, at::TensorList weights,
+    const at::Tensor& c0, const c10::optional<at::Tensor>& flags_in, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
     int64_t first_slot, bool record) {
   const int64_t per_layer = weights_per_layer(has_bias);
@@ -68,25 +68,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
               "tbptt: h0/c0 must be [layers, B, H] = [", layers, ", ", B, ", ", H, "]");
   TORCH_CHECK(L >= 1, "tbptt: a chunk needs at least one step");
 
-  at::Tensor reset;  // [L, B] u8, or undefined
-  if (reset_in.has_value() && reset_in->defined()) {
-    reset = reset_in->to(at::kByte).contiguous();
-    TORCH_CHECK(reset.sizes() == at::IntArrayRef({L, B}), "tbptt: reset must be [L, B]");
+  at::Tensor flags;  // [L, B] u8 step flags (window.h), or undefined
+  if (flags_in.has_value() && flags_in->defined()) {
+    flags = flags_in->to(at::kByte).contiguous();
+    TORCH_CHECK(flags.sizes() == at::IntArrayRef({L, B}), "tbptt: flags must be [L, B]");
   }
   const bool dropout = dropout_masks.has_value() && dropout_masks->defined();
   if (record) {
     const int64_t slots = ring.gates.size(1);
     TORCH_CHECK(L <= slots, "tbptt: chunk longer than the ring");
     write_window(ring.input, first_slot, x);
-    if (reset.defined()) {
-      write_window(ring.reset, first_slot, reset);
-    } else {
-      write_window(ring.reset, first_slot, at::zeros({L, B}, ring.reset.options()));
-    }
+    write_window(ring.flags, first_slot,
+                 flags.defined() ? flags : at::zeros({L, B}, ring.flags.options()));
   }
 
   // Where a step has nothing to read or keep: zeros and scratch (see window.h).
-  const at::Tensor no_reset = at::zeros({B}, x.options().dtype(at::kByte));
+  const at::Tensor no_flags = at::zeros({B}, x.options().dtype(at::kByte));
+  // The chunk's first step: rows it resets enter from zeros (a select, as in lstm_math.h).
+  at::Tensor first_reset;  // [B, 1] bool, or undefined
+  if (flags.defined()) first_reset = flags[0].bitwise_and(kFlagReset).to(at::kBool).unsqueeze(1);
   at::Tensor scratch_gates, scratch_cell, scratch_hidden;
   if (!record) {
     scratch_gates = at::empty({B, G}, x.options());
@@ -116,10 +116,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
 
     at::Tensor hidden = h0[l].contiguous().clone();  // [B, H] T: the next GEMM's input
     at::Tensor cell = c0[l].to(acc).contiguous().clone();  // [B, H] acc
-    if (reset.defined()) {  // the chunk's first step: zero the reset rows (a product, as in lstm_math.h)
-      const at::Tensor keep = (1 - reset[0].to(acc)).unsqueeze(1);  // [B, 1]
-      hidden.mul_(keep);
-      cell.mul_(keep);
+    if (first_reset.defined()) {
+      hidden.masked_fill_(first_reset, 0);
+      cell.masked_fill_(first_reset, 0);
     }
     out = at::empty({L, B, H}, x.options());
     for (int64_t s = 0; s < L; ++s) {
@@ -136,8 +135,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
       p.ring_gates = record ? slot_ptr(ring.gates, l, slot) : scratch_gates.data_ptr();
       p.ring_cell = record ? slot_ptr(ring.cell, l, slot) : scratch_cell.data_ptr();
       p.ring_hidden = record ? slot_ptr(ring.hidden, l, slot) : scratch_hidden.data_ptr();
-      p.reset_next = static_cast<const uint8_t*>(
-          (reset.defined() && s + 1 < L) ? row_ptr(reset, s + 1) : no_reset.data_ptr());
+      p.flags = static_cast<const uint8_t*>(flags.defined() ? row_ptr(flags, s) : no_flags.data_ptr());
+      p.flags_next = static_cast<const uint8_t*>(
+          (flags.defined() && s + 1 < L) ? row_ptr(flags, s + 1) : no_flags.data_ptr());
       backend.pointwise.forward_step(p, storage);
     }
     h_n[l] = hidden;
@@ -176,10 +176,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
   std::vector<at::Tensor> grad_h_before(layers), grad_c_before(layers);
   at::Tensor grad_from_above;  // [W, B, H] dL/dh of this layer's outputs, from the layer above
   at::Tensor grad_x;
-  const uint8_t* reset_base = static_cast<const uint8_t*>(ring.reset.data_ptr());
-  const at::Tensor no_reset = at::zeros({B}, ring.reset.options());
+  // The window's step flags [W, B], with kFlagCut where a reset at or before the chunk's first
+  // step (window index W - L) follows a step of that row: no gradient reaches such a step.
+  const at::Tensor window_flags = window_of(ring.flags, first_slot, W).clone();
+  at::Tensor cut;  // [W, B, 1] bool, defined when the window reaches before the chunk
+  if (W > L) {
+    const at::Tensor resets = window_flags.narrow(0, 1, W - L).bitwise_and(kFlagReset);  // steps 1..W-L
+    const at::Tensor later = resets.flip(0).cumsum(0).flip(0).gt(0);  // a reset in (j, W-L]
+    window_flags.narrow(0, 0, W - L).bitwise_or_(later.to(at::kByte).mul(kFlagCut));
+    cut = window_flags.bitwise_and(kFlagCut).to(at::kBool).unsqueeze(2);
+  }
+  const uint8_t* flags_base = static_cast<const uint8_t*>(window_flags.data_ptr());
+  const at::Tensor no_flags = at::zeros({B}, ring.flags.options());
   const at::Tensor no_grad_out = at::zeros({B, H}, grad_out.options());
-  auto reset_of_slot = [&](int64_t slot) { return reset_base + slot * B; };
+  auto flags_of_step = [&](int64_t j) { return flags_base + j * B; };
 
   const GemmBackend& gemm = backend.gemm;
   for (int64_t l = layers - 1; l >= 0; --l) {
@@ -191,6 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     const at::Tensor hidden_prev_seen = at::empty({W, B, H}, grad_out.options());
     const at::Tensor grad_cell = grad_c_n[l].clone();           // [B, H] acc
     at::Tensor grad_hidden_next = at::empty({B, H}, grad_out.options());  // dL/dh_{t-1}
+    const at::Tensor grad_hidden_held = at::zeros({B, H}, grad_c_n.options());  // [B, H] acc
     for (int64_t j = W - 1; j >= 0; --j) {
       const int64_t slot = ring_slot(first_slot + j, slots);
       const int64_t prev_slot = ring_slot(slot - 1, slots);
@@ -201,15 +212,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
       p.cell = slot_ptr(ring.cell, l, slot);
       p.cell_prev = j > 0 ? slot_ptr(ring.cell, l, prev_slot) : row_ptr(c_before, l);
       p.hidden_prev = j > 0 ? slot_ptr(ring.hidden, l, prev_slot) : row_ptr(h_before, l);
-      p.reset = reset_of_slot(slot);
-      p.reset_after = j < W - 1 ? reset_of_slot(ring_slot(slot + 1, slots))
-                                : static_cast<const uint8_t*>(no_reset.data_ptr());
+      p.flags = flags_of_step(j);
+      p.flags_after = j < W - 1 ? flags_of_step(j + 1) : static_cast<const uint8_t*>(no_flags.data_ptr());
       if (top) {
         p.grad_out = j >= W - L ? row_ptr(grad_out, j - (W - L)) : no_grad_out.data_ptr();
       } else {
         p.grad_out = row_ptr(grad_from_above, j);
       }
       p.grad_hidden_next = j == W - 1 ? row_ptr(grad_h_n, l) : grad_hidden_next.data_ptr();
+      p.grad_hidden_held = grad_hidden_held.data_ptr();
       p.grad_cell = grad_cell.data_ptr();
       p.grad_gates = row_ptr(grad_gates, j);
       p.hidden_prev_seen = row_ptr(hidden_prev_seen, j);
@@ -217,10 +228,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
       // dL/dh_{t-1} through this step: [B, G] @ [G, H]
       gemm.step_linear(grad_hidden_next, grad_gates[j], w_hh_t);
     }
-    // The state entering the window: its reset (if any) cuts the gradient.
+    // The state entering the window (through the first step, or past it where that step held
+    // the row): a reset at the first step cuts the gradient.
     const at::Tensor first_reset =
-        ring.reset[first_slot].to(at::kBool).unsqueeze(1);  // [B, 1]
-    grad_h_before[l] = grad_hidden_next.masked_fill(first_reset, 0);
+        window_flags[0].bitwise_and(kFlagReset).to(at::kBool).unsqueeze(1);  // [B, 1]
+    grad_h_before[l] = (grad_hidden_next.to(grad_hidden_held.scalar_type()) + grad_hidden_held)
+                           .to(grad_out.scalar_type())
+                           .masked_fill(first_reset, 0);
     grad_c_before[l] = grad_cell.masked_fill(first_reset, 0);
 
     // Weight and bias gradients: window-wide GEMMs and a reduction.
@@ -232,6 +246,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
       layer_in = window_of(ring.hidden[l - 1], first_slot, W);
       if (dropout) layer_in = layer_in * window_of(ring.mask[l - 1], first_slot, W);
     }
+    // Cut steps have zero gate gradients; zero their inputs too (a select), or a NaN there
+    // would reach dW_ih as 0 * NaN.
+    if (cut.defined()) layer_in = at::where(cut, at::zeros({}, layer_in.options()), layer_in);
     std::vector<at::Tensor> grad_w = gemm.weight_grads(
         grad_gates_2d, {layer_in.reshape({W * B, -1}), hidden_prev_seen.view({W * B, H})});
     grad_weights[l * per_layer] = grad_w[0];

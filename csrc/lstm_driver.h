@@ -44,17 +44,18 @@ struct DeviceBackend {
 // Ring tensors of one stream (shapes in window.h). `record` false: none is touched and they
 // may be empty.
 struct RingTensors {
-  at::Tensor gates, cell, hidden, input, reset, mask;
+  at::Tensor gates, cell, hidden, input, flags, mask;
 };
 
 // Forward over one chunk of L steps, all layers.
-//   x [L, B, I]; h0 [layers, B, H] (T); c0 [layers, B, H] (acc); reset [L, B] u8 or undefined;
+//   x [L, B, I]; h0 [layers, B, H] (T); c0 [layers, B, H] (acc); flags [L, B] u8 step flags
+//   (window.h: reset, hold) or undefined;
 //   weights: per layer w_ih [G, I_l], w_hh [G, H] (+ b_ih [G], b_hh [G] when has_bias);
 //   dropout_masks [layers-1, L, B, H] or undefined; first_slot: ring slot of the chunk's first
 //   step. Returns y [L, B, H], h_n [layers, B, H] (T), c_n [layers, B, H] (acc).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     const DeviceBackend& backend, const at::Tensor& x, const at::Tensor& h0,
-    const at::Tensor& c0, const c10::optional<at::Tensor>& reset, at::TensorList weights,
+    const at::Tensor& c0, const c10::optional<at::Tensor>& flags, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
     int64_t first_slot, bool record);
 

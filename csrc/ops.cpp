@@ -25,20 +25,20 @@ const DeviceBackend& cpu_or_emulated_backend() {
 }
 
 RingTensors ring_of(const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& hidden,
-                    const at::Tensor& input, const at::Tensor& reset, const at::Tensor& mask) {
-  return RingTensors{gates, cell, hidden, input, reset, mask};
+                    const at::Tensor& input, const at::Tensor& flags, const at::Tensor& mask) {
+  return RingTensors{gates, cell, hidden, input, flags, mask};
 }
 
 template <BackendGetter backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward_op(
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
-    const c10::optional<at::Tensor>& reset, at::TensorList weights, bool has_bias,
+    const c10::optional<at::Tensor>& flags, at::TensorList weights, bool has_bias,
     const c10::optional<at::Tensor>& dropout_masks, at::Tensor& ring_gates,
     at::Tensor& ring_cell, at::Tensor& ring_hidden, at::Tensor& ring_input,
-    at::Tensor& ring_reset, at::Tensor& ring_mask, int64_t first_slot, bool record) {
+    at::Tensor& ring_flags, at::Tensor& ring_mask, int64_t first_slot, bool record) {
   const c10::OptionalDeviceGuard guard(x.device());
-  return chunk_forward(backend(), x, h0, c0, reset, weights, has_bias, dropout_masks,
-                       ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_reset, ring_mask),
+  return chunk_forward(backend(), x, h0, c0, flags, weights, has_bias, dropout_masks,
+                       ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags, ring_mask),
                        first_slot, record);
 }
 
@@ -47,11 +47,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     const at::Tensor& grad_out, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     at::TensorList weights, bool has_bias, const at::Tensor& ring_gates,
     const at::Tensor& ring_cell, const at::Tensor& ring_hidden, const at::Tensor& ring_input,
-    const at::Tensor& ring_reset, const at::Tensor& ring_mask, const at::Tensor& h_before,
+    const at::Tensor& ring_flags, const at::Tensor& ring_mask, const at::Tensor& h_before,
     const at::Tensor& c_before, int64_t window_len, int64_t last_slot) {
   const c10::OptionalDeviceGuard guard(grad_out.device());
   return window_backward(backend(), grad_out, grad_h_n, grad_c_n, weights, has_bias,
-                         ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_reset, ring_mask),
+                         ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags, ring_mask),
                          h_before, c_before, window_len, last_slot);
 }
 
@@ -61,15 +61,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
 TORCH_LIBRARY(tbptt, m) {
   // Forward over one chunk; writes the chunk's steps into the ring when `record`.
   m.def(
-      "chunk_forward(Tensor x, Tensor h0, Tensor c0, Tensor? reset, Tensor[] weights, "
+      "chunk_forward(Tensor x, Tensor h0, Tensor c0, Tensor? flags, Tensor[] weights, "
       "bool has_bias, Tensor? dropout_masks, Tensor(a!) ring_gates, Tensor(b!) ring_cell, "
-      "Tensor(c!) ring_hidden, Tensor(d!) ring_input, Tensor(e!) ring_reset, "
+      "Tensor(c!) ring_hidden, Tensor(d!) ring_input, Tensor(e!) ring_flags, "
       "Tensor(f!) ring_mask, int first_slot, bool record) -> (Tensor, Tensor, Tensor)");
   // Backward over the last window_len recorded steps (ending at ring slot last_slot).
   m.def(
       "window_backward(Tensor grad_out, Tensor grad_h_n, Tensor grad_c_n, Tensor[] weights, "
       "bool has_bias, Tensor ring_gates, Tensor ring_cell, Tensor ring_hidden, "
-      "Tensor ring_input, Tensor ring_reset, Tensor ring_mask, Tensor h_before, "
+      "Tensor ring_input, Tensor ring_flags, Tensor ring_mask, Tensor h_before, "
       "Tensor c_before, int window_len, int last_slot) -> (Tensor, Tensor, Tensor, Tensor[])");
 }
 

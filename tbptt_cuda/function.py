@@ -13,6 +13,10 @@ from torch.autograd.function import once_differentiable
 from . import _backend
 from .history import History, RingBuffers
 
+# The ops, loaded (or built just in time) once at import: nothing below loads anything, so
+# torch.compile can trace through the Function.
+_OPS = _backend.ops()
+
 
 @dataclass
 class ChunkPlan:
@@ -23,7 +27,7 @@ class ChunkPlan:
     chunk_start: int                 # a
     chunk_end: int                   # b
     window_start: int                # w
-    reset: Optional[torch.Tensor]    # [L, B] uint8
+    flags: Optional[torch.Tensor]    # [L, B] uint8 step flags (reset, hold), or None
     dropout_masks: Optional[torch.Tensor]  # [layers-1, L, B, H]
     has_bias: bool
     empty: torch.Tensor              # a 0-element tensor on the device, for unused ring args
@@ -41,8 +45,8 @@ class TruncatedLSTMFunction(torch.autograd.Function):
         else:
             ring_args = tuple(plan.empty.clone() for _ in range(6))
             first_slot = 0
-        y, h_n, c_n = _backend.ops().chunk_forward(
-            x, h0, c0, plan.reset, list(weights), plan.has_bias, plan.dropout_masks,
+        y, h_n, c_n = _OPS.chunk_forward(
+            x, h0, c0, plan.flags, list(weights), plan.has_bias, plan.dropout_masks,
             *ring_args, first_slot, record)
         if record:
             plan.ring.end = plan.chunk_end
@@ -72,7 +76,7 @@ class TruncatedLSTMFunction(torch.autograd.Function):
                 "chunk's loss before running the next chunk's forward, or make k2 larger than "
                 "the steps that pass between a forward and its backward.")
         h_before, c_before = history.state_before(ring, w)
-        grad_x, grad_h0, grad_c0, grad_weights = _backend.ops().window_backward(
+        grad_x, grad_h0, grad_c0, grad_weights = _OPS.window_backward(
             grad_y, grad_h_n, grad_c_n, list(weights), plan.has_bias, *ring.tensors(),
             h_before, c_before, b - w, (b - 1) % ring.slots)
         needs = ctx.needs_input_grad

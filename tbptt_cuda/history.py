@@ -3,8 +3,9 @@
 Global steps of a stream are numbered from 0 at its start; step t lives in slot t % slots.
 Per layer and step the ring keeps what backward needs (csrc/tbptt/window.h has the layout):
 the activated gates (4H), the cell state c_t (H, float32 for half/bfloat16 storage), the hidden
-output h_t (H); for layer 0 the input x_t (I); one reset byte per row; and, where dropout is on
-between layers, the mask on the input of each layer above the first (H).
+output h_t (H); for layer 0 the input x_t (I); one byte of step flags per row (reset, hold:
+csrc/tbptt/window.h); and, where dropout is on between layers, the mask on the input of each
+layer above the first (H).
 The extra slot (k2 + 1, not k2) keeps the state entering the oldest window.
 """
 import torch
@@ -27,7 +28,7 @@ class RingBuffers:
         self.cell = torch.empty(num_layers, slots, batch, hidden_size, dtype=acc, **make)
         self.hidden = torch.empty(num_layers, slots, batch, hidden_size, dtype=dtype, **make)
         self.input = torch.empty(slots, batch, input_size, dtype=dtype, **make)
-        self.reset = torch.zeros(slots, batch, dtype=torch.uint8, **make)
+        self.flags = torch.zeros(slots, batch, dtype=torch.uint8, **make)  # step flags
         mask_shape = (num_layers - 1, slots, batch, hidden_size) if with_mask else (0,)
         self.mask = torch.empty(mask_shape, dtype=dtype, **make)
         self.with_mask = with_mask
@@ -35,7 +36,7 @@ class RingBuffers:
 
     def tensors(self):
         """In the order of the ops' ring arguments."""
-        return (self.gates, self.cell, self.hidden, self.input, self.reset, self.mask)
+        return (self.gates, self.cell, self.hidden, self.input, self.flags, self.mask)
 
     def holds(self, first_step, end_step):
         """Whether steps [first_step, end_step) are still in this ring, unoverwritten."""
@@ -44,6 +45,37 @@ class RingBuffers:
     @property
     def nbytes(self):
         return sum(t.numel() * t.element_size() for t in self.tensors())
+
+    _TENSORS = ("gates", "cell", "hidden", "input", "flags", "mask")
+
+    def to_dict(self):
+        """Everything this ring holds, as plain tensors and ints (for torch.save)."""
+        record = {name: getattr(self, name) for name in self._TENSORS}
+        record.update(slots=self.slots, end=self.end, with_mask=self.with_mask)
+        return record
+
+    @classmethod
+    def from_dict(cls, record, h_init, input_size):
+        """The ring of to_dict(), checked against the stream's (h_init [layers, B, H])."""
+        ring = cls.__new__(cls)
+        ring.slots, ring.end, ring.with_mask = (_int(record, "slots"), _int(record, "end"),
+                                                bool(record["with_mask"]))
+        layers, batch, hidden = h_init.shape
+        S = ring.slots
+        expected = {
+            "gates": (layers, S, batch, 4 * hidden), "cell": (layers, S, batch, hidden),
+            "hidden": (layers, S, batch, hidden), "input": (S, batch, input_size),
+            "flags": (S, batch),
+            "mask": (layers - 1, S, batch, hidden) if ring.with_mask else (0,),
+        }
+        for name in cls._TENSORS:
+            tensor = record[name]
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected[name]:
+                raise ValueError(f"TruncatedLSTM state: the saved ring's `{name}` should be a "
+                                 f"tensor of shape {expected[name]}, got "
+                                 f"{getattr(tensor, 'shape', type(tensor).__name__)}")
+            setattr(ring, name, tensor.contiguous())
+        return ring
 
     def copy_steps_from(self, old, first_step, end_step):
         """Copies steps [first_step, end_step) from another ring (a resize)."""
@@ -54,7 +86,7 @@ class RingBuffers:
         for new_t, old_t in zip(self.tensors(), old.tensors()):
             if new_t.numel() == 0 or old_t.numel() == 0:
                 continue
-            dim = 0 if new_t is self.input or new_t is self.reset else 1
+            dim = 0 if new_t is self.input or new_t is self.flags else 1
             new_t.index_copy_(dim, dst, old_t.index_select(dim, src))
 
 
@@ -118,9 +150,42 @@ class History:
         slot = (step - 1) % ring.slots
         return ring.hidden[:, slot], ring.cell[:, slot]
 
+    def to_dict(self):
+        """Everything needed to continue the stream exactly, as plain tensors and ints: what
+        torch.save of a returned state writes (LSTMState.__reduce__)."""
+        return {"format": 1, "h_init": self.h_init, "c_init": self.c_init,
+                "input_size": self.input_size, "end": self.end, "floor": self.floor,
+                "ring": self.ring.to_dict() if self.ring is not None else None}
+
+    @classmethod
+    def from_dict(cls, record):
+        if not isinstance(record, dict) or record.get("format") != 1:
+            raise ValueError("TruncatedLSTM state: not a saved stream history (format 1)")
+        history = cls.__new__(cls)
+        history.h_init, history.c_init = record["h_init"], record["c_init"]
+        if not (isinstance(history.h_init, torch.Tensor) and isinstance(history.c_init, torch.Tensor)
+                and history.h_init.dim() == 3 and history.c_init.shape == history.h_init.shape):
+            raise ValueError("TruncatedLSTM state: the saved initial state must be two "
+                             "[layers, B, H] tensors")
+        history.input_size = _int(record, "input_size")
+        history.end, history.floor = _int(record, "end"), _int(record, "floor")
+        ring = record["ring"]
+        history.ring = None if ring is None else RingBuffers.from_dict(ring, history.h_init,
+                                                                       history.input_size)
+        if history.ring is not None and history.ring.end != history.end:
+            raise ValueError("TruncatedLSTM state: the saved ring and stream disagree on the step")
+        return history
+
     @property
     def nbytes(self):
         ring_bytes = self.ring.nbytes if self.ring is not None else 0
         init = self.h_init.numel() * self.h_init.element_size()
         init += self.c_init.numel() * self.c_init.element_size()
         return ring_bytes + init
+
+
+def _int(record, key):
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"TruncatedLSTM state: saved `{key}` must be an integer >= 0, got {value!r}")
+    return value

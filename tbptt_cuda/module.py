@@ -9,10 +9,13 @@ import numbers
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from . import _backend
 from .function import ChunkPlan, TruncatedLSTMFunction
 from .history import History
+
+FLAG_RESET, FLAG_HOLD = 1, 2  # step flags, as csrc/tbptt/window.h defines them
 
 
 class LSTMState(tuple):
@@ -33,8 +36,25 @@ class LSTMState(tuple):
         """Bytes the history ring of this stream holds on its device (0 without history)."""
         return self.history.nbytes if self.history is not None else 0
 
-    def __reduce__(self):  # pickling keeps the values, not the history
-        return (tuple, ((self[0], self[1]),))
+    def __reduce__(self):
+        """torch.save keeps everything needed to continue the stream exactly: (h_n, c_n), the
+        history ring, the steps it holds and the stream's position. torch.load(...) with its
+        default weights_only=True reads it back (import tbptt_cuda first: it allowlists
+        _restore_state, which builds only tensors and integers, checked)."""
+        history = self.history.to_dict() if self.history is not None else None
+        return (_restore_state, (self[0].detach(), self[1].detach(), history, self.step))
+
+
+def _restore_state(h, c, history, step):
+    """Rebuilds a pickled LSTMState (see LSTMState.__reduce__)."""
+    if not isinstance(h, torch.Tensor) or not isinstance(c, torch.Tensor):
+        raise ValueError("TruncatedLSTM state: h and c must be tensors")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"TruncatedLSTM state: step must be an integer >= 0, got {step!r}")
+    return LSTMState(h, c, History.from_dict(history) if history is not None else None, step)
+
+
+torch.serialization.add_safe_globals([_restore_state])
 
 
 def _positive_int(name, value):
@@ -146,18 +166,83 @@ class TruncatedLSTM(nn.Module):
             text += f", dropout={self.dropout}"
         return text + f", k2={self.k2}"
 
+    def flatten_parameters(self):
+        """As nn.LSTM's on the CPU: nothing to do (our kernels read the parameters where they
+        are), returns None. Scripts call it after .to(device) or under DataParallel."""
+        return None
+
     # ----------------------------------------------------------------------------------------
-    def forward(self, input, state=None, reset=None):  # noqa: A002  (nn.LSTM's argument name)
-        weights = self._flat_weights
-        param = weights[0]
+    def forward(self, input, state=None, reset=None, *, hx=None):  # noqa: A002  (nn.LSTM's names)
+        """out, state = lstm(input, state=None, reset=None); `hx=` is accepted as nn.LSTM's name
+        for the state. input: a tensor [L, B, I] ([B, L, I] with batch_first), an unbatched
+        [L, I] (state [num_layers, H]), or a PackedSequence (output packed the same way)."""
+        if hx is not None:
+            if state is not None:
+                raise TypeError("TruncatedLSTM: pass the state once, as `state` or as `hx`")
+            state = hx
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, state, reset)
         if not isinstance(input, torch.Tensor):
-            raise TypeError(f"TruncatedLSTM: input must be a tensor, got {type(input).__name__}")
+            raise TypeError(f"TruncatedLSTM: input must be a tensor or a PackedSequence, got "
+                            f"{type(input).__name__}")
+        run = self._run_for(state)
+        if input.dim() == 2:  # one unbatched sequence [L, I], as nn.LSTM takes it
+            flags = self._step_flags(reset, input.shape[0], 1, unbatched=True)
+            out, new_state = run(input.unsqueeze(1), state, flags, input, unbatched=True)
+            return out.squeeze(1), new_state
         if input.dim() != 3:
             layout = "[B, L, input_size]" if self.batch_first else "[L, B, input_size]"
-            raise ValueError(
-                f"TruncatedLSTM: input must be 3-D {layout}, got shape {tuple(input.shape)} "
-                "(for one unbatched sequence add a batch dimension of 1)")
+            raise ValueError(f"TruncatedLSTM: input must be 3-D {layout} or 2-D [L, input_size] "
+                             f"(unbatched), got shape {tuple(input.shape)}")
         x = input.transpose(0, 1) if self.batch_first else input  # [L, B, I]
+        flags = self._step_flags(reset, x.shape[0], x.shape[1])
+        out, new_state = run(x, state, flags, input)
+        return (out.transpose(0, 1) if self.batch_first else out), new_state
+
+    def _run_for(self, state):
+        """_run, or, for a chunk that continues a stream, _run outside torch.compile's graph:
+        the stream's position is Python state that changes every chunk (traced, it would be a
+        new symbolic integer each call, which Inductor cannot yet write back). A fresh chunk is
+        traced whole (fullgraph=True works)."""
+        if isinstance(state, LSTMState) and state.history is not None:
+            return self._run_eager
+        return self._run
+
+    def _forward_packed(self, packed, state, reset):
+        """A PackedSequence is one chunk of the stream, padded to its longest sequence: a row
+        whose sequence is shorter holds still (h and c unchanged, no output) for the steps past
+        its length, which still count as steps of the stream (for k2). Rows are in the
+        original (unsorted) order, as nn.LSTM's state is."""
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        if data.dim() != 2:
+            raise ValueError(f"TruncatedLSTM: a PackedSequence's data must be 2-D [N, input_size], "
+                             f"got shape {tuple(data.shape)}")
+        if reset is not None and (not isinstance(reset, torch.Tensor) or reset.dim() != 1):
+            raise ValueError("TruncatedLSTM: with a PackedSequence input, reset must be a bool [B] "
+                             "tensor (new sequences at the chunk's first step, in the original "
+                             "batch order); per-step resets need a padded tensor input")
+        steps, batch = batch_sizes.numel(), int(batch_sizes[0])
+        device = data.device
+        # (step, row) of every packed element: row = the original batch index.
+        step_of = torch.arange(steps).repeat_interleave(batch_sizes)
+        offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+        rank = torch.arange(data.shape[0]) - offsets[step_of]
+        row_of = rank.to(device) if sorted_indices is None else sorted_indices[rank.to(device)]
+        step_of = step_of.to(device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=device).index_add_(
+            0, row_of, torch.ones_like(row_of))
+        hold = torch.arange(steps, device=device).unsqueeze(1) >= lengths.unsqueeze(0)  # [L, B]
+        flags = self._step_flags(reset, steps, batch, hold=hold)
+        padded = data.new_zeros(steps, batch, data.shape[1]).index_put((step_of, row_of), data)
+        out, new_state = self._run_for(state)(padded, state, flags, data)
+        return PackedSequence(out[step_of, row_of], batch_sizes, sorted_indices,
+                              unsorted_indices), new_state
+
+    def _run(self, x, state, flags, input, unbatched=False):  # noqa: A002
+        """The chunk x [L, B, I] (time-major), flags [L, B] uint8 or None -> out [L, B, H] and the
+        new LSTMState ([num_layers, H] tensors when unbatched)."""
+        weights = self._flat_weights
+        param = weights[0]
         L, B, I = x.shape
         if I != self.input_size:
             raise ValueError(f"TruncatedLSTM: input has {I} features, expected input_size={self.input_size}")
@@ -184,9 +269,7 @@ class TruncatedLSTM(nn.Module):
             raise ValueError(
                 f"TruncatedLSTM: the chunk has L={L} steps but k2={k2}: TBPTT(k1, k2) needs "
                 "1 <= L <= k2. Feed shorter chunks or raise k2.")
-        reset_steps = self._reset_steps(reset, L, B, param.device)
-
-        h0, c0, history, explicit = self._resolve_state(state, B, param)
+        h0, c0, history, explicit = self._resolve_state(state, B, param, unbatched)
         training = self.training
         use_ring = torch.is_grad_enabled()
         if use_ring and not training:
@@ -208,43 +291,52 @@ class TruncatedLSTM(nn.Module):
             a = history.end
             ring = history.ring_for(L, k2, with_mask=masks is not None)
             plan = ChunkPlan(history, ring, a, a + L, history.window_start(a + L, a, k2),
-                             reset_steps, masks, self.bias, param.new_empty(0))
+                             flags, masks, self.bias, param.new_empty(0))
         else:
-            plan = ChunkPlan(None, None, 0, L, 0, reset_steps, masks, self.bias, param.new_empty(0))
+            plan = ChunkPlan(None, None, 0, L, 0, flags, masks, self.bias, param.new_empty(0))
         if not explicit:
             h0, c0 = h0.detach(), c0.detach()
         out, h_n, c_n = TruncatedLSTMFunction.apply(plan, x, h0, c0, *weights)
-        if self.batch_first:
-            out = out.transpose(0, 1)
         carried = history if (use_ring and training) else None
+        if unbatched:
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return out, LSTMState(h_n, c_n, carried, carried.end if carried is not None else 0)
 
-    def _reset_steps(self, reset, L, B, device):
-        """reset -> [L, B] uint8 on the device, or None."""
-        if reset is None:
-            return None
-        if not isinstance(reset, torch.Tensor) or reset.dtype != torch.bool:
-            raise TypeError(f"TruncatedLSTM: reset must be a bool tensor, got "
-                            f"{getattr(reset, 'dtype', type(reset).__name__)}")
-        if reset.dim() == 1:
-            if reset.shape[0] != B:
+    _run_eager = torch.compiler.disable(_run)
+
+    def _step_flags(self, reset, L, B, hold=None, unbatched=False):
+        """reset (and the hold mask [L, B] bool of a packed chunk) -> step flags [L, B] uint8
+        (bit 0 reset, bit 1 hold: csrc/tbptt/window.h), or None when there are none."""
+        resets = None
+        if reset is not None:
+            if not isinstance(reset, torch.Tensor) or reset.dtype != torch.bool:
+                raise TypeError(f"TruncatedLSTM: reset must be a bool tensor, got "
+                                f"{getattr(reset, 'dtype', type(reset).__name__)}")
+            one_step, per_step = ((), (L,)) if unbatched else ((B,), (B, L) if self.batch_first else (L, B))
+            names = ("[]", "[L]") if unbatched else ("[B]", "[B, L]" if self.batch_first else "[L, B]")
+            if tuple(reset.shape) == one_step:
+                resets = torch.zeros(L, B, dtype=torch.bool, device=reset.device)
+                resets[0] = reset
+            elif tuple(reset.shape) == per_step:
+                resets = reset.reshape(L, 1) if unbatched else (reset.t() if self.batch_first else reset)
+            elif reset.dim() == 1 and not unbatched:
                 raise ValueError(f"TruncatedLSTM: reset of shape [B] must have B={B} entries, "
                                  f"got {tuple(reset.shape)}")
-            steps = torch.zeros(L, B, dtype=torch.bool, device=reset.device)
-            steps[0] = reset
-        elif reset.dim() == 2:
-            expected = (B, L) if self.batch_first else (L, B)
-            if tuple(reset.shape) != expected:
-                layout = "[B, L]" if self.batch_first else "[L, B]"
-                raise ValueError(f"TruncatedLSTM: reset must be [B] or {layout} = {expected}, "
-                                 f"got {tuple(reset.shape)}")
-            steps = reset.t() if self.batch_first else reset
-        else:
-            raise ValueError(f"TruncatedLSTM: reset must be [B] or [L, B], got {tuple(reset.shape)}")
-        return steps.to(device=device, dtype=torch.uint8).contiguous()
+            else:
+                raise ValueError(f"TruncatedLSTM: reset must be {names[0]} or {names[1]} = "
+                                 f"{one_step} or {per_step}, got {tuple(reset.shape)}")
+        if resets is None and hold is None:
+            return None
+        device = self._flat_weights[0].device
+        flags = torch.zeros(L, B, dtype=torch.uint8, device=device)
+        if resets is not None:
+            flags |= resets.to(device=device, dtype=torch.uint8) * FLAG_RESET
+        if hold is not None:
+            flags |= hold.to(device=device, dtype=torch.uint8) * FLAG_HOLD
+        return flags.contiguous()
 
-    def _resolve_state(self, state, B, param):
-        """-> (h0, c0, history or None, explicit: gradient may reach h0/c0)."""
+    def _resolve_state(self, state, B, param, unbatched=False):
+        """-> (h0, c0 [layers, B, H], history or None, explicit: gradient may reach h0/c0)."""
         shape = (self.num_layers, B, self.hidden_size)
         if state is None:
             zeros = torch.zeros(shape, dtype=param.dtype, device=param.device)
@@ -253,24 +345,52 @@ class TruncatedLSTM(nn.Module):
             raise TypeError("TruncatedLSTM: state must be None, the state returned by the "
                             "previous call, or a tuple (h0, c0)")
         h0, c0 = state
+        rank = 2 if unbatched else 3
         for name, t in (("h0", h0), ("c0", c0)):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"TruncatedLSTM: state {name} must be a tensor")
-            if tuple(t.shape) != shape:
-                raise ValueError(f"TruncatedLSTM: state {name} must be [num_layers, B, hidden_size] "
-                                 f"= {list(shape)}, got {list(t.shape)}")
+            if t.dim() != rank:
+                raise ValueError(
+                    f"TruncatedLSTM: for {'an unbatched 2-D' if unbatched else 'a batched 3-D'} "
+                    f"input the state {name} must be {rank}-D "
+                    f"{'[num_layers, hidden_size]' if unbatched else '[num_layers, B, hidden_size]'}, "
+                    f"got {t.dim()}-D {list(t.shape)}")
+            expected = (shape[0], shape[2]) if unbatched else shape
+            if tuple(t.shape) != expected:
+                layout = "[num_layers, hidden_size]" if unbatched else "[num_layers, B, hidden_size]"
+                raise ValueError(f"TruncatedLSTM: state {name} must be {layout} = "
+                                 f"{list(expected)}, got {list(t.shape)}")
             if t.dtype != param.dtype:
                 raise TypeError(f"TruncatedLSTM: state {name} dtype {t.dtype} does not match the "
                                 f"parameters' {param.dtype}")
             if t.device != param.device:
                 raise ValueError(f"TruncatedLSTM: state {name} is on {t.device}, the parameters "
                                  f"on {param.device}")
+        if unbatched:
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
         if isinstance(state, LSTMState):
             history = state.history
-            if history is not None and history.end != state.step:
-                raise ValueError(
-                    "TruncatedLSTM: this state is stale: its stream has advanced "
-                    f"{history.end - state.step} steps past it. Pass the latest state, or a "
-                    "plain tuple (h, c) to start a new stream from these values.")
+            if history is not None:
+                self._check_history(history, B, param)
+                if history.end != state.step:
+                    raise ValueError(
+                        "TruncatedLSTM: this state is stale: its stream has advanced "
+                        f"{history.end - state.step} steps past it. Pass the latest state, or a "
+                        "plain tuple (h, c) to start a new stream from these values.")
             return h0, c0, history, False
         return h0, c0, None, True
+
+    def _check_history(self, history, B, param):
+        """A state's history (e.g. from a checkpoint) must come from a module of this shape."""
+        layers, batch, hidden = history.h_init.shape
+        if (layers, hidden, history.input_size) != (self.num_layers, self.hidden_size, self.input_size):
+            raise ValueError(
+                "TruncatedLSTM: state: its history was recorded by a TruncatedLSTM with "
+                f"num_layers={layers}, hidden_size={hidden}, input_size={history.input_size}; this "
+                f"module has num_layers={self.num_layers}, hidden_size={self.hidden_size}, "
+                f"input_size={self.input_size}")
+        if history.h_init.dtype != param.dtype or history.h_init.device != param.device:
+            raise ValueError(
+                f"TruncatedLSTM: state: its history is {history.h_init.dtype} on "
+                f"{history.h_init.device}, the parameters {param.dtype} on {param.device} (load the "
+                "checkpoint with map_location, or move the module)")

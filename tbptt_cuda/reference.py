@@ -6,7 +6,12 @@ nothing of this package, so the tests can hold the fused code to it.
 For a chunk covering global steps [a, b) of a stream, the window is [w, b) with
 w = max(b - k2, 0) (w = a when k2 is None). The gradient is that of the chunk's loss through
 the window recomputed with the current parameters, starting from the detached true state
-before step w. A reset of row r at step t zeroes that row's state (all layers) before step t.
+before step w. A reset of row r at step t replaces that row's state (all layers) by zeros
+before step t (a select: NaN or Inf in the old state does not survive it), so no gradient
+crosses it: a window step of row r that lies before the chunk and before a reset of row r at
+or before the chunk's first step receives no gradient, and is left out exactly (its
+activations, NaN included, cannot enter a gradient as 0 * NaN). A hold of row r at step t (a
+packed chunk, past that row's sequence) leaves its state unchanged and outputs zero.
 
 Shapes: L steps in a chunk, B rows, I input size, H hidden size, G = 4H.
 """
@@ -37,28 +42,43 @@ def layer_weights(module):
     return out
 
 
-def run_steps(x, h, c, weights, resets=None, masks=None):
+def run_steps(x, h, c, weights, resets=None, masks=None, holds=None, cuts=None):
     """Plain multi-layer LSTM over consecutive steps.
 
     x [T, B, I]; h, c [layers, B, H] entering the first step; weights from layer_weights();
     resets [T, B] bool or None; masks [layers-1, T, B, H] dropout masks on the input of layers
-    1.. or None. Returns out [T, B, H] (top layer) and (h, c) [layers, B, H] after the last step.
+    1.. or None; holds [T, B] bool or None (rows that hold still at that step); cuts [T, B]
+    bool or None (rows whose step no gradient reaches: computed from zeros instead, which a
+    later reset discards). Returns out [T, B, H] (top layer) and (h, c) [layers, B, H] after
+    the last step.
     """
     h = list(h.unbind(0))
     c = list(c.unbind(0))
     outputs = []
     for t in range(x.shape[0]):
+        step_input = x[t]
+        if cuts is not None:
+            cut = cuts[t].unsqueeze(1)  # [B, 1]
+            step_input = torch.where(cut, torch.zeros_like(step_input), step_input)
+            h = [torch.where(cut, torch.zeros_like(state), state) for state in h]
+            c = [torch.where(cut, torch.zeros_like(state), state) for state in c]
         if resets is not None:
-            keep = (~resets[t]).to(x.dtype).unsqueeze(1)  # [B, 1]
-            h = [state * keep for state in h]
-            c = [state * keep for state in c]
-        layer_input = x[t]
+            reset = resets[t].unsqueeze(1)  # [B, 1]
+            h = [torch.where(reset, torch.zeros_like(state), state) for state in h]
+            c = [torch.where(reset, torch.zeros_like(state), state) for state in c]
+        hold = None if holds is None else holds[t].unsqueeze(1)  # [B, 1]
+        layer_input = step_input
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
             if layer > 0 and masks is not None:
                 layer_input = layer_input * masks[layer - 1, t]
-            h[layer], c[layer] = lstm_cell(layer_input, h[layer], c[layer], w_ih, w_hh, b_ih, b_hh)
-            layer_input = h[layer]
-        outputs.append(layer_input)
+            h_new, c_new = lstm_cell(layer_input, h[layer], c[layer], w_ih, w_hh, b_ih, b_hh)
+            if hold is not None:
+                h_new = torch.where(hold, h[layer], h_new)
+                c_new = torch.where(hold, c[layer], c_new)
+            h[layer], c[layer] = h_new, c_new
+            layer_input = h_new
+        outputs.append(layer_input if hold is None else
+                       torch.where(hold, torch.zeros_like(layer_input), layer_input))
     return torch.stack(outputs), (torch.stack(h), torch.stack(c))
 
 
@@ -76,9 +96,11 @@ class ReferenceStream:
         self.inputs = []   # [1, B, I] per step, detached
         self.resets = []   # [B] bool per step
         self.masks = []    # [layers-1, 1, B, H] per step, or None
+        self.holds = []    # [B] bool per step
 
-    def chunk(self, x, k2, reset=None, masks=None):
-        """x [L, B, I] (may require grad); reset [L, B] bool or None; masks [layers-1, L, B, H].
+    def chunk(self, x, k2, reset=None, masks=None, hold=None):
+        """x [L, B, I] (may require grad); reset [L, B] bool or None; masks [layers-1, L, B, H];
+        hold [L, B] bool or None (rows that hold still: a packed chunk past their length).
 
         Returns out [L, B, H] and (h_n, c_n) [layers, B, H], differentiable through the window.
         """
@@ -91,6 +113,8 @@ class ReferenceStream:
         H = weights[0][1].shape[1]
         if reset is None:
             reset = torch.zeros(L, B, dtype=torch.bool, device=x.device)
+        if hold is None:
+            hold = torch.zeros(L, B, dtype=torch.bool, device=x.device)
         h_start = self.h0 if self.h0 is not None else x.new_zeros(layers, B, H)
         c_start = self.c0 if self.c0 is not None else x.new_zeros(layers, B, H)
         if a > 0:  # the initial state is an input of the first chunk only
@@ -98,6 +122,7 @@ class ReferenceStream:
 
         all_x = torch.cat(self.inputs + [x.detach()]) if self.inputs else x.detach()
         all_resets = torch.stack(self.resets + list(reset.unbind(0)))
+        all_holds = torch.stack(self.holds + list(hold.unbind(0)))
         all_masks = None
         if masks is not None:
             all_masks = torch.cat([m for m in self.masks] + [masks], dim=1)
@@ -109,14 +134,20 @@ class ReferenceStream:
         if w > 0:
             with torch.no_grad():
                 _, (h_w, c_w) = run_steps(all_x[:w], h_start, c_start, weights,
-                                          all_resets[:w], masks_of(0, w))
+                                          all_resets[:w], masks_of(0, w), all_holds[:w])
         else:
             h_w, c_w = h_start, c_start
         window_x = torch.cat([all_x[w:a], x]) if a > w else x
-        out, (h_n, c_n) = run_steps(window_x, h_w, c_w, weights, all_resets[w:b], masks_of(w, b))
+        # Steps before the chunk that precede a reset at or before its first step: no gradient
+        # reaches them (the reset cuts it), so they are left out, exactly.
+        later_reset = all_resets[w + 1:a + 1].flip(0).cumsum(0).flip(0) > 0  # [a - w, B]
+        cuts = torch.cat([later_reset, torch.zeros(L, B, dtype=torch.bool, device=x.device)])
+        out, (h_n, c_n) = run_steps(window_x, h_w, c_w, weights, all_resets[w:b], masks_of(w, b),
+                                    all_holds[w:b], cuts)
 
         self.inputs += list(x.detach().split(1))
         self.resets += list(reset.unbind(0))
+        self.holds += list(hold.unbind(0))
         if masks is not None:
             self.masks += list(masks.detach().split(1, dim=1))
         return out[a - w:], (h_n, c_n)

@@ -10,9 +10,15 @@ def lstm():
     return TruncatedLSTM(3, 4, 2, k2=5)
 
 
-def test_wrong_rank(lstm):
-    with pytest.raises(ValueError, match=r"input must be 3-D"):
-        lstm(torch.randn(4, 3))
+@pytest.mark.parametrize("shape", [(4,), (4, 2, 3, 1)])
+def test_wrong_rank(lstm, shape):
+    with pytest.raises(ValueError, match=r"input must be 3-D .* or 2-D \[L, input_size\] \(unbatched\)"):
+        lstm(torch.randn(*shape))
+
+
+def test_not_a_tensor(lstm):
+    with pytest.raises(TypeError, match=r"input must be a tensor or a PackedSequence, got list"):
+        lstm([[1.0, 2.0, 3.0]])
 
 
 def test_wrong_input_size(lstm):

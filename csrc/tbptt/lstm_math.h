@@ -1,5 +1,6 @@
 // Pointwise math of one LSTM step, forward and backward: the one truth that the CPU loop and
-// the CUDA kernels both call. Framework-free: plain C++ that nvcc also compiles for the device.
+// the CUDA kernels (and so the emulator) all call. Framework-free: plain C++ that nvcc also
+// compiles for the device. Step flags (reset, hold) as window.h defines them.
 //
 // Gate order is torch.nn.LSTM's: i (input), f (forget), g (cell candidate), o (output).
 // Pre-activations come from  x_t @ W_ih^T + b_ih + h_{t-1} @ W_hh^T + b_hh.
@@ -20,6 +21,9 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "window.h"  // TBPTT_HD, convert, the step params structs
 
@@ -54,12 +58,28 @@ TBPTT_HD acc_t hidden_from_cell(const Gates<acc_t>& gate, acc_t c) {
   return gate.o * std::tanh(c);
 }
 
-// A reset zeroes the state entering a step for that row. The flag (0 or 1, one byte per row)
-// becomes a factor that multiplies the state, as reference.py does: arithmetic rather than a
-// select, so the compiler keeps every load unconditional and the CPU loop vectorises.
+// `condition ? if_true : if_false` on the bits: a select, never a product, so that NaN or Inf
+// in the value not chosen (a state before a reset, a gradient from beyond one) cannot survive,
+// and branch-free: a plain `?:` lets the compiler move a load into a branch, and then the CPU
+// loop no longer vectorises. float and double.
 template <typename acc_t>
-TBPTT_HD acc_t keep_factor(uint8_t reset_flag) {
-  return acc_t(1 - int(reset_flag));
+TBPTT_HD acc_t select(bool condition, acc_t if_true, acc_t if_false) {
+  using Bits = typename std::conditional<sizeof(acc_t) == 4, uint32_t, uint64_t>::type;
+  static_assert(sizeof(acc_t) == sizeof(Bits), "float or double");
+  Bits a, b;
+  memcpy(&a, &if_true, sizeof a);
+  memcpy(&b, &if_false, sizeof b);
+  const Bits take_true = Bits(0) - Bits(condition);  // all ones or all zeros
+  const Bits bits = (a & take_true) | (b & ~take_true);
+  acc_t result;
+  memcpy(&result, &bits, sizeof result);
+  return result;
+}
+
+// Zero where `drop` is set, else `value` (see select).
+template <typename acc_t>
+TBPTT_HD acc_t zero_where(bool drop, acc_t value) {
+  return select(drop, acc_t(0), value);
 }
 
 // Gradients of one (row, unit) of one step with respect to the gate pre-activations and
@@ -96,6 +116,8 @@ TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t row, int6
   const int64_t H = p.hidden;
   const int64_t e = row * H + unit;
   const int64_t gate0 = row * 4 * H + unit;  // offset of gate i in the [B, G] row
+  const bool hold = p.flags[row] & kFlagHold;
+  const bool reset_next = p.flags_next[row] & kFlagReset;
   const T* gx = static_cast<const T*>(p.gates_x);
   const T* gh = static_cast<const T*>(p.gates_h);
   auto pre = [&](int k) {
@@ -103,19 +125,21 @@ TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t row, int6
   };
   const Gates<acc_t> gate = activate_gates<acc_t>(pre(0), pre(1), pre(2), pre(3));
   acc_t* cell = static_cast<acc_t*>(p.cell);
-  const acc_t c = cell_update(gate, cell[e]);
-  const acc_t h = hidden_from_cell(gate, c);
-  static_cast<T*>(p.out)[e] = convert<T>(h);
+  T* hidden = static_cast<T*>(p.hidden_next);
+  const acc_t c_prev = cell[e];
+  const acc_t h_prev = convert<acc_t>(hidden[e]);
+  const acc_t c = select(hold, c_prev, cell_update(gate, c_prev));
+  const acc_t h = select(hold, h_prev, hidden_from_cell(gate, c));
+  static_cast<T*>(p.out)[e] = convert<T>(zero_where(hold, h));
   T* ring_gates = static_cast<T*>(p.ring_gates);
-  ring_gates[gate0] = convert<T>(gate.i);
-  ring_gates[gate0 + H] = convert<T>(gate.f);
-  ring_gates[gate0 + 2 * H] = convert<T>(gate.g);
-  ring_gates[gate0 + 3 * H] = convert<T>(gate.o);
+  ring_gates[gate0] = convert<T>(zero_where(hold, gate.i));
+  ring_gates[gate0 + H] = convert<T>(zero_where(hold, gate.f));
+  ring_gates[gate0 + 2 * H] = convert<T>(zero_where(hold, gate.g));
+  ring_gates[gate0 + 3 * H] = convert<T>(zero_where(hold, gate.o));
   static_cast<acc_t*>(p.ring_cell)[e] = c;
   static_cast<T*>(p.ring_hidden)[e] = convert<T>(h);
-  const acc_t keep_next = keep_factor<acc_t>(p.reset_next[row]);
-  cell[e] = c * keep_next;
-  static_cast<T*>(p.hidden_next)[e] = convert<T>(h * keep_next);
+  cell[e] = zero_where(reset_next, c);
+  hidden[e] = convert<T>(zero_where(reset_next, h));
 }
 
 // Element (row, unit) of one backward step (see BackwardStepParams).
@@ -124,28 +148,34 @@ TBPTT_HD void backward_step_element(const BackwardStepParams& p, int64_t row, in
   const int64_t H = p.hidden;
   const int64_t e = row * H + unit;
   const int64_t gate0 = row * 4 * H + unit;
+  const bool reset = p.flags[row] & kFlagReset;
+  const bool hold = p.flags[row] & kFlagHold;
+  const bool cut = p.flags[row] & kFlagCut;  // no gradient reaches it: contributes exactly 0
+  const bool cut_after = p.flags_after[row] & kFlagReset;
   const T* stored = static_cast<const T*>(p.gates);
   const Gates<acc_t> gate{convert<acc_t>(stored[gate0]), convert<acc_t>(stored[gate0 + H]),
                           convert<acc_t>(stored[gate0 + 2 * H]),
                           convert<acc_t>(stored[gate0 + 3 * H])};
-  const acc_t keep = keep_factor<acc_t>(p.reset[row]);
-  const acc_t keep_after = keep_factor<acc_t>(p.reset_after[row]);
-  const acc_t c_prev = static_cast<const acc_t*>(p.cell_prev)[e] * keep;
-  const acc_t h_prev = convert<acc_t>(static_cast<const T*>(p.hidden_prev)[e]);
-  static_cast<T*>(p.hidden_prev_seen)[e] = convert<T>(h_prev * keep);
+  const acc_t c_prev = zero_where(reset, static_cast<const acc_t*>(p.cell_prev)[e]);
+  const acc_t h_prev = zero_where(reset | cut, convert<acc_t>(static_cast<const T*>(p.hidden_prev)[e]));
+  static_cast<T*>(p.hidden_prev_seen)[e] = convert<T>(h_prev);
 
   acc_t* grad_cell = static_cast<acc_t*>(p.grad_cell);
-  const acc_t dc_next = grad_cell[e] * keep_after;
+  acc_t* held = static_cast<acc_t*>(p.grad_hidden_held);
+  const acc_t dc_next = zero_where(cut_after, grad_cell[e]);
   const acc_t dh = convert<acc_t>(static_cast<const T*>(p.grad_out)[e]) +
-                   convert<acc_t>(static_cast<const T*>(p.grad_hidden_next)[e]) * keep_after;
+                   zero_where(cut_after, convert<acc_t>(static_cast<const T*>(p.grad_hidden_next)[e]) + held[e]);
   const GateGrads<acc_t> grad =
       backward_gates(gate, static_cast<const acc_t*>(p.cell)[e], c_prev, dh, dc_next);
   T* grad_gates = static_cast<T*>(p.grad_gates);
-  grad_gates[gate0] = convert<T>(grad.d_i);
-  grad_gates[gate0 + H] = convert<T>(grad.d_f);
-  grad_gates[gate0 + 2 * H] = convert<T>(grad.d_g);
-  grad_gates[gate0 + 3 * H] = convert<T>(grad.d_o);
-  grad_cell[e] = grad.d_c_prev;
+  const bool no_gates = hold | cut;
+  grad_gates[gate0] = convert<T>(zero_where(no_gates, grad.d_i));
+  grad_gates[gate0 + H] = convert<T>(zero_where(no_gates, grad.d_f));
+  grad_gates[gate0 + 2 * H] = convert<T>(zero_where(no_gates, grad.d_g));
+  grad_gates[gate0 + 3 * H] = convert<T>(zero_where(no_gates, grad.d_o));
+  // A held step is the identity on (h, c): its gradients pass to step t-1 unchanged.
+  grad_cell[e] = zero_where(cut, select(hold, dc_next, grad.d_c_prev));
+  held[e] = zero_where(cut | !hold, dh);
 }
 
 }  // namespace tbptt

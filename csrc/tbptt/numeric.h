@@ -4,6 +4,10 @@
 
 #if defined(__CUDACC__)
 #define TBPTT_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Always inlined, as under nvcc: the CPU loop vectorises only when the element functions are
+// inlined into it, and the backward one is past GCC's own inlining limit.
+#define TBPTT_HD inline __attribute__((always_inline))
 #else
 #define TBPTT_HD inline
 #endif

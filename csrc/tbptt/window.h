@@ -14,7 +14,7 @@
 //   cell   [layers, S, B, H]  acc  c_t
 //   hidden [layers, S, B, H]  T    h_t (the layer's output, before any dropout)
 //   input  [S, B, I]          T    layer-0 input x_t
-//   reset  [S, B]             u8   1 where the row's state was zeroed before step t
+//   flags  [S, B]             u8   step flags of the row (kFlagReset, kFlagHold below)
 //   mask   [layers-1, S, B, H] T   dropout mask (0 or 1/(1-p)) on the input of layer l >= 1
 // Global step t of a stream lives in slot t mod S.
 #pragma once
@@ -22,6 +22,24 @@
 #include <cstdint>
 
 #include "numeric.h"  // TBPTT_HD
+
+namespace tbptt {
+
+// Step flags, one byte per row and step (chunk flags [L, B], ring flags [S, B]):
+// kFlagReset: the row's state (every layer) is replaced by zeros before this step: a select,
+//   so NaN or Inf in the old state cannot survive it; no gradient crosses it.
+// kFlagHold: the row holds still at this step (h_t = h_{t-1}, c_t = c_{t-1}, output 0): the
+//   steps past a sequence's length in a packed chunk. Gradient passes through it unchanged and
+//   reaches no parameter.
+// kFlagCut (set by the backward driver in its copy of the window's flags, never in the ring):
+//   no gradient reaches this row at this step, which lies before the chunk and before a reset
+//   at or before the chunk's first step. The step is left out of every gradient exactly, so
+//   that its activations, NaN or Inf from a bad record included, cannot leak in as 0 * NaN.
+constexpr uint8_t kFlagReset = 1;
+constexpr uint8_t kFlagHold = 2;
+constexpr uint8_t kFlagCut = 4;
+
+}  // namespace tbptt
 
 namespace tbptt {
 
@@ -62,12 +80,15 @@ struct ForwardStepParams {
   const void* gates_h;         // [B, G] T    h_{t-1} @ W_hh^T
   void* cell;                  // [B, H] acc  in: c entering step t (reset applied)
                                //             out: c entering step t+1 (its reset applied)
-  void* hidden_next;           // [B, H] T    out: h entering step t+1 (its reset applied)
-  void* out;                   // [B, H] T    out: h_t
-  void* ring_gates;            // [B, G] T    out: activated gates (scratch when not recording)
+  void* hidden_next;           // [B, H] T    in: h entering step t (reset applied; the GEMM's
+                               //             operand); out: h entering step t+1 (its reset applied)
+  void* out;                   // [B, H] T    out: h_t (0 where the row holds)
+  void* ring_gates;            // [B, G] T    out: activated gates, 0 where the row holds
+                               //             (scratch when not recording)
   void* ring_cell;             // [B, H] acc  out: c_t (scratch when not recording)
   void* ring_hidden;           // [B, H] T    out: h_t (scratch when not recording)
-  const uint8_t* reset_next;   // [B]         reset flags of step t+1 (zeros for none)
+  const uint8_t* flags;        // [B]         flags of step t (kFlagHold)
+  const uint8_t* flags_next;   // [B]         flags of step t+1 (kFlagReset; zeros for none)
 };
 
 // One backward step of one layer over all B rows.
@@ -78,15 +99,18 @@ struct BackwardStepParams {
   const void* cell;              // [B, H] acc  c_t (ring)
   const void* cell_prev;         // [B, H] acc  c_{t-1} as stored (no reset applied)
   const void* hidden_prev;       // [B, H] T    h_{t-1} as stored (no reset applied)
-  const uint8_t* reset;          // [B]  reset flags of step t
-  const uint8_t* reset_after;    // [B]  reset flags of step t+1 (zeros at the window's end):
-                                 //      where set, the gradients arriving from step t+1 are dropped
+  const uint8_t* flags;          // [B]  flags of step t (kFlagReset: the state it saw was zero;
+                                 //      kFlagHold; kFlagCut)
+  const uint8_t* flags_after;    // [B]  flags of step t+1 (zeros at the window's end): where
+                                 //      kFlagReset, the gradients arriving from step t+1 are dropped
   const void* grad_out;          // [B, H] T    dL/dh_t from the output or the layer above (zeros
                                  //             for window steps before the chunk)
   const void* grad_hidden_next;  // [B, H] T    dL/dh_t through step t+1 (dG_{t+1} @ W_hh); at
                                  //             the window's last step, dL/dh_n
+  void* grad_hidden_held;        // [B, H] acc  in: dL/dh_t carried through step t+1 where that
+                                 //             step held the row; out: the same for step t-1
   void* grad_cell;               // [B, H] acc  in: dL/dc_t from step t+1; out: dL/dc_{t-1}
-  void* grad_gates;              // [B, G] T    out: dL/d(pre-activations)
+  void* grad_gates;              // [B, G] T    out: dL/d(pre-activations), 0 where the row holds
   void* hidden_prev_seen;        // [B, H] T    out: h_{t-1} as the step saw it (reset applied),
                                  //             the right operand of the dW_hh GEMM
 };
