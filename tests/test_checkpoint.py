@@ -1,0 +1,155 @@
+"""Stream checkpoints: torch.save of a returned state keeps everything needed to continue the
+stream exactly (the ring, its steps, the floor, dropout masks in the window, the stream's
+start); torch.load with its default weights_only=True reads it; a resumed run, in this process
+or a new one, gives the outputs and gradients of an uninterrupted one, bit for bit."""
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import tbptt_cuda
+from tbptt_cuda import TruncatedLSTM
+
+
+def _chunks(seed, lengths=(3, 4, 2, 4, 3), batch=3, features=2):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(L, batch, features, generator=gen, dtype=torch.float64) for L in lengths]
+
+
+def _continue(lstm, state, chunks, seed=123):
+    """Runs `chunks` from `state` (dropout masks from `seed`): per chunk, out and grads."""
+    torch.manual_seed(seed)
+    records = []
+    for x in chunks:
+        lstm.zero_grad(set_to_none=True)
+        out, state = lstm(x, state)
+        (out.pow(2).sum() + state[1].sum()).backward()
+        records.append([out.detach()] + [p.grad.clone() for p in lstm.parameters()])
+    return records, state
+
+
+def _module(device="cpu", dropout=0.25):
+    torch.manual_seed(0)
+    return TruncatedLSTM(2, 5, 2, dropout=dropout, k2=7, device=device, dtype=torch.float64)
+
+
+def test_resumed_stream_continues_exactly(device):
+    lstm = _module(device)
+    chunks = [x.to(device) for x in _chunks(1)]
+    _, state = _continue(lstm, None, chunks[:3], seed=7)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    uninterrupted, _ = _continue(lstm, state, chunks[3:])
+    buffer.seek(0)
+    restored = torch.load(buffer)  # weights_only=True, torch's default
+    assert isinstance(restored, tbptt_cuda.LSTMState)
+    assert restored.step == state.step and restored.history_nbytes == state.history_nbytes
+    resumed, _ = _continue(lstm, restored, chunks[3:])
+    for a, b in zip(uninterrupted, resumed):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+
+
+def test_saved_size_is_the_history(tmp_path):
+    lstm = TruncatedLSTM(16, 64, 2, k2=100)
+    _, state = lstm(torch.randn(50, 8, 16))
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    size = os.path.getsize(path)
+    assert state.history_nbytes <= size <= state.history_nbytes + 64 * 1024, (size, state.history_nbytes)
+
+
+def test_state_without_history_saves_its_values(tmp_path):
+    lstm = TruncatedLSTM(2, 3)
+    with torch.no_grad():
+        _, state = lstm(torch.randn(4, 2, 2))
+    torch.save(state, tmp_path / "s.pt")
+    restored = torch.load(tmp_path / "s.pt")
+    assert restored.history is None and torch.equal(restored[0], state[0])
+
+
+def test_checkpoint_of_another_module_shape_is_refused(tmp_path):
+    _, state = TruncatedLSTM(2, 5, 2, k2=6)(torch.randn(3, 2, 2))
+    torch.save(state, tmp_path / "s.pt")
+    restored = torch.load(tmp_path / "s.pt")
+    with pytest.raises(ValueError, match=r"state: its history was recorded by a TruncatedLSTM with "
+                                         r"num_layers=2, hidden_size=5, input_size=2; this module "
+                                         r"has num_layers=2, hidden_size=5, input_size=3"):
+        TruncatedLSTM(3, 5, 2, k2=6)(torch.randn(3, 2, 3), restored)
+    with pytest.raises(ValueError, match=r"its history is torch.float32 on cpu, the parameters "
+                                         r"torch.float64"):
+        TruncatedLSTM(2, 5, 2, k2=6, dtype=torch.float64)(
+            torch.randn(3, 2, 2, dtype=torch.float64),
+            tbptt_cuda.LSTMState(restored[0].double(), restored[1].double(), restored.history,
+                                 restored.step))
+
+
+def test_a_malformed_checkpoint_is_refused():
+    from tbptt_cuda.module import _restore_state
+
+    _, state = TruncatedLSTM(2, 3, k2=4)(torch.randn(2, 1, 2))
+    h, c, record, step = state.__reduce__()[1]
+    record["ring"]["gates"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"the saved ring's `gates` should be a tensor of shape"):
+        _restore_state(h, c, record, step)
+    with pytest.raises(ValueError, match="not a saved stream history"):
+        _restore_state(h, c, {"format": 99}, step)
+    with pytest.raises(ValueError, match="step must be an integer"):
+        _restore_state(h, c, None, -1)
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    import tbptt_cuda  # allowlists the state's rebuild function for weights_only loading
+    from tbptt_cuda import TruncatedLSTM
+    saved = torch.load(sys.argv[1])  # weights_only=True
+    lstm = TruncatedLSTM(2, 5, 2, dropout=0.25, k2=7, dtype=torch.float64)
+    lstm.load_state_dict(saved["model"])
+    state = saved["state"]
+    torch.manual_seed(123)
+    records = []
+    for x in saved["chunks"]:
+        lstm.zero_grad(set_to_none=True)
+        out, state = lstm(x, state)
+        (out.pow(2).sum() + state[1].sum()).backward()
+        records.append([out.detach()] + [p.grad.clone() for p in lstm.parameters()])
+    torch.save(records, sys.argv[2])
+""")
+
+
+def test_resume_in_a_new_process_continues_exactly(tmp_path):
+    lstm = _module()
+    chunks = _chunks(2)
+    _, state = _continue(lstm, None, chunks[:3], seed=9)
+    torch.save({"model": lstm.state_dict(), "state": state, "chunks": chunks[3:]},
+               tmp_path / "checkpoint.pt")
+    uninterrupted, _ = _continue(lstm, state, chunks[3:])
+    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "checkpoint.pt"),
+                             str(tmp_path / "resumed.pt")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    resumed = torch.load(tmp_path / "resumed.pt")
+    for a, b in zip(uninterrupted, resumed):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_map_location_moves_a_stream_from_cuda_to_cpu(tmp_path):
+    gpu = _module("cuda", dropout=0.0)  # (dropout masks come from each device's own generator)
+    cpu = _module("cpu", dropout=0.0)
+    cpu.load_state_dict(gpu.state_dict())
+    chunks = _chunks(3)
+    _, state = _continue(gpu, None, [x.cuda() for x in chunks[:3]])
+    torch.save(state, tmp_path / "s.pt")
+    on_gpu, _ = _continue(gpu, state, [x.cuda() for x in chunks[3:]])
+    moved = torch.load(tmp_path / "s.pt", map_location="cpu")
+    on_cpu, _ = _continue(cpu, moved, chunks[3:])
+    for a, b in zip(on_gpu, on_cpu):
+        for ta, tb in zip(a, b):
+            assert torch.allclose(ta.cpu(), tb, rtol=1e-9, atol=1e-12)
