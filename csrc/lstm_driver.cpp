@@ -151,7 +151,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     const DeviceBackend& backend, const at::Tensor& grad_out_in,
     const at::Tensor& grad_h_n_in, const at::Tensor& grad_c_n_in, at::TensorList weights,
     bool has_bias, const RingTensors& ring, const at::Tensor& h_before_in,
-    const at::Tensor& c_before_in, int64_t window_len, int64_t last_slot) {
+    const at::Tensor& c_before_in, int64_t window_len, int64_t last_slot,
+    c10::ArrayRef<double> carry_scales) {
   const int64_t per_layer = weights_per_layer(has_bias);
   TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
               "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
@@ -163,6 +164,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
   TORCH_CHECK(L >= 1 && L <= W && W < slots,
               "tbptt: window must hold the chunk and fit the ring (L=", L, ", window=", W,
               ", slots=", slots, ")");
+  TORCH_CHECK(carry_scales.empty() || static_cast<int64_t>(carry_scales.size()) == W,
+              "tbptt: carry_scales must hold one factor per window step (", W, "), got ",
+              carry_scales.size());
   const at::ScalarType storage = grad_out.scalar_type();
   const at::ScalarType acc = acc_type_of(storage);
   const at::Tensor grad_h_n = grad_h_n_in.contiguous();
@@ -214,6 +218,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
       p.hidden_prev = j > 0 ? slot_ptr(ring.hidden, l, prev_slot) : row_ptr(h_before, l);
       p.flags = flags_of_step(j);
       p.flags_after = j < W - 1 ? flags_of_step(j + 1) : static_cast<const uint8_t*>(no_flags.data_ptr());
+      p.carry_scale = carry_scales.empty() ? 1.0 : carry_scales[j];
       if (top) {
         p.grad_out = j >= W - L ? row_ptr(grad_out, j - (W - L)) : no_grad_out.data_ptr();
       } else {

@@ -64,12 +64,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
 //   grad_out [L, B, H]; grad_h_n, grad_c_n [layers, B, H];
 //   h_before [layers, B, H] (T), c_before [layers, B, H] (acc): the state entering the window
 //   (before the window's first reset is applied).
+//   carry_scales: empty, or one factor per window step (oldest first) on the gradients that
+//   step receives from the next (ARTBP's compensation; see tbptt_cuda/artbp.py).
 // Returns grad_x [L, B, I], grad_h_before [layers, B, H] (T), grad_c_before [layers, B, H] (acc),
 // and the weight gradients in the order of `weights`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward(
     const DeviceBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_h_n,
     const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias, const RingTensors& ring,
     const at::Tensor& h_before, const at::Tensor& c_before, int64_t window_len,
-    int64_t last_slot);
+    int64_t last_slot, c10::ArrayRef<double> carry_scales);
 
 }  // namespace tbptt

@@ -48,11 +48,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     at::TensorList weights, bool has_bias, const at::Tensor& ring_gates,
     const at::Tensor& ring_cell, const at::Tensor& ring_hidden, const at::Tensor& ring_input,
     const at::Tensor& ring_flags, const at::Tensor& ring_mask, const at::Tensor& h_before,
-    const at::Tensor& c_before, int64_t window_len, int64_t last_slot) {
+    const at::Tensor& c_before, int64_t window_len, int64_t last_slot,
+    const std::optional<std::vector<double>>& carry_scales) {
   const c10::OptionalDeviceGuard guard(grad_out.device());
   return window_backward(backend(), grad_out, grad_h_n, grad_c_n, weights, has_bias,
                          ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags, ring_mask),
-                         h_before, c_before, window_len, last_slot);
+                         h_before, c_before, window_len, last_slot,
+                         carry_scales.has_value() ? c10::ArrayRef<double>(*carry_scales)
+                                                  : c10::ArrayRef<double>());
 }
 
 }  // namespace
@@ -65,12 +68,14 @@ TORCH_LIBRARY(tbptt, m) {
       "bool has_bias, Tensor? dropout_masks, Tensor(a!) ring_gates, Tensor(b!) ring_cell, "
       "Tensor(c!) ring_hidden, Tensor(d!) ring_input, Tensor(e!) ring_flags, "
       "Tensor(f!) ring_mask, int first_slot, bool record) -> (Tensor, Tensor, Tensor)");
-  // Backward over the last window_len recorded steps (ending at ring slot last_slot).
+  // Backward over the last window_len recorded steps (ending at ring slot last_slot);
+  // carry_scales: ARTBP's factor per window step (None: all 1).
   m.def(
       "window_backward(Tensor grad_out, Tensor grad_h_n, Tensor grad_c_n, Tensor[] weights, "
       "bool has_bias, Tensor ring_gates, Tensor ring_cell, Tensor ring_hidden, "
       "Tensor ring_input, Tensor ring_flags, Tensor ring_mask, Tensor h_before, "
-      "Tensor c_before, int window_len, int last_slot) -> (Tensor, Tensor, Tensor, Tensor[])");
+      "Tensor c_before, int window_len, int last_slot, float[]? carry_scales=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(tbptt, CPU, m) {

@@ -1,10 +1,11 @@
 """tbptt_cuda: LSTMs trained with truncated backpropagation through time, TBPTT(k1, k2), at
 memory set by k2, not by the sequence length."""
+from .artbp import ARTBP
 from .emulation import EmulationStats, emulate_cuda
 from .module import LSTMState, TruncatedLSTM
 
 __version__ = "0.1.0"
-__all__ = ["TruncatedLSTM", "LSTMState", "build_info", "emulate_cuda", "EmulationStats"]
+__all__ = ["TruncatedLSTM", "LSTMState", "ARTBP", "build_info", "emulate_cuda", "EmulationStats"]
 
 
 def build_info():

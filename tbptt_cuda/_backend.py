@@ -38,8 +38,8 @@ def _register_fakes():
     """Shape-only implementations, for torch.compile / FakeTensor / opcheck."""
 
     @torch.library.register_fake("tbptt::chunk_forward")
-    def _chunk_forward_fake(x, h0, c0, reset, weights, has_bias, dropout_masks, ring_gates,
-                            ring_cell, ring_hidden, ring_input, ring_reset, ring_mask,
+    def _chunk_forward_fake(x, h0, c0, flags, weights, has_bias, dropout_masks, ring_gates,
+                            ring_cell, ring_hidden, ring_input, ring_flags, ring_mask,
                             first_slot, record):
         L, B, _ = x.shape
         layers, H = h0.shape[0], weights[1].shape[1]
@@ -48,8 +48,8 @@ def _register_fakes():
 
     @torch.library.register_fake("tbptt::window_backward")
     def _window_backward_fake(grad_out, grad_h_n, grad_c_n, weights, has_bias, ring_gates,
-                              ring_cell, ring_hidden, ring_input, ring_reset, ring_mask,
-                              h_before, c_before, window_len, last_slot):
+                              ring_cell, ring_hidden, ring_input, ring_flags, ring_mask,
+                              h_before, c_before, window_len, last_slot, carry_scales=None):
         L, B, H = grad_out.shape
         layers = grad_h_n.shape[0]
         return (grad_out.new_empty(L, B, weights[0].shape[1]),

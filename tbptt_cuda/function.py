@@ -31,6 +31,7 @@ class ChunkPlan:
     dropout_masks: Optional[torch.Tensor]  # [layers-1, L, B, H]
     has_bias: bool
     empty: torch.Tensor              # a 0-element tensor on the device, for unused ring args
+    carry_scales: Optional[list] = None  # ARTBP: per window step, oldest first (None: all 1)
 
 
 class TruncatedLSTMFunction(torch.autograd.Function):
@@ -78,7 +79,7 @@ class TruncatedLSTMFunction(torch.autograd.Function):
         h_before, c_before = history.state_before(ring, w)
         grad_x, grad_h0, grad_c0, grad_weights = _OPS.window_backward(
             grad_y, grad_h_n, grad_c_n, list(weights), plan.has_bias, *ring.tensors(),
-            h_before, c_before, b - w, (b - 1) % ring.slots)
+            h_before, c_before, b - w, (b - 1) % ring.slots, plan.carry_scales)
         needs = ctx.needs_input_grad
         return (
             None,

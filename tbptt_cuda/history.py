@@ -108,15 +108,16 @@ class History:
     def batch(self):
         return self.h_init.shape[1]
 
-    def ring_for(self, chunk_len, k2, with_mask):
-        """The ring to record a chunk of `chunk_len` steps into, resized if k2 changed.
+    def ring_for(self, chunk_len, capacity, with_mask):
+        """The ring to record a chunk of `chunk_len` steps into, resized if the capacity (the
+        longest window: k2, or ARTBP's cap) changed.
 
-        k2 None keeps chunk_len + 1 slots (the window is the chunk itself).
+        capacity None keeps chunk_len + 1 slots (the window is the chunk itself).
         """
-        if k2 is None:
+        if capacity is None:
             slots = max(chunk_len + 1, self.ring.slots if self.ring is not None else 0)
         else:
-            slots = k2 + 1
+            slots = capacity + 1
         ring = self.ring
         if ring is not None and ring.slots == slots and ring.with_mask == with_mask:
             return ring
@@ -137,11 +138,13 @@ class History:
         self.ring = new
         return new
 
-    def window_start(self, chunk_end, chunk_start, k2):
-        """First step of the backward window of the chunk [chunk_start, chunk_end)."""
-        if k2 is None:
+    def window_start(self, chunk_end, chunk_start, window):
+        """First step of the backward window of `window` steps (None: the chunk itself) of the
+        chunk [chunk_start, chunk_end), no earlier than the stream's start or what the ring
+        still holds."""
+        if window is None:
             return chunk_start
-        return max(chunk_end - k2, self.floor)
+        return max(chunk_end - window, self.floor)
 
     def state_before(self, ring, step):
         """(h, c) [layers, B, H] entering global step `step`, as stored (no reset applied)."""

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _backend
+from .artbp import ARTBP
 from .function import ChunkPlan, TruncatedLSTMFunction
 from .history import History
 
@@ -25,10 +26,11 @@ class LSTMState(tuple):
     A plain (h0, c0) tuple instead starts a fresh window from those tensors.
     """
 
-    def __new__(cls, h, c, history=None, step=0):
+    def __new__(cls, h, c, history=None, step=0, window=None):
         state = super().__new__(cls, (h, c))
         state.history = history  # None: no history recorded (no_grad / eval)
         state.step = step        # the stream step this state follows (history.end when made)
+        state.window = window    # steps the backward of the chunk that made it reaches
         return state
 
     @property
@@ -42,16 +44,20 @@ class LSTMState(tuple):
         default weights_only=True reads it back (import tbptt_cuda first: it allowlists
         _restore_state, which builds only tensors and integers, checked)."""
         history = self.history.to_dict() if self.history is not None else None
-        return (_restore_state, (self[0].detach(), self[1].detach(), history, self.step))
+        return (_restore_state, (self[0].detach(), self[1].detach(), history, self.step,
+                                 self.window))
 
 
-def _restore_state(h, c, history, step):
+def _restore_state(h, c, history, step, window=None):
     """Rebuilds a pickled LSTMState (see LSTMState.__reduce__)."""
     if not isinstance(h, torch.Tensor) or not isinstance(c, torch.Tensor):
         raise ValueError("TruncatedLSTM state: h and c must be tensors")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"TruncatedLSTM state: step must be an integer >= 0, got {step!r}")
-    return LSTMState(h, c, History.from_dict(history) if history is not None else None, step)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
+        raise ValueError(f"TruncatedLSTM state: window must be an integer, got {window!r}")
+    return LSTMState(h, c, History.from_dict(history) if history is not None else None, step,
+                     window)
 
 
 torch.serialization.add_safe_globals([_restore_state])
@@ -71,6 +77,10 @@ class TruncatedLSTM(nn.Module):
         k2: how many steps, ending at a chunk's last step, its gradient flows back through
             (into earlier chunks of the stream via the history). None: truncate at the chunk's
             start (BPTT(k, k)). A chunk may not be longer than k2. May change between calls.
+        artbp: None, or a tbptt_cuda.ARTBP(cap, ...): unbiased truncation. Each update draws
+            its backward length W in [k2, cap] and reweights the gradient so that its
+            expectation is TBPTT's with k2 = cap (k2 is then the shortest window; the history
+            holds cap + 1 steps). May change between calls.
 
     Call: ``out, state = lstm(x, state=None, reset=None)``
         x: [L, B, input_size] ([B, L, input_size] with batch_first).
@@ -81,7 +91,8 @@ class TruncatedLSTM(nn.Module):
         reset: bool [B] (reset at the chunk's first step) or [L, B] ([B, L] with batch_first):
             where True, that row's state (all layers) is zeroed before that step, which also
             stops the gradient there.
-        Returns out [L, B, H] ([B, L, H]) and an LSTMState (h_n, c_n).
+        Returns out [L, B, H] ([B, L, H]) and an LSTMState (h_n, c_n); its `window` is the
+        number of steps this chunk's backward reaches.
 
     Gradient: of the chunk's loss through the window of its last k2 steps, with the current
     parameters; it reaches every parameter from all window steps and this chunk's x, not the
@@ -92,8 +103,8 @@ class TruncatedLSTM(nn.Module):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, k2=None, device=None,
-                 dtype=None):
+                 dropout=0.0, bidirectional=False, proj_size=0, k2=None, artbp=None,
+                 device=None, dtype=None):
         super().__init__()
         if bidirectional:
             raise ValueError(
@@ -115,6 +126,7 @@ class TruncatedLSTM(nn.Module):
         self.bidirectional = False
         self.proj_size = 0
         self.k2 = k2
+        self.artbp = artbp
         self.last_dropout_masks = None  # [layers-1, L, B, H] of the last training call (tests)
         factory = dict(device=device, dtype=dtype)
         gates = 4 * self.hidden_size
@@ -143,6 +155,17 @@ class TruncatedLSTM(nn.Module):
             value = int(value)
         self._k2 = value
 
+    @property
+    def artbp(self):
+        return self._artbp
+
+    @artbp.setter
+    def artbp(self, value):
+        if value is not None and not isinstance(value, ARTBP):
+            raise TypeError(f"TruncatedLSTM: artbp must be None or a tbptt_cuda.ARTBP, got "
+                            f"{type(value).__name__}")
+        self._artbp = value
+
     def reset_parameters(self):
         """nn.LSTM's initialisation: uniform(-1/sqrt(H), 1/sqrt(H))."""
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -164,7 +187,8 @@ class TruncatedLSTM(nn.Module):
             text += ", batch_first=True"
         if self.dropout:
             text += f", dropout={self.dropout}"
-        return text + f", k2={self.k2}"
+        text += f", k2={self.k2}"
+        return text + (f", artbp={self.artbp}" if self.artbp is not None else "")
 
     def flatten_parameters(self):
         """As nn.LSTM's on the CPU: nothing to do (our kernels read the parameters where they
@@ -264,17 +288,22 @@ class TruncatedLSTM(nn.Module):
         if input.device != param.device:
             raise ValueError(f"TruncatedLSTM: input is on {input.device}, the parameters on "
                              f"{param.device}; move one with .to()")
-        k2 = self.k2
+        k2, artbp = self.k2, self.artbp
         if k2 is not None and L > k2:
             raise ValueError(
                 f"TruncatedLSTM: the chunk has L={L} steps but k2={k2}: TBPTT(k1, k2) needs "
                 "1 <= L <= k2. Feed shorter chunks or raise k2.")
+        if artbp is not None and (k2 is None or k2 > artbp.cap):
+            raise ValueError(
+                f"TruncatedLSTM: artbp needs k2, the shortest backward length, set and in "
+                f"[chunk length, cap] = [{L}, {artbp.cap}], got k2={k2}: every loss of the chunk "
+                "must lie where ARTBP does not reweight")
         h0, c0, history, explicit = self._resolve_state(state, B, param, unbatched)
         training = self.training
         use_ring = torch.is_grad_enabled()
         if use_ring and not training:
             # eval with autograd on: a private ring for this chunk only, carried nowhere
-            history, k2 = History(h0, c0, self.input_size), None
+            history, k2, artbp = History(h0, c0, self.input_size), None, None
         elif use_ring and history is None:
             history = History(h0, c0, self.input_size)
         if use_ring and history.batch != B:
@@ -289,9 +318,13 @@ class TruncatedLSTM(nn.Module):
 
         if use_ring:
             a = history.end
-            ring = history.ring_for(L, k2, with_mask=masks is not None)
-            plan = ChunkPlan(history, ring, a, a + L, history.window_start(a + L, a, k2),
-                             flags, masks, self.bias, param.new_empty(0))
+            ring = history.ring_for(L, artbp.cap if artbp is not None else k2,
+                                    with_mask=masks is not None)
+            window = artbp.sample(k2) if artbp is not None else k2  # the backward length
+            w = history.window_start(a + L, a, window)
+            scales = artbp.carry_scales(a + L - w, k2) if artbp is not None else None
+            plan = ChunkPlan(history, ring, a, a + L, w, flags, masks, self.bias,
+                             param.new_empty(0), scales)
         else:
             plan = ChunkPlan(None, None, 0, L, 0, flags, masks, self.bias, param.new_empty(0))
         if not explicit:
@@ -300,7 +333,8 @@ class TruncatedLSTM(nn.Module):
         carried = history if (use_ring and training) else None
         if unbatched:
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return out, LSTMState(h_n, c_n, carried, carried.end if carried is not None else 0)
+        return out, LSTMState(h_n, c_n, carried, carried.end if carried is not None else 0,
+                              plan.chunk_end - plan.window_start)
 
     _run_eager = torch.compiler.disable(_run)
 

@@ -42,20 +42,38 @@ def layer_weights(module):
     return out
 
 
-def run_steps(x, h, c, weights, resets=None, masks=None, holds=None, cuts=None):
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; multiplies the gradient passing back through it by `factor`."""
+
+    @staticmethod
+    def forward(ctx, tensor, factor):
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+def run_steps(x, h, c, weights, resets=None, masks=None, holds=None, cuts=None,
+              carry_scales=None):
     """Plain multi-layer LSTM over consecutive steps.
 
     x [T, B, I]; h, c [layers, B, H] entering the first step; weights from layer_weights();
     resets [T, B] bool or None; masks [layers-1, T, B, H] dropout masks on the input of layers
     1.. or None; holds [T, B] bool or None (rows that hold still at that step); cuts [T, B]
     bool or None (rows whose step no gradient reaches: computed from zeros instead, which a
-    later reset discards). Returns out [T, B, H] (top layer) and (h, c) [layers, B, H] after
-    the last step.
+    later reset discards); carry_scales: None or T factors, one per step, on the gradient
+    that step's state receives from the next step (ARTBP's compensation). Returns out
+    [T, B, H] (top layer) and (h, c) [layers, B, H] after the last step.
     """
     h = list(h.unbind(0))
     c = list(c.unbind(0))
     outputs = []
     for t in range(x.shape[0]):
+        if carry_scales is not None and t > 0 and carry_scales[t - 1] != 1.0:
+            h = [_ScaleGradient.apply(state, carry_scales[t - 1]) for state in h]
+            c = [_ScaleGradient.apply(state, carry_scales[t - 1]) for state in c]
         step_input = x[t]
         if cuts is not None:
             cut = cuts[t].unsqueeze(1)  # [B, 1]
@@ -98,16 +116,18 @@ class ReferenceStream:
         self.masks = []    # [layers-1, 1, B, H] per step, or None
         self.holds = []    # [B] bool per step
 
-    def chunk(self, x, k2, reset=None, masks=None, hold=None):
+    def chunk(self, x, k2, reset=None, masks=None, hold=None, window=None, carry_scales=None):
         """x [L, B, I] (may require grad); reset [L, B] bool or None; masks [layers-1, L, B, H];
         hold [L, B] bool or None (rows that hold still: a packed chunk past their length).
+        ARTBP: window, the backward length drawn (instead of k2), and carry_scales, one factor
+        per window step, oldest first, on the gradient it receives from the next step.
 
         Returns out [L, B, H] and (h_n, c_n) [layers, B, H], differentiable through the window.
         """
         L, B, _ = x.shape
         a = len(self.inputs)
         b = a + L
-        w = a if k2 is None else max(b - k2, 0)
+        w = a if k2 is None else max(b - (k2 if window is None else window), 0)
         weights = layer_weights(self.module)
         layers = len(weights)
         H = weights[0][1].shape[1]
@@ -142,8 +162,10 @@ class ReferenceStream:
         # reaches them (the reset cuts it), so they are left out, exactly.
         later_reset = all_resets[w + 1:a + 1].flip(0).cumsum(0).flip(0) > 0  # [a - w, B]
         cuts = torch.cat([later_reset, torch.zeros(L, B, dtype=torch.bool, device=x.device)])
+        if carry_scales is not None and len(carry_scales) != b - w:
+            raise ValueError(f"carry_scales: {len(carry_scales)} factors for a window of {b - w} steps")
         out, (h_n, c_n) = run_steps(window_x, h_w, c_w, weights, all_resets[w:b], masks_of(w, b),
-                                    all_holds[w:b], cuts)
+                                    all_holds[w:b], cuts, carry_scales)
 
         self.inputs += list(x.detach().split(1))
         self.resets += list(reset.unbind(0))

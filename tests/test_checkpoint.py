@@ -92,7 +92,7 @@ def test_a_malformed_checkpoint_is_refused():
     from tbptt_cuda.module import _restore_state
 
     _, state = TruncatedLSTM(2, 3, k2=4)(torch.randn(2, 1, 2))
-    h, c, record, step = state.__reduce__()[1]
+    h, c, record, step, _ = state.__reduce__()[1]
     record["ring"]["gates"] = torch.zeros(3)
     with pytest.raises(ValueError, match=r"the saved ring's `gates` should be a tensor of shape"):
         _restore_state(h, c, record, step)

@@ -10,7 +10,7 @@
 //   h_t = o * tanh(c_t)
 //
 // Backward, given dh = dL/dh_t (from the output and the next step) and dc_next = dL/dc_t
-// carried from step t+1:
+// carried from step t+1 (both carried ones times the step's carry_scale: ARTBP's compensation):
 //   dc   = dc_next + dh * o * (1 - tanh(c_t)^2)
 //   da_o = dh * tanh(c_t) * o * (1 - o)
 //   da_i = dc * g * i * (1 - i)
@@ -162,9 +162,11 @@ TBPTT_HD void backward_step_element(const BackwardStepParams& p, int64_t row, in
 
   acc_t* grad_cell = static_cast<acc_t*>(p.grad_cell);
   acc_t* held = static_cast<acc_t*>(p.grad_hidden_held);
-  const acc_t dc_next = zero_where(cut_after, grad_cell[e]);
+  const acc_t scale = acc_t(p.carry_scale);  // exactly 1 without ARTBP: no change
+  const acc_t dc_next = zero_where(cut_after, grad_cell[e] * scale);
   const acc_t dh = convert<acc_t>(static_cast<const T*>(p.grad_out)[e]) +
-                   zero_where(cut_after, convert<acc_t>(static_cast<const T*>(p.grad_hidden_next)[e]) + held[e]);
+                   zero_where(cut_after,
+                              (convert<acc_t>(static_cast<const T*>(p.grad_hidden_next)[e]) + held[e]) * scale);
   const GateGrads<acc_t> grad =
       backward_gates(gate, static_cast<const acc_t*>(p.cell)[e], c_prev, dh, dc_next);
   T* grad_gates = static_cast<T*>(p.grad_gates);

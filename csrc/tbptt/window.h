@@ -103,6 +103,8 @@ struct BackwardStepParams {
                                  //      kFlagHold; kFlagCut)
   const uint8_t* flags_after;    // [B]  flags of step t+1 (zeros at the window's end): where
                                  //      kFlagReset, the gradients arriving from step t+1 are dropped
+  double carry_scale;            // factor on the gradients arriving from step t+1 (ARTBP's
+                                 // S(j-1)/S(j) at distance j from the chunk's end; 1 otherwise)
   const void* grad_out;          // [B, H] T    dL/dh_t from the output or the layer above (zeros
                                  //             for window steps before the chunk)
   const void* grad_hidden_next;  // [B, H] T    dL/dh_t through step t+1 (dG_{t+1} @ W_hh); at
