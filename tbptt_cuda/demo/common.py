@@ -1,5 +1,5 @@
 """What the demo experiments share: printing, device and CPU-thread choice, the machine line,
-the common command-line flags and their checks, plot and JSON writing, smoothing."""
+the common command-line flags and their checks, writing results (table, JSON, plot), smoothing."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,22 @@ def try_plot(what: str, draw, path: Path) -> Optional[str]:
 def write_json(path: Path, payload: dict) -> None:
     """``payload`` as indented JSON (numpy and torch scalars written as floats)."""
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+
+
+def write_table_results(out: Path, stem: str, title: str, table: List[str], payload: dict, plot_name: str,
+                        draw) -> Tuple[str, Optional[str]]:
+    """An experiment's results: prints the markdown ``table`` (its lines), writes ``stem``.md
+    (``title``, a blank line, the table) and ``stem``.json (``payload``), plots ``stem``.png with
+    ``draw`` (see :func:`try_plot`) and says what it wrote. Returns (the table's text, the plot's
+    path or None)."""
+    table_text = "\n".join(table)
+    say(table_text)
+    markdown, json_path = out / f"{stem}.md", out / f"{stem}.json"
+    markdown.write_text(title + "\n\n" + table_text + "\n")
+    write_json(json_path, payload)
+    plot = try_plot(plot_name, draw, out / f"{stem}.png")
+    say(f"wrote {markdown}, {json_path}" + (f", {plot}" if plot else ""))
+    return table_text, plot
 
 
 def add_common_args(parser: argparse.ArgumentParser, minutes: Optional[float], hidden: int, batch: int,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..train import evaluate, history_nbytes, train_tbptt
-from .common import add_common_args, machine_line, say, setup_run, try_plot, write_json
+from .common import add_common_args, machine_line, say, setup_run, write_table_results
 from .lm import CharLM, LMData, add_char_lm_args, bits_cross_entropy
 
 
@@ -74,17 +74,6 @@ def run_compare(args) -> Dict:
         table.append(f"| BPTT({r['k1']},{r['k2']}) | {r['val_bits_per_char']:.3f} | {r['updates']} | "
                      f"{r['chars']:,} | {r['seconds']:.0f} | {r['chars_per_second']:,.0f} | {r['history_nbytes']:,} |")
 
-    table_text = "\n".join(table)
-    say(table_text)
-    (out / "compare.md").write_text(
-        f"Character LSTM (hidden {args.hidden}, batch {args.batch}), {args.minutes} min per schedule, same "
-        f"initial weights and data order; unigram entropy {unigram:.3f} bits/char; {machine_line(device)}\n\n"
-        + table_text + "\n")
-    write_json(out / "compare.json", {"machine": machine_line(device), "unigram_entropy_bits": unigram,
-                                      "val_bits_per_char_before": initial, "minutes_each": args.minutes,
-                                      "rows": [{k_: v for k_, v in r.items() if k_ != "update_seconds"}
-                                               for r in rows]})
-
     def draw(plt):
         fig, (ax_curve, ax_chars, ax_mem) = plt.subplots(1, 3, figsize=(14, 4))
         for r in rows:
@@ -107,6 +96,10 @@ def run_compare(args) -> Dict:
         ax_mem.set_ylabel("history ring (MiB)")
         return fig
 
-    plot = try_plot("compare", draw, out / "compare.png")
-    say(f"wrote {out / 'compare.md'}, {out / 'compare.json'}" + (f", {plot}" if plot else ""))
+    title = (f"Character LSTM (hidden {args.hidden}, batch {args.batch}), {args.minutes} min per schedule, same "
+             f"initial weights and data order; unigram entropy {unigram:.3f} bits/char; {machine_line(device)}")
+    payload = {"machine": machine_line(device), "unigram_entropy_bits": unigram,
+               "val_bits_per_char_before": initial, "minutes_each": args.minutes,
+               "rows": [{k_: v for k_, v in r.items() if k_ != "update_seconds"} for r in rows]}
+    table_text, plot = write_table_results(out, "compare", title, table, payload, "compare", draw)
     return {"command": "compare", "rows": rows, "table": table_text, "plot": plot, "n": n}

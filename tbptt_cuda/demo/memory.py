@@ -15,7 +15,7 @@ from torch import nn
 from ..data import SequenceStream
 from ..module import TruncatedLSTM
 from ..train import train_tbptt
-from .common import LN2, add_common_args, machine_line, parse_int_list, say, setup_run, smooth, try_plot, write_json
+from .common import LN2, add_common_args, machine_line, parse_int_list, say, setup_run, smooth, write_table_results
 
 
 class DelayedCopyModel(nn.Module):
@@ -121,15 +121,6 @@ def run_memory(args) -> Dict:
                      f"{r['steps_with_source_in_window']}/{r['k1']} | {100 * r['accuracy']:.1f}% | "
                      f"{r['final_loss']:.3f} | {r['updates']} | {r['seconds']:.1f} | {r['history_nbytes']:,} |")
 
-    table_text = "\n".join(table)
-    say(table_text)
-    (out / "memory_task.md").write_text(
-        f"Delayed copy (target(t) = input(t-{d}), random bits, chance 50%), hidden {args.hidden}, "
-        f"batch {args.batch}, {args.steps} updates max per setting; {machine_line(device)}\n\n"
-        + table_text + "\n")
-    write_json(out / "memory_task.json", {"delay": d, "k1": k, "hidden": args.hidden, "batch": args.batch,
-                                          "machine": machine_line(device), "rows": rows})
-
     def draw(plt):
         fig, (ax_acc, ax_curve, ax_mem) = plt.subplots(1, 3, figsize=(13, 3.8))
         labels = [f"BPTT({r['k1']},{r['k2']})" for r in rows]
@@ -160,6 +151,9 @@ def run_memory(args) -> Dict:
         ax_mem.set_title("memory held for backward", fontsize=9)
         return fig
 
-    plot = try_plot("memory-task", draw, out / "memory_task.png")
-    say(f"wrote {out / 'memory_task.md'}, {out / 'memory_task.json'}" + (f", {plot}" if plot else ""))
+    title = (f"Delayed copy (target(t) = input(t-{d}), random bits, chance 50%), hidden {args.hidden}, "
+             f"batch {args.batch}, {args.steps} updates max per setting; {machine_line(device)}")
+    payload = {"delay": d, "k1": k, "hidden": args.hidden, "batch": args.batch, "machine": machine_line(device),
+               "rows": rows}
+    table_text, plot = write_table_results(out, "memory_task", title, table, payload, "memory-task", draw)
     return {"command": "memory", "rows": rows, "table": table_text, "plot": plot}
