@@ -1,0 +1,159 @@
+"""``memory``: a synthetic long-dependency task. The input is a stream of random bits and the
+target at step t is the input d steps earlier. Trained with BPTT(k, k) (k < d: the gradient
+never spans the delay) and BPTT(k, k2) for k2 around and above d, at equal k1 = k. Accuracy on
+a held-out stream and history bytes per setting: a table and a PNG."""
+from __future__ import annotations
+
+import argparse
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import SequenceStream
+from ..module import TruncatedLSTM
+from ..train import train_tbptt
+from .common import LN2, add_common_args, machine_line, parse_int_list, say, setup_run, smooth, write_table_results
+
+
+class DelayedCopyModel(nn.Module):
+    """bits [L, B] -> one-hot -> TruncatedLSTM -> linear -> logits [L, B, 2]."""
+
+    def __init__(self, hidden_size: int, k2: Optional[int]):
+        super().__init__()
+        self.lstm = TruncatedLSTM(2, hidden_size, k2=k2)
+        self.head = nn.Linear(hidden_size, 2)
+
+    def forward(self, bits, state=None, reset=None):
+        hidden, state = self.lstm(F.one_hot(bits.long(), 2).float(), state, reset=reset)
+        return self.head(hidden), state
+
+
+class DelayedCopyStream:
+    """Random bits x [steps] per lane; target y_t = x_{t-delay}. Re-iterable chunks of k1 steps
+    whose ``valid`` mask leaves out the first ``delay`` steps (no source yet: not scored)."""
+
+    def __init__(self, delay: int, steps: int, batch: int, k1: int, seed: int, device):
+        generator = torch.Generator().manual_seed(seed)
+        bits = torch.randint(0, 2, (batch, steps), generator=generator, dtype=torch.int64)
+        targets = torch.full_like(bits, -1)
+        targets[:, delay:] = bits[:, :-delay]
+        self.stream = SequenceStream(bits, k1, batch, targets=targets, device=device)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self):
+        for chunk in self.stream:
+            yield chunk._replace(valid=chunk.valid & (chunk.targets >= 0))
+
+
+@torch.no_grad()
+def delayed_copy_accuracy(model: nn.Module, stream: DelayedCopyStream) -> float:
+    """Share of scored steps whose bit is recalled, over a held-out stream (state carried)."""
+    was_training = model.training
+    model.eval()
+    right, scored_total, state = 0, 0, None
+    for chunk in stream:
+        logits, state = model(chunk.inputs, state, reset=chunk.reset)
+        scored = chunk.valid
+        right += int((logits.argmax(-1)[scored] == chunk.targets[scored]).sum())
+        scored_total += int(scored.sum())
+    model.train(was_training)
+    return right / max(scored_total, 1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``memory``."""
+    add_common_args(parser, minutes=None, hidden=64, batch=32, steps=6000, threads="1: a small model")
+    parser.add_argument("--delay", type=int, default=12, help="d: target(t) = input(t - d) (default 12)")
+    parser.add_argument("--k", type=int, default=6, help="k1 for every setting, < d (default 6)")
+    parser.add_argument("--k2s", default=None, help="comma-separated k2 values (default k, d, d+k/2, d+k, 2d)")
+    parser.add_argument("--eval-steps", type=int, default=2000, help="held-out steps per lane (default 2000)")
+
+
+def run_memory(args) -> Dict:
+    """Train one model per k2 on the delayed copy; writes memory_task.md, .json, .png."""
+    device, out = setup_run(args, default_threads=1)
+    d, k = args.delay, args.k
+    if k >= d:
+        raise SystemExit(f"--k ({k}) must be < --delay ({d}): the task is a dependency longer than the chunk")
+    k2_values = parse_int_list(args.k2s, "--k2s") if args.k2s else sorted({k, d, d + k // 2, d + k, 2 * d})
+    for k2 in k2_values:
+        if k2 < k:
+            raise SystemExit(f"--k2s: every k2 must be >= k1 = {k}, got {k2}")
+    say(f"tbptt_cuda demo: delayed copy, target(t) = input(t - {d}); k1 = {k} for every setting; "
+        f"hidden {args.hidden}, batch {args.batch}, lr {args.lr}")
+    say(machine_line(device))
+    say("a step t is learnable from its own chunk's loss only if t - d lies in the window, i.e. "
+        "k2 >= d + (steps from t to the chunk's end); BPTT(k,k) with k < d never spans the delay")
+    held_out = DelayedCopyStream(d, args.eval_steps, args.batch, k, args.seed + 12345, device)
+    rows = []
+    seconds_each = None if args.minutes is None else 60.0 * args.minutes / len(k2_values)
+    for k2 in k2_values:
+        torch.manual_seed(args.seed)
+        model = DelayedCopyModel(args.hidden, k2).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        updates = args.steps
+        train = DelayedCopyStream(d, k * updates + d, args.batch, k, args.seed, device)
+        before = delayed_copy_accuracy(model, held_out)
+        run = train_tbptt(model, optimizer, F.cross_entropy, train, max_updates=updates,
+                          max_seconds=seconds_each, clip_grad_norm=args.clip or None, amp=args.amp,
+                          progress=not args.no_progress, desc=f"BPTT({k},{k2})")
+        accuracy = delayed_copy_accuracy(model, held_out)
+        covered = max(0, min(k, k2 - d))  # chunk steps whose source lies inside the window
+        rows.append({
+            "k1": k, "k2": k2, "delay": d, "accuracy": accuracy, "accuracy_before": before,
+            "final_loss": float(np.mean(run.losses[-20:])), "updates": run.updates,
+            "seconds": run.train_seconds, "history_nbytes": run.history_nbytes,
+            "steps_with_source_in_window": covered, "losses": run.losses,
+        })
+        say(f"BPTT({k},{k2}): held-out accuracy {100 * accuracy:.1f}% (chance 50%), final loss "
+            f"{rows[-1]['final_loss']:.3f}, {run.updates} updates in {run.train_seconds:.1f}s, "
+            f"history {run.history_nbytes:,} B")
+    table = ["| schedule | k1 | k2 | delay d | chunk steps with source in window | held-out accuracy | "
+             "final train loss | updates | seconds | history bytes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        table.append(f"| BPTT({r['k1']},{r['k2']}) | {r['k1']} | {r['k2']} | {r['delay']} | "
+                     f"{r['steps_with_source_in_window']}/{r['k1']} | {100 * r['accuracy']:.1f}% | "
+                     f"{r['final_loss']:.3f} | {r['updates']} | {r['seconds']:.1f} | {r['history_nbytes']:,} |")
+
+    def draw(plt):
+        fig, (ax_acc, ax_curve, ax_mem) = plt.subplots(1, 3, figsize=(13, 3.8))
+        labels = [f"BPTT({r['k1']},{r['k2']})" for r in rows]
+        xs = np.arange(len(rows))
+        colors = ["tab:red" if r["steps_with_source_in_window"] == 0 else "tab:blue" for r in rows]
+        bars = ax_acc.bar(xs, [100 * r["accuracy"] for r in rows], color=colors)
+        for bar, r in zip(bars, rows):
+            ax_acc.text(bar.get_x() + bar.get_width() / 2, 100 * r["accuracy"] + 1, f"{100 * r['accuracy']:.1f}%",
+                        ha="center", fontsize=8)
+        ax_acc.axhline(50, color="black", ls="--", lw=1, label="chance")
+        ax_acc.set_ylim(0, 108)
+        ax_acc.set_xticks(xs)
+        ax_acc.set_xticklabels(labels, fontsize=8)
+        ax_acc.set_ylabel("held-out accuracy (%)")
+        ax_acc.set_title(f"delay d = {d}, k1 = {k} (red: k2 <= d, the window never spans the delay)", fontsize=9)
+        ax_acc.legend(fontsize=8)
+        for r, label in zip(rows, labels):
+            ax_curve.plot(smooth(r["losses"], 0.95), label=label, lw=1)
+        ax_curve.axhline(LN2, color="black", ls="--", lw=1, label="chance (ln 2)")
+        ax_curve.set_xlabel("update")
+        ax_curve.set_ylabel("training loss (nats, smoothed)")
+        ax_curve.set_title("training curves", fontsize=9)
+        ax_curve.legend(fontsize=7)
+        ax_mem.bar(xs, [r["history_nbytes"] / 1024 for r in rows], color=colors)
+        ax_mem.set_xticks(xs)
+        ax_mem.set_xticklabels(labels, fontsize=8)
+        ax_mem.set_ylabel("history ring (KiB)")
+        ax_mem.set_title("memory held for backward", fontsize=9)
+        return fig
+
+    title = (f"Delayed copy (target(t) = input(t-{d}), random bits, chance 50%), hidden {args.hidden}, "
+             f"batch {args.batch}, {args.steps} updates max per setting; {machine_line(device)}")
+    payload = {"delay": d, "k1": k, "hidden": args.hidden, "batch": args.batch, "machine": machine_line(device),
+               "rows": rows}
+    table_text, plot = write_table_results(out, "memory_task", title, table, payload, "memory-task", draw)
+    return {"command": "memory", "rows": rows, "table": table_text, "plot": plot}
