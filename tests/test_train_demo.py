@@ -230,6 +230,36 @@ def test_demo_memory_smoke_shows_the_gap(tmp_path):
         assert (tmp_path / "memory_task.png").stat().st_size > 1000
 
 
+def test_demo_memory_artbp_smoke(tmp_path):
+    result = demo.main([
+        "memory", "--artbp", "--out", str(tmp_path), "--delay", "4", "--k", "2", "--artbp-k2", "3",
+        "--cap", "8", "--hidden", "16", "--batch", "8", "--steps", "200", "--eval-steps", "200",
+        "--seeds", "2", "--no-progress", "--lr", "0.01",
+    ])
+    settings = [r["setting"] for r in result["rows"]]
+    assert settings == ["TBPTT(2,3)"] * 2 + ["ARTBP(2,3..8)"] * 2 + ["TBPTT(2,8)"] * 2
+    steps = {r["setting"]: r["mean_backward_steps"] for r in result["rows"]}
+    assert steps["TBPTT(2,3)"] < steps["ARTBP(2,3..8)"] < steps["TBPTT(2,8)"]
+    assert "ARTBP(2,3..8)" in (tmp_path / "memory_artbp.md").read_text()
+    payload = json.loads((tmp_path / "memory_artbp.json").read_text())
+    assert payload["cap"] == 8 and 3 < payload["expected_window"] < 8
+    with pytest.raises(SystemExit, match=r"--artbp-k2 must be in \[k, d\) = \[2, 4\)"):
+        demo.main(["memory", "--artbp", "--delay", "4", "--k", "2", "--artbp-k2", "5", "--out", str(tmp_path)])
+
+
+def test_demo_balance_tbptt_diverges_and_artbp_converges(tmp_path):
+    result = demo.main(["balance", "--out", str(tmp_path), "--k2s", "32,48", "--seeds", "2",
+                        "--steps", "20000"])
+    runs = {(r["setting"], r["seed"]): r for r in result["runs"]}
+    assert runs[("TBPTT(8,32)", None)]["diverged_at"] == 3704  # as shared/research/artbp.md found
+    assert abs(runs[("TBPTT(8,48)", None)]["theta"] + 1 / 6) < 1e-6
+    for seed in (0, 1):
+        artbp = runs[("ARTBP(8,8..128)", seed)]
+        assert artbp["diverged_at"] is None and abs(artbp["theta"] + 1 / 6) < 1e-6
+        assert 25 < artbp["mean_window"] < 38  # a mean window near 32, against 48 for TBPTT(8,48)
+    assert "diverged" in (tmp_path / "balance.md").read_text()
+
+
 def test_demo_compare_smoke(tmp_path):
     result = demo.main([
         "compare", "--out", str(tmp_path), "--max-chars", "20000", "--val-chars", "2000", "--hidden", "16",

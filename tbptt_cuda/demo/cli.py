@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
-from . import compare, lm, memory
+from . import balance, compare, lm, memory
 
 
 class Command(NamedTuple):
@@ -23,6 +23,8 @@ COMMANDS: Dict[str, Command] = {
     "memory": Command(memory.add_arguments, memory.run_memory, "Delayed-copy task: BPTT(k,k) vs BPTT(k,k2>d)."),
     "compare": Command(compare.add_arguments, compare.run_compare,
                        "BPTT(k,k) vs BPTT(k,2k) vs BPTT(n,n) on the language model."),
+    "balance": Command(balance.add_arguments, balance.run_balance,
+                       "Influence balancing: TBPTT diverges, ARTBP converges to theta* = -1/6."),
 }
 DEFAULT_COMMAND = "lm"
 

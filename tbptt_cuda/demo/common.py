@@ -98,7 +98,8 @@ def add_common_args(parser: argparse.ArgumentParser, minutes: Optional[float], h
     parser.add_argument("--hidden", type=int, default=hidden, help=f"LSTM hidden size (default {hidden})")
     parser.add_argument("--batch", type=int, default=batch, help=f"lanes B (default {batch})")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
+    parser.add_argument("--clip", type=float, default=None,
+                        help="gradient-norm clip (0: off; default 1, off for ARTBP, which clipping would bias)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (plain log lines only)")
 
@@ -172,6 +173,12 @@ def setup_run(args, default_threads: Optional[int] = None) -> Tuple[torch.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return device, out
+
+
+def clip_norm(args, default: Optional[float] = 1.0) -> Optional[float]:
+    """--clip as train_tbptt's clip_grad_norm: None (off) for 0, `default` when not given."""
+    clip = default if args.clip is None else args.clip
+    return clip or None
 
 
 def smooth(values: Sequence[float], weight: float = 0.98) -> List[float]:

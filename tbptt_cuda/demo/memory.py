@@ -1,7 +1,11 @@
 """``memory``: a synthetic long-dependency task. The input is a stream of random bits and the
 target at step t is the input d steps earlier. Trained with BPTT(k, k) (k < d: the gradient
 never spans the delay) and BPTT(k, k2) for k2 around and above d, at equal k1 = k. Accuracy on
-a held-out stream and history bytes per setting: a table and a PNG."""
+a held-out stream and history bytes per setting: a table and a PNG.
+
+``memory --artbp``: TBPTT(k, k2) with k2 < d, which cannot see the delay, against ARTBP with
+the same k2 and a cap above d (unbiased up to cap in expectation), and TBPTT(k, cap), over
+several seeds, with the backward steps each spends per update: a table and a PNG."""
 from __future__ import annotations
 
 import argparse
@@ -12,22 +16,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..artbp import ARTBP
 from ..data import SequenceStream
 from ..module import TruncatedLSTM
 from ..train import train_tbptt
-from .common import LN2, add_common_args, machine_line, parse_int_list, say, setup_run, smooth, write_table_results
+from .common import LN2, add_common_args, clip_norm, machine_line, parse_int_list, say, setup_run, smooth, write_table_results
 
 
 class DelayedCopyModel(nn.Module):
     """bits [L, B] -> one-hot -> TruncatedLSTM -> linear -> logits [L, B, 2]."""
 
-    def __init__(self, hidden_size: int, k2: Optional[int]):
+    def __init__(self, hidden_size: int, k2: Optional[int], artbp: Optional[ARTBP] = None):
         super().__init__()
-        self.lstm = TruncatedLSTM(2, hidden_size, k2=k2)
+        self.lstm = TruncatedLSTM(2, hidden_size, k2=k2, artbp=artbp)
         self.head = nn.Linear(hidden_size, 2)
+        self.backward_steps = []  # per training update: steps its backward reaches
 
     def forward(self, bits, state=None, reset=None):
         hidden, state = self.lstm(F.one_hot(bits.long(), 2).float(), state, reset=reset)
+        if self.training and torch.is_grad_enabled():
+            self.backward_steps.append(state.window)
         return self.head(hidden), state
 
 
@@ -72,10 +80,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=6, help="k1 for every setting, < d (default 6)")
     parser.add_argument("--k2s", default=None, help="comma-separated k2 values (default k, d, d+k/2, d+k, 2d)")
     parser.add_argument("--eval-steps", type=int, default=2000, help="held-out steps per lane (default 2000)")
+    parser.add_argument("--artbp", action="store_true",
+                        help="compare TBPTT(k, k2 < d) with ARTBP of the same k2 and a cap above d, over "
+                             "several seeds (gradient clipping off unless --clip: it would bias ARTBP)")
+    parser.add_argument("--artbp-k2", type=int, default=None, help="with --artbp: k2, < d (default d - k/2)")
+    parser.add_argument("--cap", type=int, default=None, help="with --artbp: ARTBP's cap (default 2d)")
+    parser.add_argument("--c", type=float, default=None,
+                        help="with --artbp: truncated-geometric hazard (default: the power law, alpha 4, "
+                             "mean extra length k2)")
+    parser.add_argument("--seeds", type=int, default=3, help="with --artbp: seeds per setting (default 3)")
 
 
 def run_memory(args) -> Dict:
     """Train one model per k2 on the delayed copy; writes memory_task.md, .json, .png."""
+    if args.artbp:
+        return run_memory_artbp(args)
     device, out = setup_run(args, default_threads=1)
     d, k = args.delay, args.k
     if k >= d:
@@ -100,7 +119,7 @@ def run_memory(args) -> Dict:
         train = DelayedCopyStream(d, k * updates + d, args.batch, k, args.seed, device)
         before = delayed_copy_accuracy(model, held_out)
         run = train_tbptt(model, optimizer, F.cross_entropy, train, max_updates=updates,
-                          max_seconds=seconds_each, clip_grad_norm=args.clip or None, amp=args.amp,
+                          max_seconds=seconds_each, clip_grad_norm=clip_norm(args), amp=args.amp,
                           progress=not args.no_progress, desc=f"BPTT({k},{k2})")
         accuracy = delayed_copy_accuracy(model, held_out)
         covered = max(0, min(k, k2 - d))  # chunk steps whose source lies inside the window
@@ -156,4 +175,89 @@ def run_memory(args) -> Dict:
     payload = {"delay": d, "k1": k, "hidden": args.hidden, "batch": args.batch, "machine": machine_line(device),
                "rows": rows}
     table_text, plot = write_table_results(out, "memory_task", title, table, payload, "memory-task", draw)
+    return {"command": "memory", "rows": rows, "table": table_text, "plot": plot}
+
+
+def run_memory_artbp(args) -> Dict:
+    """TBPTT(k, k2 < d), ARTBP(k2, cap > d) and TBPTT(k, cap) on the delayed copy, over seeds;
+    writes memory_artbp.md, .json, .png."""
+    device, out = setup_run(args, default_threads=1)
+    d, k = args.delay, args.k
+    k2 = args.artbp_k2 if args.artbp_k2 is not None else d - k // 2
+    cap = args.cap if args.cap is not None else 2 * d
+    if not k <= k2 < d:
+        raise SystemExit(f"--artbp-k2 must be in [k, d) = [{k}, {d}): short of the delay, got {k2}")
+    if cap <= d:
+        raise SystemExit(f"--cap must be > --delay ({d}) for ARTBP to reach the delay, got {cap}")
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be >= 1, got {args.seeds}")
+    clip = clip_norm(args, default=None)
+    law = ARTBP(cap=cap, c=args.c)
+    say(f"tbptt_cuda demo: delayed copy d = {d}, k1 = {k}; TBPTT({k},{k2}) against ARTBP(k2={k2}, "
+        f"cap={cap}, {'c=' + str(args.c) if args.c else 'power law alpha 4, mean extra length k2'}) "
+        f"and TBPTT({k},{cap}); {args.seeds} seeds, hidden {args.hidden}, batch {args.batch}")
+    say(f"ARTBP: E[W] = {law.mean_window(k2):.1f} backward steps per update, largest compensation "
+        f"{law.largest_weight(k2):.1f}; gradient clipping {'off' if clip is None else clip}")
+    say(machine_line(device))
+    held_out = DelayedCopyStream(d, args.eval_steps, args.batch, k, args.seed + 12345, device)
+    settings = [(f"TBPTT({k},{k2})", k2, False), (f"ARTBP({k},{k2}..{cap})", k2, True),
+                (f"TBPTT({k},{cap})", cap, False)]
+    rows = []
+    for name, setting_k2, use_artbp in settings:
+        for seed in range(args.seed, args.seed + args.seeds):
+            torch.manual_seed(seed)
+            artbp = ARTBP(cap=cap, c=args.c, generator=torch.Generator().manual_seed(seed)) if use_artbp else None
+            model = DelayedCopyModel(args.hidden, setting_k2, artbp).to(device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+            train = DelayedCopyStream(d, k * args.steps + d, args.batch, k, seed, device)
+            run = train_tbptt(model, optimizer, F.cross_entropy, train, max_updates=args.steps,
+                              max_seconds=None if args.minutes is None else 60.0 * args.minutes / (3 * args.seeds),
+                              clip_grad_norm=clip, progress=not args.no_progress, desc=f"{name} seed {seed}")
+            accuracy = delayed_copy_accuracy(model, held_out)
+            rows.append({"setting": name, "k2": setting_k2, "artbp": use_artbp, "seed": seed,
+                         "accuracy": accuracy, "final_loss": float(np.mean(run.losses[-20:])),
+                         "mean_backward_steps": float(np.mean(model.backward_steps)),
+                         "updates": run.updates, "seconds": run.train_seconds,
+                         "history_nbytes": run.history_nbytes, "losses": run.losses})
+            say(f"{name} seed {seed}: held-out accuracy {100 * accuracy:.1f}%, mean backward steps per "
+                f"update {rows[-1]['mean_backward_steps']:.1f}, {run.updates} updates in {run.train_seconds:.1f}s")
+    table = ["| setting | seeds | held-out accuracy per seed | mean accuracy | backward steps per update | "
+             "history bytes | seconds per run |", "|---|---:|---|---:|---:|---:|---:|"]
+    for name, _, _ in settings:
+        group = [r for r in rows if r["setting"] == name]
+        table.append(f"| {name} | {len(group)} | " + ", ".join(f"{100 * r['accuracy']:.1f}%" for r in group) +
+                     f" | {100 * np.mean([r['accuracy'] for r in group]):.1f}% | "
+                     f"{np.mean([r['mean_backward_steps'] for r in group]):.1f} | {group[0]['history_nbytes']:,} | "
+                     f"{np.mean([r['seconds'] for r in group]):.1f} |")
+
+    def draw(plt):
+        fig, (ax_acc, ax_curve) = plt.subplots(1, 2, figsize=(11, 3.8))
+        colors = {"TBPTT(%d,%d)" % (k, k2): "tab:red", "TBPTT(%d,%d)" % (k, cap): "tab:green"}
+        for i, (name, _, _) in enumerate(settings):
+            group = [r for r in rows if r["setting"] == name]
+            color = colors.get(name, "tab:blue")
+            ax_acc.scatter([i] * len(group), [100 * r["accuracy"] for r in group], color=color, zorder=3)
+            ax_acc.bar(i, 100 * np.mean([r["accuracy"] for r in group]), color=color, alpha=0.35)
+            ax_acc.text(i, 103, f"{np.mean([r['mean_backward_steps'] for r in group]):.1f} steps", ha="center",
+                        fontsize=8)
+            for r in group:
+                ax_curve.plot(smooth(r["losses"], 0.97), color=color, lw=0.8,
+                              label=name if r is group[0] else None)
+        ax_acc.axhline(50, color="black", ls="--", lw=1)
+        ax_acc.set_xticks(range(len(settings)))
+        ax_acc.set_xticklabels([s[0] for s in settings], fontsize=8)
+        ax_acc.set_ylim(0, 110)
+        ax_acc.set_ylabel("held-out accuracy (%) per seed")
+        ax_acc.set_title(f"delay {d}: k2 = {k2} < d; ARTBP draws W in [{k2}, {cap}]", fontsize=9)
+        ax_curve.axhline(LN2, color="black", ls="--", lw=1, label="chance")
+        ax_curve.set_xlabel("update")
+        ax_curve.set_ylabel("training loss (nats, smoothed)")
+        ax_curve.legend(fontsize=7)
+        return fig
+
+    title = (f"Delayed copy d = {d}, k1 = {k}: TBPTT with k2 < d against ARTBP of the same k2, {args.seeds} seeds, "
+             f"{args.steps} updates each; {machine_line(device)}")
+    payload = {"delay": d, "k1": k, "k2": k2, "cap": cap, "c": args.c, "expected_window": law.mean_window(k2),
+               "largest_weight": law.largest_weight(k2), "machine": machine_line(device), "rows": rows}
+    table_text, plot = write_table_results(out, "memory_artbp", title, table, payload, "memory-artbp", draw)
     return {"command": "memory", "rows": rows, "table": table_text, "plot": plot}
