@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     const DeviceBackend& backend, const at::Tensor& x_in, const at::Tensor& h0,
     const at::Tensor& c0, const c10::optional<at::Tensor>& flags_in, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
-    int64_t first_slot, bool record) {
+    int64_t first_step, bool record) {
   const int64_t per_layer = weights_per_layer(has_bias);
   TORCH_CHECK(x_in.dim() == 3, "tbptt: x must be [L, B, I], got ", x_in.sizes());
   TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
@@ -74,9 +74,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     TORCH_CHECK(flags.sizes() == at::IntArrayRef({L, B}), "tbptt: flags must be [L, B]");
   }
   const bool dropout = dropout_masks.has_value() && dropout_masks->defined();
+  const int64_t step_slots = record ? ring.step_slots() : 1;
+  const int64_t first_slot = ring_slot(first_step, step_slots);
+  // Where each step's gates, c and h go: the ring slot (kActivations; c and h only for
+  // kStates; c and h every checkpoint_every steps for kCheckpoints), else scratch.
+  const bool ring_gates = record && ring.mode == HistoryMode::kActivations;
+  const bool ring_states = record && ring.mode != HistoryMode::kCheckpoints;
+  const int64_t every = ring.checkpoint_every;
   if (record) {
-    const int64_t slots = ring.gates.size(1);
-    TORCH_CHECK(L <= slots, "tbptt: chunk longer than the ring");
+    TORCH_CHECK(L <= step_slots, "tbptt: chunk longer than the ring");
     write_window(ring.input, first_slot, x);
     write_window(ring.flags, first_slot,
                  flags.defined() ? flags : at::zeros({L, B}, ring.flags.options()));
@@ -88,8 +94,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
   at::Tensor first_reset;  // [B, 1] bool, or undefined
   if (flags.defined()) first_reset = flags[0].bitwise_and(kFlagReset).to(at::kBool).unsqueeze(1);
   at::Tensor scratch_gates, scratch_cell, scratch_hidden;
-  if (!record) {
-    scratch_gates = at::empty({B, G}, x.options());
+  if (!ring_gates) scratch_gates = at::empty({B, G}, x.options());
+  if (!ring_states) {
     scratch_cell = at::empty({B, H}, x.options().dtype(acc));
     scratch_hidden = at::empty({B, H}, x.options());
   }
@@ -131,10 +137,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
       p.cell = cell.data_ptr();
       p.hidden_next = hidden.data_ptr();
       p.out = row_ptr(out, s);
-      const int64_t slot = ring_slot(first_slot + s, record ? ring.gates.size(1) : 1);
-      p.ring_gates = record ? slot_ptr(ring.gates, l, slot) : scratch_gates.data_ptr();
-      p.ring_cell = record ? slot_ptr(ring.cell, l, slot) : scratch_cell.data_ptr();
-      p.ring_hidden = record ? slot_ptr(ring.hidden, l, slot) : scratch_hidden.data_ptr();
+      const int64_t step = first_step + s;
+      const int64_t slot = ring_slot(step, step_slots);
+      p.ring_gates = ring_gates ? slot_ptr(ring.gates, l, slot) : scratch_gates.data_ptr();
+      if (ring_states) {
+        p.ring_cell = slot_ptr(ring.cell, l, slot);
+        p.ring_hidden = slot_ptr(ring.hidden, l, slot);
+      } else if (record && (step + 1) % every == 0) {  // the state entering step + 1
+        const int64_t checkpoint = ring_slot((step + 1) / every, ring.cell.size(1));
+        p.ring_cell = slot_ptr(ring.cell, l, checkpoint);
+        p.ring_hidden = slot_ptr(ring.hidden, l, checkpoint);
+      } else {
+        p.ring_cell = scratch_cell.data_ptr();
+        p.ring_hidden = scratch_hidden.data_ptr();
+      }
       p.flags = static_cast<const uint8_t*>(flags.defined() ? row_ptr(flags, s) : no_flags.data_ptr());
       p.flags_next = static_cast<const uint8_t*>(
           (flags.defined() && s + 1 < L) ? row_ptr(flags, s + 1) : no_flags.data_ptr());
@@ -147,80 +163,106 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
   return {out, at::stack(h_n), at::stack(c_n)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward(
-    const DeviceBackend& backend, const at::Tensor& grad_out_in,
-    const at::Tensor& grad_h_n_in, const at::Tensor& grad_c_n_in, at::TensorList weights,
-    bool has_bias, const RingTensors& ring, const at::Tensor& h_before_in,
-    const at::Tensor& c_before_in, int64_t window_len, int64_t last_slot,
-    c10::ArrayRef<double> carry_scales) {
-  const int64_t per_layer = weights_per_layer(has_bias);
-  TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
-              "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
-  const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
-  const at::Tensor grad_out = grad_out_in.contiguous();
-  const int64_t L = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2), G = 4 * H;
-  const int64_t slots = ring.gates.size(1);
-  const int64_t W = window_len;
-  TORCH_CHECK(L >= 1 && L <= W && W < slots,
-              "tbptt: window must hold the chunk and fit the ring (L=", L, ", window=", W,
-              ", slots=", slots, ")");
-  TORCH_CHECK(carry_scales.empty() || static_cast<int64_t>(carry_scales.size()) == W,
-              "tbptt: carry_scales must hold one factor per window step (", W, "), got ",
-              carry_scales.size());
-  const at::ScalarType storage = grad_out.scalar_type();
-  const at::ScalarType acc = acc_type_of(storage);
-  const at::Tensor grad_h_n = grad_h_n_in.contiguous();
-  const at::Tensor grad_c_n = grad_c_n_in.to(acc).contiguous();
-  const at::Tensor h_before = h_before_in.contiguous();
-  const at::Tensor c_before = c_before_in.to(acc).contiguous();
-  const int64_t first_slot = ring_slot(last_slot - W + 1, slots);
-  const bool dropout = ring.mask.defined() && ring.mask.numel() > 0;
+namespace {
 
-  std::vector<at::Tensor> grad_weights(weights.size());
+// The activations of a run of W consecutive steps (a span) in a ring of activations layout
+// (window.h), and what backward needs around them.
+struct SpanActivations {
+  at::Tensor gates;          // [layers, S, B, G] T, or undefined: rebuild them (kStates)
+  at::Tensor cell, hidden;   // [layers, S, B, H] acc / T: c_t, h_t of each step
+  int64_t first_slot = 0;    // slot of the span's first step (S = cell.size(1))
+  at::Tensor input;          // [W, B, I] T: layer-0 inputs of the span's steps
+  at::Tensor mask;           // [layers-1, W, B, H] T: dropout masks of its steps, or undefined
+  at::Tensor h_before;       // [layers, B, H] T: the state entering the span, as stored
+  at::Tensor c_before;       // [layers, B, H] acc
+};
+
+struct SpanGradients {
+  at::Tensor grad_x;                      // [Ls, B, I] for the span's last Ls steps, or undefined
+  at::Tensor grad_h_before, grad_c_before;  // [layers, B, H]: reaching the state entering the span
+  std::vector<at::Tensor> weights;        // in the order of `weights`
+};
+
+// Activated gates [W, B, G] (T) rebuilt from the pre-activations: sigmoid for i, f, o, tanh
+// for g, computed in the accumulation type.
+at::Tensor activate(const at::Tensor& pre_acc, int64_t W, int64_t B, int64_t H,
+                    at::ScalarType storage) {
+  const at::Tensor pre = pre_acc.view({W, B, 4, H});
+  at::Tensor gates = at::sigmoid(pre);
+  gates.select(2, 2).copy_(at::tanh(pre.select(2, 2)));
+  return gates.to(storage).view({W, B, 4 * H});
+}
+
+// Backward over a span of W steps, all layers, newest step first. flags [W, B] u8: the span's
+// step flags (with kFlagCut); carry_scales: empty or W factors; grad_out [Ls, B, H]: dL/dy of
+// the span's last Ls steps (Ls may be 0); grad_h_n, grad_c_n [layers, B, H]: the gradient
+// reaching the state after the span's last step.
+SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations& acts,
+                            const at::Tensor& flags, c10::ArrayRef<double> carry_scales,
+                            const at::Tensor& grad_out, const at::Tensor& grad_h_n,
+                            const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias) {
+  const int64_t per_layer = weights_per_layer(has_bias);
+  const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
+  const int64_t W = flags.size(0), B = flags.size(1), Ls = grad_out.size(0);
+  const int64_t H = grad_h_n.size(2), G = 4 * H;
+  const int64_t slots = acts.cell.size(1);
+  const at::ScalarType storage = grad_h_n.scalar_type();
+  const at::TensorOptions options = grad_h_n.options();
+  const at::TensorOptions acc_options = grad_c_n.options();
+  const at::Tensor cut = flags.bitwise_and(kFlagCut).to(at::kBool).unsqueeze(2);  // [W, B, 1]
+  const at::Tensor resets = flags.bitwise_and(kFlagReset).to(at::kBool).unsqueeze(2);
+  const uint8_t* flags_base = static_cast<const uint8_t*>(flags.data_ptr());
+  const at::Tensor no_flags = at::zeros({B}, flags.options());
+  const at::Tensor no_grad_out = at::zeros({B, H}, options);
+  auto flags_of_step = [&](int64_t j) { return flags_base + j * B; };
+  auto slot_of = [&](int64_t j) { return ring_slot(acts.first_slot + j, slots); };
+
+  SpanGradients result;
+  result.weights.resize(weights.size());
   std::vector<at::Tensor> grad_h_before(layers), grad_c_before(layers);
   at::Tensor grad_from_above;  // [W, B, H] dL/dh of this layer's outputs, from the layer above
-  at::Tensor grad_x;
-  // The window's step flags [W, B], with kFlagCut where a reset at or before the chunk's first
-  // step (window index W - L) follows a step of that row: no gradient reaches such a step.
-  const at::Tensor window_flags = window_of(ring.flags, first_slot, W).clone();
-  at::Tensor cut;  // [W, B, 1] bool, defined when the window reaches before the chunk
-  if (W > L) {
-    const at::Tensor resets = window_flags.narrow(0, 1, W - L).bitwise_and(kFlagReset);  // steps 1..W-L
-    const at::Tensor later = resets.flip(0).cumsum(0).flip(0).gt(0);  // a reset in (j, W-L]
-    window_flags.narrow(0, 0, W - L).bitwise_or_(later.to(at::kByte).mul(kFlagCut));
-    cut = window_flags.bitwise_and(kFlagCut).to(at::kBool).unsqueeze(2);
-  }
-  const uint8_t* flags_base = static_cast<const uint8_t*>(window_flags.data_ptr());
-  const at::Tensor no_flags = at::zeros({B}, ring.flags.options());
-  const at::Tensor no_grad_out = at::zeros({B, H}, grad_out.options());
-  auto flags_of_step = [&](int64_t j) { return flags_base + j * B; };
-
   const GemmBackend& gemm = backend.gemm;
   for (int64_t l = layers - 1; l >= 0; --l) {
-    const at::Tensor& w_ih = weights[l * per_layer];  // [G, I_l]
+    const at::Tensor& w_ih = weights[l * per_layer];      // [G, I_l]
+    const at::Tensor& w_hh = weights[l * per_layer + 1];  // [G, H]
+    // The layer's input over the span [W, B, I_l]; cut steps' zeroed (a select), or a NaN
+    // there would reach dW_ih as 0 * NaN.
+    at::Tensor layer_in = l == 0 ? acts.input : window_of(acts.hidden[l - 1], acts.first_slot, W);
+    if (l > 0 && acts.mask.defined()) layer_in = layer_in * acts.mask[l - 1];
+    layer_in = at::where(cut, at::zeros({}, layer_in.options()), layer_in);
+    const at::Tensor bias =
+        has_bias ? weights[l * per_layer + 2] + weights[l * per_layer + 3] : at::Tensor();
+    at::Tensor rebuilt;  // [W, B, G] kStates: the span's gates, from two window-wide GEMMs
+    if (!acts.gates.defined()) {
+      at::Tensor h_prev = acts.h_before[l].unsqueeze(0);  // [W, B, H]: h_{t-1} as each step saw it
+      if (W > 1) h_prev = at::cat({h_prev, window_of(acts.hidden[l], acts.first_slot, W - 1)});
+      h_prev = at::where(resets, at::zeros({}, h_prev.options()), h_prev);
+      const at::Tensor pre = gemm.linear(layer_in.reshape({W * B, -1}), w_ih, bias).to(acc_options.dtype()) +
+                             gemm.linear(h_prev.reshape({W * B, H}), w_hh, at::Tensor()).to(acc_options.dtype());
+      rebuilt = activate(pre, W, B, H, storage);
+    }
     // dL/dh_{t-1} = dL/dgates @ W_hh, written x @ w^T with w = W_hh^T [H, G]
-    const at::Tensor w_hh_t = gemm.prepare_step_weight(weights[l * per_layer + 1].t(), B);
+    const at::Tensor w_hh_t = gemm.prepare_step_weight(w_hh.t(), B);
     const bool top = l == layers - 1;
-    const at::Tensor grad_gates = at::empty({W, B, G}, grad_out.options());
-    const at::Tensor hidden_prev_seen = at::empty({W, B, H}, grad_out.options());
-    const at::Tensor grad_cell = grad_c_n[l].clone();           // [B, H] acc
-    at::Tensor grad_hidden_next = at::empty({B, H}, grad_out.options());  // dL/dh_{t-1}
-    const at::Tensor grad_hidden_held = at::zeros({B, H}, grad_c_n.options());  // [B, H] acc
+    const at::Tensor grad_gates = at::empty({W, B, G}, options);
+    const at::Tensor hidden_prev_seen = at::empty({W, B, H}, options);
+    const at::Tensor grad_cell = grad_c_n[l].clone();                     // [B, H] acc
+    at::Tensor grad_hidden_next = at::empty({B, H}, options);             // dL/dh_{t-1}
+    const at::Tensor grad_hidden_held = at::zeros({B, H}, acc_options);  // [B, H] acc
     for (int64_t j = W - 1; j >= 0; --j) {
-      const int64_t slot = ring_slot(first_slot + j, slots);
-      const int64_t prev_slot = ring_slot(slot - 1, slots);
+      const int64_t slot = slot_of(j);
       BackwardStepParams p;
       p.batch = B;
       p.hidden = H;
-      p.gates = slot_ptr(ring.gates, l, slot);
-      p.cell = slot_ptr(ring.cell, l, slot);
-      p.cell_prev = j > 0 ? slot_ptr(ring.cell, l, prev_slot) : row_ptr(c_before, l);
-      p.hidden_prev = j > 0 ? slot_ptr(ring.hidden, l, prev_slot) : row_ptr(h_before, l);
+      p.gates = rebuilt.defined() ? row_ptr(rebuilt, j) : slot_ptr(acts.gates, l, slot);
+      p.cell = slot_ptr(acts.cell, l, slot);
+      p.cell_prev = j > 0 ? slot_ptr(acts.cell, l, slot_of(j - 1)) : row_ptr(acts.c_before, l);
+      p.hidden_prev = j > 0 ? slot_ptr(acts.hidden, l, slot_of(j - 1)) : row_ptr(acts.h_before, l);
       p.flags = flags_of_step(j);
       p.flags_after = j < W - 1 ? flags_of_step(j + 1) : static_cast<const uint8_t*>(no_flags.data_ptr());
       p.carry_scale = carry_scales.empty() ? 1.0 : carry_scales[j];
       if (top) {
-        p.grad_out = j >= W - L ? row_ptr(grad_out, j - (W - L)) : no_grad_out.data_ptr();
+        p.grad_out = j >= W - Ls ? row_ptr(grad_out, j - (W - Ls)) : no_grad_out.data_ptr();
       } else {
         p.grad_out = row_ptr(grad_from_above, j);
       }
@@ -233,46 +275,160 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
       // dL/dh_{t-1} through this step: [B, G] @ [G, H]
       gemm.step_linear(grad_hidden_next, grad_gates[j], w_hh_t);
     }
-    // The state entering the window (through the first step, or past it where that step held
+    // The state entering the span (through the first step, or past it where that step held
     // the row): a reset at the first step cuts the gradient.
-    const at::Tensor first_reset =
-        window_flags[0].bitwise_and(kFlagReset).to(at::kBool).unsqueeze(1);  // [B, 1]
-    grad_h_before[l] = (grad_hidden_next.to(grad_hidden_held.scalar_type()) + grad_hidden_held)
-                           .to(grad_out.scalar_type())
+    const at::Tensor first_reset = resets[0];  // [B, 1]
+    grad_h_before[l] = (grad_hidden_next.to(acc_options.dtype()) + grad_hidden_held)
+                           .to(storage)
                            .masked_fill(first_reset, 0);
     grad_c_before[l] = grad_cell.masked_fill(first_reset, 0);
 
-    // Weight and bias gradients: window-wide GEMMs and a reduction.
+    // Weight and bias gradients: span-wide GEMMs and a reduction.
     const at::Tensor grad_gates_2d = grad_gates.view({W * B, G});
-    at::Tensor layer_in;  // [W, B, I_l] the layer's input over the window
-    if (l == 0) {
-      layer_in = window_of(ring.input, first_slot, W);
-    } else {
-      layer_in = window_of(ring.hidden[l - 1], first_slot, W);
-      if (dropout) layer_in = layer_in * window_of(ring.mask[l - 1], first_slot, W);
-    }
-    // Cut steps have zero gate gradients; zero their inputs too (a select), or a NaN there
-    // would reach dW_ih as 0 * NaN.
-    if (cut.defined()) layer_in = at::where(cut, at::zeros({}, layer_in.options()), layer_in);
     std::vector<at::Tensor> grad_w = gemm.weight_grads(
         grad_gates_2d, {layer_in.reshape({W * B, -1}), hidden_prev_seen.view({W * B, H})});
-    grad_weights[l * per_layer] = grad_w[0];
-    grad_weights[l * per_layer + 1] = grad_w[1];
+    result.weights[l * per_layer] = grad_w[0];
+    result.weights[l * per_layer + 1] = grad_w[1];
     if (has_bias) {
       const at::Tensor grad_bias = grad_gates_2d.sum(0);
-      grad_weights[l * per_layer + 2] = grad_bias;
-      grad_weights[l * per_layer + 3] = grad_bias.clone();
+      result.weights[l * per_layer + 2] = grad_bias;
+      result.weights[l * per_layer + 3] = grad_bias.clone();
     }
     // dL/d(layer input) = dL/dgates @ W_ih, written x @ w^T with w = W_ih^T [I_l, G]
     if (l > 0) {
       grad_from_above = gemm.linear(grad_gates_2d, w_ih.t(), at::Tensor()).view({W, B, H});
-      if (dropout) grad_from_above.mul_(window_of(ring.mask[l - 1], first_slot, W));
-    } else {
-      grad_x = gemm.linear(grad_gates.narrow(0, W - L, L).reshape({L * B, G}), w_ih.t(), at::Tensor())
-                   .view({L, B, -1});
+      if (acts.mask.defined()) grad_from_above.mul_(acts.mask[l - 1]);
+    } else if (Ls > 0) {
+      result.grad_x = gemm.linear(grad_gates.narrow(0, W - Ls, Ls).reshape({Ls * B, G}), w_ih.t(),
+                                  at::Tensor())
+                          .view({Ls, B, -1});
     }
   }
-  return {grad_x, at::stack(grad_h_before), at::stack(grad_c_before), grad_weights};
+  result.grad_h_before = at::stack(grad_h_before);
+  result.grad_c_before = at::stack(grad_c_before);
+  return result;
+}
+
+// Dropout masks of `length` steps from `first_slot` of a ring [layers-1, S, B, H]:
+// [layers-1, length, B, H], or undefined without dropout.
+at::Tensor masks_of(const at::Tensor& ring_mask, int64_t first_slot, int64_t length) {
+  if (!ring_mask.defined() || ring_mask.numel() == 0) return at::Tensor();
+  std::vector<at::Tensor> per_layer;
+  for (int64_t l = 0; l < ring_mask.size(0); ++l) per_layer.push_back(window_of(ring_mask[l], first_slot, length));
+  return at::stack(per_layer);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward(
+    const DeviceBackend& backend, const at::Tensor& grad_out_in, const at::Tensor& grad_h_n_in,
+    const at::Tensor& grad_c_n_in, at::TensorList weights, bool has_bias, const RingTensors& ring,
+    const at::Tensor& h_init_in, const at::Tensor& c_init_in, int64_t window_len,
+    int64_t last_step, c10::ArrayRef<double> carry_scales) {
+  const int64_t per_layer = weights_per_layer(has_bias);
+  TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
+              "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
+  const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
+  const at::Tensor grad_out = grad_out_in.contiguous();
+  const int64_t L = grad_out.size(0), B = grad_out.size(1);
+  const int64_t W = window_len, S = ring.step_slots();
+  const int64_t first_step = last_step - W + 1;  // w
+  TORCH_CHECK(L >= 1 && L <= W && first_step >= 0 && W < S,
+              "tbptt: window must hold the chunk and fit the ring (L=", L, ", window=", W,
+              ", last step=", last_step, ", slots=", S, ")");
+  TORCH_CHECK(carry_scales.empty() || static_cast<int64_t>(carry_scales.size()) == W,
+              "tbptt: carry_scales must hold one factor per window step (", W, "), got ",
+              carry_scales.size());
+  const at::ScalarType acc = acc_type_of(grad_out.scalar_type());
+  const at::Tensor grad_h_n = grad_h_n_in.contiguous();
+  const at::Tensor grad_c_n = grad_c_n_in.to(acc).contiguous();
+  const at::Tensor h_init = h_init_in.contiguous();
+  const at::Tensor c_init = c_init_in.to(acc).contiguous();
+  const int64_t first_slot = ring_slot(first_step, S);
+
+  // The window's step flags [W, B], with kFlagCut where a reset at or before the chunk's first
+  // step (window index W - L) follows a step of that row: no gradient reaches such a step.
+  const at::Tensor window_flags = window_of(ring.flags, first_slot, W).clone();
+  if (W > L) {
+    const at::Tensor resets = window_flags.narrow(0, 1, W - L).bitwise_and(kFlagReset);  // steps 1..W-L
+    const at::Tensor later = resets.flip(0).cumsum(0).flip(0).gt(0);  // a reset in (j, W-L]
+    window_flags.narrow(0, 0, W - L).bitwise_or_(later.to(at::kByte).mul(kFlagCut));
+  }
+
+  if (ring.mode != HistoryMode::kCheckpoints) {
+    // One span over the ring; the state entering the window is the ring's step before it.
+    SpanActivations acts;
+    if (ring.mode == HistoryMode::kActivations) acts.gates = ring.gates;
+    acts.cell = ring.cell;
+    acts.hidden = ring.hidden;
+    acts.first_slot = first_slot;
+    acts.input = window_of(ring.input, first_slot, W);
+    acts.mask = masks_of(ring.mask, first_slot, W);
+    const int64_t before = ring_slot(first_step - 1, S);
+    acts.h_before = first_step == 0 ? h_init : ring.hidden.select(1, before);
+    acts.c_before = first_step == 0 ? c_init : ring.cell.select(1, before);
+    SpanGradients span = backward_span(backend, acts, window_flags, carry_scales, grad_out,
+                                       grad_h_n, grad_c_n, weights, has_bias);
+    return {span.grad_x, span.grad_h_before, span.grad_c_before, span.weights};
+  }
+
+  // kCheckpoints: segments of checkpoint_every steps from the checkpoint at or before the
+  // window's start, newest first. Each is recomputed from its checkpoint by the chunk forward
+  // into a scratch ring of activations layout, then run backward; the gradient reaching the
+  // state entering a segment is the one leaving the segment before it.
+  const int64_t every = ring.checkpoint_every, checkpoints = ring.cell.size(1);
+  const int64_t start = first_step / every * every, end = last_step + 1;
+  TORCH_CHECK(end - start <= S, "tbptt: the ring no longer holds the steps from the checkpoint at ",
+              start, " (window ", first_step, "..", last_step, ", ", S, " slots)");
+  at::Tensor grad_h = grad_h_n, grad_c = grad_c_n;
+  std::vector<at::Tensor> grad_weights(weights.size()), grad_x_parts;
+  const int64_t segments = (end - start + every - 1) / every;
+  for (int64_t k = segments - 1; k >= 0; --k) {
+    const int64_t seg_start = start + k * every, seg_end = std::min(seg_start + every, end);
+    const int64_t seg_len = seg_end - seg_start, seg_slot = ring_slot(seg_start, S);
+    const int64_t checkpoint = ring_slot(seg_start / every, checkpoints);
+    const at::Tensor h_seg = seg_start == 0 ? h_init : ring.hidden.select(1, checkpoint);
+    const at::Tensor c_seg = seg_start == 0 ? c_init : ring.cell.select(1, checkpoint);
+    const at::Tensor x_seg = window_of(ring.input, seg_slot, seg_len).contiguous();
+    const at::Tensor masks_seg = masks_of(ring.mask, seg_slot, seg_len);
+    RingTensors scratch;  // activations of the segment, slot 1 + i for its step i
+    const int64_t H = h_init.size(2), G = 4 * H;
+    scratch.gates = at::empty({layers, seg_len + 1, B, G}, h_init.options());
+    scratch.cell = at::empty({layers, seg_len + 1, B, H}, c_init.options());
+    scratch.hidden = at::empty({layers, seg_len + 1, B, H}, h_init.options());
+    scratch.input = at::empty({seg_len + 1, B, x_seg.size(2)}, x_seg.options());
+    scratch.flags = at::empty({seg_len + 1, B}, ring.flags.options());
+    scratch.mask = masks_seg.defined() ? at::empty({layers - 1, seg_len + 1, B, H}, h_init.options())
+                                       : at::empty({0}, h_init.options());
+    chunk_forward(backend, x_seg, h_seg, c_seg, window_of(ring.flags, seg_slot, seg_len), weights,
+                  has_bias, masks_seg.defined() ? c10::optional<at::Tensor>(masks_seg) : c10::nullopt,
+                  scratch, /*first_step=*/1, /*record=*/true);
+    // The part of the segment inside the window, and of the chunk inside that.
+    const int64_t offset = std::max<int64_t>(first_step - seg_start, 0);
+    const int64_t span_len = seg_len - offset, span_first = seg_start + offset - first_step;
+    SpanActivations acts;
+    acts.gates = scratch.gates;
+    acts.cell = scratch.cell;
+    acts.hidden = scratch.hidden;
+    acts.first_slot = 1 + offset;
+    acts.input = x_seg.narrow(0, offset, span_len);
+    if (masks_seg.defined()) acts.mask = masks_seg.narrow(1, offset, span_len);
+    acts.h_before = offset == 0 ? h_seg : scratch.hidden.select(1, offset);
+    acts.c_before = offset == 0 ? c_seg : scratch.cell.select(1, offset);
+    const int64_t chunk_first = std::max<int64_t>(span_first, W - L);  // window index
+    const int64_t chunk_steps = std::max<int64_t>(span_first + span_len - chunk_first, 0);
+    SpanGradients span = backward_span(
+        backend, acts, window_flags.narrow(0, span_first, span_len),
+        carry_scales.empty() ? carry_scales : carry_scales.slice(span_first, span_len),
+        grad_out.narrow(0, chunk_first - (W - L), chunk_steps), grad_h, grad_c, weights, has_bias);
+    grad_h = span.grad_h_before;
+    grad_c = span.grad_c_before;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      grad_weights[i] = grad_weights[i].defined() ? grad_weights[i] + span.weights[i] : span.weights[i];
+    }
+    if (span.grad_x.defined()) grad_x_parts.insert(grad_x_parts.begin(), span.grad_x);
+  }
+  return {at::cat(grad_x_parts), grad_h, grad_c, grad_weights};
 }
 
 }  // namespace tbptt

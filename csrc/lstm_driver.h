@@ -41,37 +41,53 @@ struct DeviceBackend {
   GemmBackend gemm;
 };
 
-// Ring tensors of one stream (shapes in window.h). `record` false: none is touched and they
-// may be empty.
+// What a stream's history ring keeps (tbptt_cuda TruncatedLSTM(history=...)):
+//   kActivations  per step: gates, c, h of every layer (window.h's layout); backward reads them
+//   kStates       per step: c and h of every layer (gates empty); backward rebuilds the gates
+//                 of the window with two GEMMs per layer
+//   kCheckpoints  per step only x (and flags, masks); c and h of every layer every
+//                 `checkpoint_every` steps, in `cell`/`hidden` [layers, C, B, H] (the state
+//                 entering global step k * s in slot k mod C); backward recomputes the window
+//                 one segment at a time from its checkpoint
+// All modes keep input [S, B, I], flags [S, B] and dropout masks [layers-1, S, B, H] per step.
+enum class HistoryMode : int64_t { kActivations = 0, kStates = 1, kCheckpoints = 2 };
+
+// Ring tensors of one stream (shapes in window.h and above). `record` false: none is touched
+// and they may be empty.
 struct RingTensors {
   at::Tensor gates, cell, hidden, input, flags, mask;
+  HistoryMode mode = HistoryMode::kActivations;
+  int64_t checkpoint_every = 1;  // s, for kCheckpoints
+  int64_t step_slots() const { return flags.size(0); }  // S: steps the ring holds per-step data of
 };
 
 // Forward over one chunk of L steps, all layers.
 //   x [L, B, I]; h0 [layers, B, H] (T); c0 [layers, B, H] (acc); flags [L, B] u8 step flags
 //   (window.h: reset, hold) or undefined;
 //   weights: per layer w_ih [G, I_l], w_hh [G, H] (+ b_ih [G], b_hh [G] when has_bias);
-//   dropout_masks [layers-1, L, B, H] or undefined; first_slot: ring slot of the chunk's first
-//   step. Returns y [L, B, H], h_n [layers, B, H] (T), c_n [layers, B, H] (acc).
+//   dropout_masks [layers-1, L, B, H] or undefined; first_step: the global step (from the
+//   stream's start) of the chunk's first step; it lives in ring slot first_step mod S.
+//   Returns y [L, B, H], h_n [layers, B, H] (T), c_n [layers, B, H] (acc).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     const DeviceBackend& backend, const at::Tensor& x, const at::Tensor& h0,
     const at::Tensor& c0, const c10::optional<at::Tensor>& flags, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
-    int64_t first_slot, bool record);
+    int64_t first_step, bool record);
 
-// Backward over the window of the last `window_len` recorded steps, ending at ring slot
-// `last_slot`, all layers. The chunk is the last L = grad_out.size(0) steps of the window.
+// Backward over the window of the last `window_len` recorded steps, ending at global step
+// `last_step`, all layers. The chunk is the last L = grad_out.size(0) steps of the window.
 //   grad_out [L, B, H]; grad_h_n, grad_c_n [layers, B, H];
-//   h_before [layers, B, H] (T), c_before [layers, B, H] (acc): the state entering the window
-//   (before the window's first reset is applied).
+//   h_init [layers, B, H] (T), c_init [layers, B, H] (acc): the state at the stream's start
+//   (global step 0); the state entering the window comes from the ring (or is this one);
 //   carry_scales: empty, or one factor per window step (oldest first) on the gradients that
 //   step receives from the next (ARTBP's compensation; see tbptt_cuda/artbp.py).
-// Returns grad_x [L, B, I], grad_h_before [layers, B, H] (T), grad_c_before [layers, B, H] (acc),
-// and the weight gradients in the order of `weights`.
+// Returns grad_x [L, B, I], grad_h_before [layers, B, H] (T), grad_c_before [layers, B, H]
+// (acc): the gradient reaching the state entering the window, and the weight gradients in the
+// order of `weights`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward(
     const DeviceBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_h_n,
     const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias, const RingTensors& ring,
-    const at::Tensor& h_before, const at::Tensor& c_before, int64_t window_len,
-    int64_t last_slot, c10::ArrayRef<double> carry_scales);
+    const at::Tensor& h_init, const at::Tensor& c_init, int64_t window_len, int64_t last_step,
+    c10::ArrayRef<double> carry_scales);
 
 }  // namespace tbptt

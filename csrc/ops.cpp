@@ -25,8 +25,12 @@ const DeviceBackend& cpu_or_emulated_backend() {
 }
 
 RingTensors ring_of(const at::Tensor& gates, const at::Tensor& cell, const at::Tensor& hidden,
-                    const at::Tensor& input, const at::Tensor& flags, const at::Tensor& mask) {
-  return RingTensors{gates, cell, hidden, input, flags, mask};
+                    const at::Tensor& input, const at::Tensor& flags, const at::Tensor& mask,
+                    int64_t history_mode, int64_t checkpoint_every) {
+  TORCH_CHECK(history_mode >= 0 && history_mode <= 2, "tbptt: history_mode must be 0, 1 or 2");
+  TORCH_CHECK(checkpoint_every >= 1, "tbptt: checkpoint_every must be >= 1");
+  return RingTensors{gates, cell, hidden, input, flags, mask,
+                     static_cast<HistoryMode>(history_mode), checkpoint_every};
 }
 
 template <BackendGetter backend>
@@ -35,11 +39,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward_op(
     const c10::optional<at::Tensor>& flags, at::TensorList weights, bool has_bias,
     const c10::optional<at::Tensor>& dropout_masks, at::Tensor& ring_gates,
     at::Tensor& ring_cell, at::Tensor& ring_hidden, at::Tensor& ring_input,
-    at::Tensor& ring_flags, at::Tensor& ring_mask, int64_t first_slot, bool record) {
+    at::Tensor& ring_flags, at::Tensor& ring_mask, int64_t first_step, bool record,
+    int64_t history_mode, int64_t checkpoint_every) {
   const c10::OptionalDeviceGuard guard(x.device());
   return chunk_forward(backend(), x, h0, c0, flags, weights, has_bias, dropout_masks,
-                       ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags, ring_mask),
-                       first_slot, record);
+                       ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags, ring_mask,
+                               history_mode, checkpoint_every),
+                       first_step, record);
 }
 
 template <BackendGetter backend>
@@ -47,13 +53,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     const at::Tensor& grad_out, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     at::TensorList weights, bool has_bias, const at::Tensor& ring_gates,
     const at::Tensor& ring_cell, const at::Tensor& ring_hidden, const at::Tensor& ring_input,
-    const at::Tensor& ring_flags, const at::Tensor& ring_mask, const at::Tensor& h_before,
-    const at::Tensor& c_before, int64_t window_len, int64_t last_slot,
-    const std::optional<std::vector<double>>& carry_scales) {
+    const at::Tensor& ring_flags, const at::Tensor& ring_mask, const at::Tensor& h_init,
+    const at::Tensor& c_init, int64_t window_len, int64_t last_step,
+    const std::optional<std::vector<double>>& carry_scales, int64_t history_mode,
+    int64_t checkpoint_every) {
   const c10::OptionalDeviceGuard guard(grad_out.device());
   return window_backward(backend(), grad_out, grad_h_n, grad_c_n, weights, has_bias,
-                         ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags, ring_mask),
-                         h_before, c_before, window_len, last_slot,
+                         ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags,
+                                 ring_mask, history_mode, checkpoint_every),
+                         h_init, c_init, window_len, last_step,
                          carry_scales.has_value() ? c10::ArrayRef<double>(*carry_scales)
                                                   : c10::ArrayRef<double>());
 }
@@ -62,20 +70,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
 }  // namespace tbptt
 
 TORCH_LIBRARY(tbptt, m) {
-  // Forward over one chunk; writes the chunk's steps into the ring when `record`.
+  // Forward over one chunk; writes the chunk's steps into the ring when `record`. first_step:
+  // the chunk's first step counted from the stream's start; history_mode: 0 activations,
+  // 1 states, 2 checkpoints (csrc/lstm_driver.h).
   m.def(
       "chunk_forward(Tensor x, Tensor h0, Tensor c0, Tensor? flags, Tensor[] weights, "
       "bool has_bias, Tensor? dropout_masks, Tensor(a!) ring_gates, Tensor(b!) ring_cell, "
       "Tensor(c!) ring_hidden, Tensor(d!) ring_input, Tensor(e!) ring_flags, "
-      "Tensor(f!) ring_mask, int first_slot, bool record) -> (Tensor, Tensor, Tensor)");
-  // Backward over the last window_len recorded steps (ending at ring slot last_slot);
-  // carry_scales: ARTBP's factor per window step (None: all 1).
+      "Tensor(f!) ring_mask, int first_step, bool record, int history_mode=0, "
+      "int checkpoint_every=1) -> (Tensor, Tensor, Tensor)");
+  // Backward over the last window_len recorded steps, ending at step last_step; h_init, c_init:
+  // the state at the stream's start; carry_scales: ARTBP's factor per window step (None: 1).
   m.def(
       "window_backward(Tensor grad_out, Tensor grad_h_n, Tensor grad_c_n, Tensor[] weights, "
       "bool has_bias, Tensor ring_gates, Tensor ring_cell, Tensor ring_hidden, "
-      "Tensor ring_input, Tensor ring_flags, Tensor ring_mask, Tensor h_before, "
-      "Tensor c_before, int window_len, int last_slot, float[]? carry_scales=None) "
-      "-> (Tensor, Tensor, Tensor, Tensor[])");
+      "Tensor ring_input, Tensor ring_flags, Tensor ring_mask, Tensor h_init, "
+      "Tensor c_init, int window_len, int last_step, float[]? carry_scales=None, "
+      "int history_mode=0, int checkpoint_every=1) -> (Tensor, Tensor, Tensor, Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(tbptt, CPU, m) {

@@ -40,7 +40,7 @@ def _register_fakes():
     @torch.library.register_fake("tbptt::chunk_forward")
     def _chunk_forward_fake(x, h0, c0, flags, weights, has_bias, dropout_masks, ring_gates,
                             ring_cell, ring_hidden, ring_input, ring_flags, ring_mask,
-                            first_slot, record):
+                            first_step, record, history_mode=0, checkpoint_every=1):
         L, B, _ = x.shape
         layers, H = h0.shape[0], weights[1].shape[1]
         return (x.new_empty(L, B, H), x.new_empty(layers, B, H),
@@ -49,7 +49,8 @@ def _register_fakes():
     @torch.library.register_fake("tbptt::window_backward")
     def _window_backward_fake(grad_out, grad_h_n, grad_c_n, weights, has_bias, ring_gates,
                               ring_cell, ring_hidden, ring_input, ring_flags, ring_mask,
-                              h_before, c_before, window_len, last_slot, carry_scales=None):
+                              h_init, c_init, window_len, last_step, carry_scales=None,
+                              history_mode=0, checkpoint_every=1):
         L, B, H = grad_out.shape
         layers = grad_h_n.shape[0]
         return (grad_out.new_empty(L, B, weights[0].shape[1]),

@@ -42,13 +42,13 @@ class TruncatedLSTMFunction(torch.autograd.Function):
         record = plan.ring is not None
         if record:
             ring_args = plan.ring.tensors()
-            first_slot = plan.chunk_start % plan.ring.slots
+            layout = (plan.ring.mode_code, plan.ring.every)
         else:
             ring_args = tuple(plan.empty.clone() for _ in range(6))
-            first_slot = 0
+            layout = (0, 1)
         y, h_n, c_n = _OPS.chunk_forward(
             x, h0, c0, plan.flags, list(weights), plan.has_bias, plan.dropout_masks,
-            *ring_args, first_slot, record)
+            *ring_args, plan.chunk_start, record, *layout)
         if record:
             plan.ring.end = plan.chunk_end
             plan.history.end = plan.chunk_end
@@ -68,7 +68,7 @@ class TruncatedLSTMFunction(torch.autograd.Function):
         weights = ctx.saved_tensors
         ring, history = plan.ring, plan.history
         w, b = plan.window_start, plan.chunk_end
-        first_needed = w - 1 if w > 0 else 0
+        first_needed = ring.first_needed(w)
         if not ring.holds(first_needed, b):
             raise RuntimeError(
                 f"TruncatedLSTM: the history this backward needs (steps {first_needed}..{b - 1} of "
@@ -76,10 +76,10 @@ class TruncatedLSTMFunction(torch.autograd.Function):
                 f"{max(ring.end - ring.slots, 0)}..{ring.end - 1}). Call backward() on each "
                 "chunk's loss before running the next chunk's forward, or make k2 larger than "
                 "the steps that pass between a forward and its backward.")
-        h_before, c_before = history.state_before(ring, w)
         grad_x, grad_h0, grad_c0, grad_weights = _OPS.window_backward(
             grad_y, grad_h_n, grad_c_n, list(weights), plan.has_bias, *ring.tensors(),
-            h_before, c_before, b - w, (b - 1) % ring.slots, plan.carry_scales)
+            history.h_init, history.c_init, b - w, b - 1, plan.carry_scales, ring.mode_code,
+            ring.every)
         needs = ctx.needs_input_grad
         return (
             None,

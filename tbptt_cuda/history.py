@@ -1,14 +1,26 @@
-"""The history a stream carries: a ring of the last k2 + 1 steps' activations on the device.
+"""The history a stream carries: a ring of its last steps, on the device, in one of three modes
+(csrc/lstm_driver.h, csrc/tbptt/window.h have the layouts):
+
+- "activations": per layer and step, the activated gates (4H), the cell state c_t (H, float32
+  for half/bfloat16 storage) and the hidden output h_t (H); backward reads them.
+- "states": per layer and step only c_t and h_t; backward rebuilds the window's gates with two
+  window-wide GEMMs per layer.
+- "checkpoints": per step nothing of the layers; c and h of every layer only for the state
+  entering every s-th step (s = checkpoint_every); backward recomputes the window one segment
+  of s steps at a time from its checkpoint.
+Every mode keeps, per step, the layer-0 input x_t (I), one byte of step flags per row (reset,
+hold), and, where dropout is on between layers, the mask on the input of each upper layer (H).
 
 Global steps of a stream are numbered from 0 at its start; step t lives in slot t % slots.
-Per layer and step the ring keeps what backward needs (csrc/tbptt/window.h has the layout):
-the activated gates (4H), the cell state c_t (H, float32 for half/bfloat16 storage), the hidden
-output h_t (H); for layer 0 the input x_t (I); one byte of step flags per row (reset, hold:
-csrc/tbptt/window.h); and, where dropout is on between layers, the mask on the input of each
-layer above the first (H).
-The extra slot (k2 + 1, not k2) keeps the state entering the oldest window.
+A window of up to `capacity` steps (k2, or ARTBP's cap) needs capacity + 1 slots (the extra one
+keeps the state entering it), or capacity + s in "checkpoints" (back to the checkpoint before
+the window's start).
 """
+import math
+
 import torch
+
+MODES = ("activations", "states", "checkpoints")
 
 
 def accumulation_dtype(dtype):
@@ -16,27 +28,64 @@ def accumulation_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def step_slots(capacity, mode, every):
+    """Per-step slots for windows of up to `capacity` steps."""
+    return capacity + (every if mode == "checkpoints" else 1)
+
+
+def checkpoint_slots(slots, every):
+    """Checkpoints kept by a "checkpoints" ring of `slots` per-step slots: every checkpoint of a
+    step whose input is still held."""
+    return math.ceil(slots / every) + 1
+
+
 class RingBuffers:
     """One allocation of the ring. A resize makes a new one; the old one is then never written
     again, so a pending backward that holds it stays valid."""
 
-    def __init__(self, slots, num_layers, batch, input_size, hidden_size, dtype, device, with_mask):
-        self.slots = slots
+    _TENSORS = ("gates", "cell", "hidden", "input", "flags", "mask")
+
+    def __init__(self, slots, num_layers, batch, input_size, hidden_size, dtype, device, with_mask,
+                 mode="activations", every=1):
+        self.slots, self.mode, self.every, self.with_mask = slots, mode, every, with_mask
         acc = accumulation_dtype(dtype)
         make = dict(device=device)
-        self.gates = torch.empty(num_layers, slots, batch, 4 * hidden_size, dtype=dtype, **make)
-        self.cell = torch.empty(num_layers, slots, batch, hidden_size, dtype=acc, **make)
-        self.hidden = torch.empty(num_layers, slots, batch, hidden_size, dtype=dtype, **make)
+        layered = checkpoint_slots(slots, every) if mode == "checkpoints" else slots
+        gates = (num_layers, slots, batch, 4 * hidden_size) if mode == "activations" else (0,)
+        self.gates = torch.empty(gates, dtype=dtype, **make)
+        self.cell = torch.empty(num_layers, layered, batch, hidden_size, dtype=acc, **make)
+        self.hidden = torch.empty(num_layers, layered, batch, hidden_size, dtype=dtype, **make)
         self.input = torch.empty(slots, batch, input_size, dtype=dtype, **make)
         self.flags = torch.zeros(slots, batch, dtype=torch.uint8, **make)  # step flags
         mask_shape = (num_layers - 1, slots, batch, hidden_size) if with_mask else (0,)
         self.mask = torch.empty(mask_shape, dtype=dtype, **make)
-        self.with_mask = with_mask
         self.end = 0  # steps [0, end) of the stream have been written
+
+    @property
+    def mode_code(self):
+        """The mode as the ops take it (csrc/lstm_driver.h HistoryMode)."""
+        return MODES.index(self.mode)
 
     def tensors(self):
         """In the order of the ops' ring arguments."""
         return (self.gates, self.cell, self.hidden, self.input, self.flags, self.mask)
+
+    def first_needed(self, window_start):
+        """The first step whose per-step data a backward over a window from `window_start`
+        reads: the one before (its state enters the window), or, in "checkpoints", the
+        checkpoint the recompute starts from."""
+        if self.mode == "checkpoints":
+            return window_start // self.every * self.every
+        return max(window_start - 1, 0)
+
+    def earliest_window_start(self, first_kept):
+        """The earliest window start whose backward finds everything in this ring, when steps
+        before `first_kept` are gone."""
+        if first_kept == 0:
+            return 0
+        if self.mode == "checkpoints":
+            return -(-first_kept // self.every) * self.every
+        return first_kept + 1
 
     def holds(self, first_step, end_step):
         """Whether steps [first_step, end_step) are still in this ring, unoverwritten."""
@@ -46,12 +95,11 @@ class RingBuffers:
     def nbytes(self):
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
-    _TENSORS = ("gates", "cell", "hidden", "input", "flags", "mask")
-
     def to_dict(self):
         """Everything this ring holds, as plain tensors and ints (for torch.save)."""
         record = {name: getattr(self, name) for name in self._TENSORS}
-        record.update(slots=self.slots, end=self.end, with_mask=self.with_mask)
+        record.update(slots=self.slots, end=self.end, with_mask=self.with_mask, mode=self.mode,
+                      every=self.every)
         return record
 
     @classmethod
@@ -60,12 +108,17 @@ class RingBuffers:
         ring = cls.__new__(cls)
         ring.slots, ring.end, ring.with_mask = (_int(record, "slots"), _int(record, "end"),
                                                 bool(record["with_mask"]))
+        ring.mode = record.get("mode", "activations")
+        if ring.mode not in MODES:
+            raise ValueError(f"TruncatedLSTM state: unknown history mode {ring.mode!r}")
+        ring.every = _int(record, "every") if "every" in record else 1
         layers, batch, hidden = h_init.shape
         S = ring.slots
+        layered = checkpoint_slots(S, ring.every) if ring.mode == "checkpoints" else S
         expected = {
-            "gates": (layers, S, batch, 4 * hidden), "cell": (layers, S, batch, hidden),
-            "hidden": (layers, S, batch, hidden), "input": (S, batch, input_size),
-            "flags": (S, batch),
+            "gates": (layers, S, batch, 4 * hidden) if ring.mode == "activations" else (0,),
+            "cell": (layers, layered, batch, hidden), "hidden": (layers, layered, batch, hidden),
+            "input": (S, batch, input_size), "flags": (S, batch),
             "mask": (layers - 1, S, batch, hidden) if ring.with_mask else (0,),
         }
         for name in cls._TENSORS:
@@ -78,16 +131,26 @@ class RingBuffers:
         return ring
 
     def copy_steps_from(self, old, first_step, end_step):
-        """Copies steps [first_step, end_step) from another ring (a resize)."""
+        """Copies steps [first_step, end_step) from another ring of the same mode (a resize)."""
         if end_step <= first_step:
             return
-        steps = torch.arange(first_step, end_step, device=self.gates.device)
+        device = self.flags.device
+        steps = torch.arange(first_step, end_step, device=device)
         src, dst = steps % old.slots, steps % self.slots
-        for new_t, old_t in zip(self.tensors(), old.tensors()):
-            if new_t.numel() == 0 or old_t.numel() == 0:
-                continue
-            dim = 0 if new_t is self.input or new_t is self.flags else 1
-            new_t.index_copy_(dim, dst, old_t.index_select(dim, src))
+        per_step = [("input", 0), ("flags", 0), ("mask", 1)]
+        if self.mode != "checkpoints":
+            per_step += [("cell", 1), ("hidden", 1)] + ([("gates", 1)] if self.mode == "activations" else [])
+        for name, dim in per_step:
+            new_t, old_t = getattr(self, name), getattr(old, name)
+            if new_t.numel() and old_t.numel():
+                new_t.index_copy_(dim, dst, old_t.index_select(dim, src))
+        if self.mode == "checkpoints":  # the checkpoints of the kept steps
+            first = -(-first_step // self.every)
+            ks = torch.arange(first, end_step // self.every + 1, device=device)
+            if ks.numel():
+                src, dst = ks % old.cell.shape[1], ks % self.cell.shape[1]
+                for name in ("cell", "hidden"):
+                    getattr(self, name).index_copy_(1, dst, getattr(old, name).index_select(1, src))
 
 
 class History:
@@ -108,32 +171,32 @@ class History:
     def batch(self):
         return self.h_init.shape[1]
 
-    def ring_for(self, chunk_len, capacity, with_mask):
+    def ring_for(self, chunk_len, capacity, with_mask, mode="activations", every=1):
         """The ring to record a chunk of `chunk_len` steps into, resized if the capacity (the
-        longest window: k2, or ARTBP's cap) changed.
+        longest window: k2, or ARTBP's cap), the mode or the checkpoint interval changed.
 
-        capacity None keeps chunk_len + 1 slots (the window is the chunk itself).
+        capacity None keeps room for windows of the chunk itself.
         """
-        if capacity is None:
-            slots = max(chunk_len + 1, self.ring.slots if self.ring is not None else 0)
-        else:
-            slots = capacity + 1
+        needed = step_slots(chunk_len if capacity is None else capacity, mode, every)
         ring = self.ring
-        if ring is not None and ring.slots == slots and ring.with_mask == with_mask:
+        same_layout = ring is not None and ring.mode == mode and ring.every == every
+        if capacity is None and same_layout:
+            needed = max(needed, ring.slots)
+        if same_layout and ring.slots == needed and ring.with_mask == with_mask:
             return ring
         layers, batch, hidden = self.h_init.shape
-        new = RingBuffers(slots, layers, batch, self.input_size, hidden, self.h_init.dtype,
-                          self.h_init.device, with_mask)
+        new = RingBuffers(needed, layers, batch, self.input_size, hidden, self.h_init.dtype,
+                          self.h_init.device, with_mask, mode, every)
         if ring is not None:
-            # Keep what fits; at least the newest step, whose state the next chunk enters from.
-            kept = min(self.end, ring.slots, slots)
-            first = self.end - kept
-            new.copy_steps_from(ring, first, self.end)
+            if same_layout and ring.with_mask == with_mask:
+                # Keep what fits; at least the newest step, whose state the next chunk enters from.
+                kept = min(self.end, ring.slots, needed)
+                first = self.end - kept
+                new.copy_steps_from(ring, first, self.end)
+                floor = new.earliest_window_start(first)
+            else:
+                floor = self.end  # what the old ring kept is not there in the new layout
             new.end = self.end
-            # A window may start at `first` only if the state entering it is there too.
-            floor = 0 if first == 0 else first + 1
-            if ring.with_mask != with_mask:
-                floor = self.end  # dropout switched on or off: older layer inputs are not kept
             self.floor = min(max(self.floor, floor), self.end)
         self.ring = new
         return new
@@ -145,13 +208,6 @@ class History:
         if window is None:
             return chunk_start
         return max(chunk_end - window, self.floor)
-
-    def state_before(self, ring, step):
-        """(h, c) [layers, B, H] entering global step `step`, as stored (no reset applied)."""
-        if step == 0:
-            return self.h_init, self.c_init
-        slot = (step - 1) % ring.slots
-        return ring.hidden[:, slot], ring.cell[:, slot]
 
     def to_dict(self):
         """Everything needed to continue the stream exactly, as plain tensors and ints: what

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _backend
 from .artbp import ARTBP
 from .function import ChunkPlan, TruncatedLSTMFunction
-from .history import History
+from .history import MODES, History
 
 FLAG_RESET, FLAG_HOLD = 1, 2  # step flags, as csrc/tbptt/window.h defines them
 
@@ -81,6 +81,15 @@ class TruncatedLSTM(nn.Module):
             its backward length W in [k2, cap] and reweights the gradient so that its
             expectation is TBPTT's with k2 = cap (k2 is then the shortest window; the history
             holds cap + 1 steps). May change between calls.
+        history: what the history stores, trading memory for recomputation in backward:
+            "activations" (gates, c, h per step and layer: the default), "states" (c, h per
+            step and layer; backward rebuilds the gates with two GEMMs per layer) or
+            "checkpoints" (per step only the input; c, h of every layer every checkpoint_every
+            steps; backward recomputes the window a segment at a time). The same gradient in
+            every mode (to rounding). May change between calls; the next window then starts at
+            the change.
+        checkpoint_every: s for "checkpoints" (None: ceil(sqrt(the longest window)), chosen at
+            the stream's start).
 
     Call: ``out, state = lstm(x, state=None, reset=None)``
         x: [L, B, input_size] ([B, L, input_size] with batch_first).
@@ -104,7 +113,7 @@ class TruncatedLSTM(nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, k2=None, artbp=None,
-                 device=None, dtype=None):
+                 history="activations", checkpoint_every=None, device=None, dtype=None):
         super().__init__()
         if bidirectional:
             raise ValueError(
@@ -127,6 +136,8 @@ class TruncatedLSTM(nn.Module):
         self.proj_size = 0
         self.k2 = k2
         self.artbp = artbp
+        self.history = history
+        self.checkpoint_every = checkpoint_every
         self.last_dropout_masks = None  # [layers-1, L, B, H] of the last training call (tests)
         factory = dict(device=device, dtype=dtype)
         gates = 4 * self.hidden_size
@@ -166,6 +177,26 @@ class TruncatedLSTM(nn.Module):
                             f"{type(value).__name__}")
         self._artbp = value
 
+    @property
+    def history(self):
+        return self._history
+
+    @history.setter
+    def history(self, value):
+        if value not in MODES:
+            raise ValueError(f"TruncatedLSTM: history must be one of {MODES}, got {value!r}")
+        self._history = value
+
+    @property
+    def checkpoint_every(self):
+        return self._checkpoint_every
+
+    @checkpoint_every.setter
+    def checkpoint_every(self, value):
+        if value is not None:
+            value = _positive_int("checkpoint_every", value)
+        self._checkpoint_every = value
+
     def reset_parameters(self):
         """nn.LSTM's initialisation: uniform(-1/sqrt(H), 1/sqrt(H))."""
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -188,7 +219,13 @@ class TruncatedLSTM(nn.Module):
         if self.dropout:
             text += f", dropout={self.dropout}"
         text += f", k2={self.k2}"
-        return text + (f", artbp={self.artbp}" if self.artbp is not None else "")
+        if self.artbp is not None:
+            text += f", artbp={self.artbp}"
+        if self.history != "activations":
+            text += f", history={self.history!r}"
+            if self.history == "checkpoints" and self.checkpoint_every is not None:
+                text += f", checkpoint_every={self.checkpoint_every}"
+        return text
 
     def flatten_parameters(self):
         """As nn.LSTM's on the CPU: nothing to do (our kernels read the parameters where they
@@ -318,8 +355,16 @@ class TruncatedLSTM(nn.Module):
 
         if use_ring:
             a = history.end
-            ring = history.ring_for(L, artbp.cap if artbp is not None else k2,
-                                    with_mask=masks is not None)
+            capacity = artbp.cap if artbp is not None else k2
+            mode = self.history if training else "activations"
+            every = 1
+            if mode == "checkpoints":
+                # the automatic interval is chosen once per stream: a new one would drop the
+                # history (the checkpoints kept are at multiples of the old one)
+                kept = history.ring if history.ring is not None and history.ring.mode == mode else None
+                every = self.checkpoint_every or (kept.every if kept is not None else
+                                                  math.ceil(math.sqrt(capacity or L)))
+            ring = history.ring_for(L, capacity, with_mask=masks is not None, mode=mode, every=every)
             window = artbp.sample(k2) if artbp is not None else k2  # the backward length
             w = history.window_start(a + L, a, window)
             scales = artbp.carry_scales(a + L - w, k2) if artbp is not None else None
