@@ -275,7 +275,7 @@ void check_mma(const char* dtype) {
 
 template <typename T, typename acc_t>
 void check_lstm_steps(tbptt::StorageType storage, const char* dtype) {
-  const int B = 3, H = 37, G = 4 * H;
+  const int B = 5, H = 37, G = 4 * H;
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> uniform(-2.0f, 2.0f);
   auto values = [&](int count) {
@@ -291,19 +291,33 @@ void check_lstm_steps(tbptt::StorageType storage, const char* dtype) {
   const std::vector<T> gates_x = values(B * G), gates_h = values(B * G), grad_out = values(B * H),
                        grad_next = values(B * H), hidden_prev = values(B * H), stored_gates = values(B * G);
   const std::vector<acc_t> cell0 = cells(B * H), cell_now = cells(B * H), cell_prev = cells(B * H),
-                           grad_cell0 = cells(B * H);
-  const std::vector<uint8_t> reset_next = {0, 1, 0}, reset = {1, 0, 0}, reset_after = {0, 0, 1};
+                           grad_cell0 = cells(B * H), held0 = cells(B * H);
+  const std::vector<T> hidden0 = values(B * H);
+  // Rows of every kind of step: B = 5 with flags per row (window.h): reset, hold, cut.
+  const std::vector<uint8_t> flags_now = {tbptt::kFlagReset, tbptt::kFlagHold, 0, tbptt::kFlagCut,
+                                          tbptt::kFlagReset | tbptt::kFlagHold};
+  const std::vector<uint8_t> flags_next = {0, tbptt::kFlagReset, 0, 0, tbptt::kFlagReset};
   struct ForwardOut {
     std::vector<acc_t> cell;
     std::vector<T> hidden_next, out, ring_gates, ring_hidden;
     std::vector<acc_t> ring_cell;
   };
   auto forward = [&](bool emulated) {
-    ForwardOut r{cell0, std::vector<T>(B * H), std::vector<T>(B * H), std::vector<T>(B * G),
+    ForwardOut r{cell0, hidden0, std::vector<T>(B * H), std::vector<T>(B * G),
                  std::vector<T>(B * H), std::vector<acc_t>(B * H)};
-    tbptt::ForwardStepParams p{B, H, gates_x.data(), gates_h.data(), r.cell.data(), r.hidden_next.data(),
-                               r.out.data(), r.ring_gates.data(), r.ring_cell.data(), r.ring_hidden.data(),
-                               reset_next.data()};
+    tbptt::ForwardStepParams p{};
+    p.batch = B;
+    p.hidden = H;
+    p.gates_x = gates_x.data();
+    p.gates_h = gates_h.data();
+    p.cell = r.cell.data();
+    p.hidden_next = r.hidden_next.data();
+    p.out = r.out.data();
+    p.ring_gates = r.ring_gates.data();
+    p.ring_cell = r.ring_cell.data();
+    p.ring_hidden = r.ring_hidden.data();
+    p.flags = flags_now.data();
+    p.flags_next = flags_next.data();
     if (emulated) {
       expect(tbptt::emu::launch_forward_step(p, storage, nullptr) == 0, "forward_step launch");
     } else {
@@ -313,14 +327,27 @@ void check_lstm_steps(tbptt::StorageType storage, const char* dtype) {
     return r;
   };
   struct BackwardOut {
-    std::vector<acc_t> grad_cell;
+    std::vector<acc_t> grad_cell, held;
     std::vector<T> grad_gates, seen;
   };
   auto backward = [&](bool emulated) {
-    BackwardOut r{grad_cell0, std::vector<T>(B * G), std::vector<T>(B * H)};
-    tbptt::BackwardStepParams p{B, H, stored_gates.data(), cell_now.data(), cell_prev.data(),
-                                hidden_prev.data(), reset.data(), reset_after.data(), grad_out.data(),
-                                grad_next.data(), r.grad_cell.data(), r.grad_gates.data(), r.seen.data()};
+    BackwardOut r{grad_cell0, held0, std::vector<T>(B * G), std::vector<T>(B * H)};
+    tbptt::BackwardStepParams p{};
+    p.batch = B;
+    p.hidden = H;
+    p.gates = stored_gates.data();
+    p.cell = cell_now.data();
+    p.cell_prev = cell_prev.data();
+    p.hidden_prev = hidden_prev.data();
+    p.flags = flags_now.data();
+    p.flags_after = flags_next.data();
+    p.carry_scale = 1.75;  // an ARTBP compensation factor
+    p.grad_out = grad_out.data();
+    p.grad_hidden_next = grad_next.data();
+    p.grad_hidden_held = r.held.data();
+    p.grad_cell = r.grad_cell.data();
+    p.grad_gates = r.grad_gates.data();
+    p.hidden_prev_seen = r.seen.data();
     if (emulated) {
       expect(tbptt::emu::launch_backward_step(p, storage, nullptr) == 0, "backward_step launch");
     } else {
@@ -338,7 +365,8 @@ void check_lstm_steps(tbptt::StorageType storage, const char* dtype) {
              same(fe.ring_hidden, fc.ring_hidden),
          std::string("forward_step<") + dtype + "> emulated differs from lstm_math.h on the CPU");
   const BackwardOut be = backward(true), bc = backward(false);
-  expect(same(be.grad_cell, bc.grad_cell) && same(be.grad_gates, bc.grad_gates) && same(be.seen, bc.seen),
+  expect(same(be.grad_cell, bc.grad_cell) && same(be.held, bc.held) && same(be.grad_gates, bc.grad_gates) &&
+             same(be.seen, bc.seen),
          std::string("backward_step<") + dtype + "> emulated differs from lstm_math.h on the CPU");
 }
 
