@@ -37,13 +37,16 @@ REPO = Path(__file__).resolve().parent.parent
 if os.environ.get("BENCH_THREADS"):  # e.g. 1 on a CPU that other processes share
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
 
-VARIANTS = ("ours", "nn_full", "nn_chunked", "nn_rerun", "retained")
+VARIANTS = ("ours", "ours_states", "ours_checkpoints", "nn_full", "nn_chunked", "nn_rerun",
+            "retained")
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f64": torch.float64}
 
 
 def schedule_name(variant, k1, k2):
     return {
         "ours": f"TBPTT({k1},{k2})" if k2 != k1 else f"BPTT({k1},{k1})",
+        "ours_states": f"TBPTT({k1},{k2}) states",
+        "ours_checkpoints": f"TBPTT({k1},{k2}) checkpoints",
         "nn_full": "BPTT(n,n)",
         "nn_chunked": f"BPTT({k1},{k1})",
         "nn_rerun": f"rerun TBPTT({k1},{k2})",
@@ -161,13 +164,14 @@ class Workload:
         m.load_state_dict(self.state_dict)
         return m
 
-    def ours(self):
+    def ours(self, history="activations"):
         cls = ours_class()
         if cls is None:
             raise RuntimeError(f"tbptt_cuda is not importable: {ours_error()}")
         c = self.case
         k2 = None if c.k2 == c.k1 else c.k2
-        m = cls(c.input_size, c.H, c.layers, k2=k2, device=c.device, dtype=c.torch_dtype)
+        m = cls(c.input_size, c.H, c.layers, k2=k2, device=c.device, dtype=c.torch_dtype,
+                history=history)
         m.load_state_dict(self.state_dict)
         return m
 
@@ -233,9 +237,10 @@ def _detach(s):
 
 class OursRunner(Runner):
     variant = "ours"
+    history = "activations"
 
     def make_model(self):
-        return self.wl.ours()
+        return self.wl.ours(self.history)
 
     def updates(self):
         state = None
@@ -368,8 +373,21 @@ class RetainedRunner(Runner):
             yield a, b, x, out
 
 
+class OursStatesRunner(OursRunner):
+    """Ours with history="states": c, h per step, gates rebuilt in backward."""
+    variant = "ours_states"
+    history = "states"
+
+
+class OursCheckpointsRunner(OursRunner):
+    """Ours with history="checkpoints": x per step, c, h every ceil(sqrt(k2)) steps."""
+    variant = "ours_checkpoints"
+    history = "checkpoints"
+
+
 RUNNERS = {
-    r.variant: r for r in (OursRunner, FullRunner, ChunkedRunner, RerunRunner, RetainedRunner)
+    r.variant: r for r in (OursRunner, OursStatesRunner, OursCheckpointsRunner, FullRunner,
+                           ChunkedRunner, RerunRunner, RetainedRunner)
 }
 
 

@@ -105,6 +105,18 @@ def memory_cases(full, devices):
     return cases
 
 
+def mode_cases(full, devices):
+    """History modes: H, I (16 or H), k2; B = 16, k1 = 32, a stream of k2 + 4 chunks."""
+    cases = []
+    if "cpu" in devices:
+        for H in ((128, 256, 1024) if full else (128, 256)):
+            for I in (16, H):
+                for k2 in ((64, 256, 1024) if full else (64, 256)):
+                    cases.append(bl.Case("cpu", "f32", H, 16, 32, k2, k2 + 4 * 32, 1,
+                                         0 if I == H else I))
+    return cases
+
+
 def _params(cases, variants_of):
     out = []
     for c in cases:
@@ -121,6 +133,12 @@ def pytest_generate_tests(metafunc):
     if "speed_case" in names:
         metafunc.parametrize(("speed_case", "variant"),
                              _params(speed_cases(full, devices), bl.variants_for))
+    if "mode_case" in names:
+        with_full = "mode_memory" in metafunc.function.__name__
+        metafunc.parametrize(("mode_case", "mode"), _params(
+            mode_cases(full, devices),
+            lambda c: ["ours", "ours_states", "ours_checkpoints", "nn_full"] if with_full
+            else ["ours_states", "ours_checkpoints"]))
     if "mem_case" in names:
         def mem_variants(c):
             # quick: at the largest n only what the targets need (ours, BPTT(n,n)); the

@@ -34,12 +34,17 @@ def fresh_process_rss(case, variant):
 
 
 def test_memory(benchmark, mem_case, variant):
-    case = mem_case
-    if variant == "ours" and bl.ours_class() is None:
+    measure_memory(benchmark, mem_case, variant, kind="memory")
+
+
+def measure_memory(benchmark, case, variant, kind):
+    """Bytes held for backward (and the CUDA peak, or a fresh process's peak RSS) of one pass
+    of `variant` over the case's stream, into extra_info."""
+    if variant.startswith("ours") and bl.ours_class() is None:
         pytest.skip(f"tbptt_cuda not importable: {bl.ours_error()}")
     wl = bl.Workload.get(case)
     runner = bl.make_runner(variant, wl)
-    info = dict(kind="memory", case=case.id, variant=variant,
+    info = dict(kind=kind, case=case.id, variant=variant, I=case.input_size,
                 schedule=bl.schedule_name(variant, case.k1, case.k2), device=case.device,
                 dtype=case.dtype, H=case.H, B=case.B, k1=case.k1, k2=case.k2, n=case.n,
                 layers=case.layers)
@@ -60,7 +65,7 @@ def test_memory(benchmark, mem_case, variant):
         info.update({k: v for k, v in fresh_process_rss(case, variant).items()
                      if k.startswith("rss_")})
 
-    if variant == "ours":
+    if variant.startswith("ours"):
         info["history_nbytes"] = getattr(runner, "history_nbytes", None)
     info["backend"] = runner.backend
     benchmark.group = f"memory-{case.device}-{case.dtype}"

@@ -28,7 +28,12 @@ def _rounds(t_pair, full, device):
 
 
 def test_speed(benchmark, speed_case, variant, bench_full):
-    case = speed_case
+    time_against_ours(benchmark, speed_case, variant, bench_full, kind="speed")
+
+
+def time_against_ours(benchmark, case, variant, bench_full, kind):
+    """Times `variant` over the case's stream, interleaved with ours (history "activations")
+    on identical work; records us/step and the ratio ours / variant in extra_info."""
     if variant == "ours" and bl.ours_class() is None:
         pytest.skip(f"tbptt_cuda not importable: {bl.ours_error()}")
     wl = bl.Workload.get(case)
@@ -61,7 +66,7 @@ def test_speed(benchmark, speed_case, variant, bench_full):
     n = case.n
     med, q1, q3 = (v / n * 1e6 for v in bl.quantiles(peer_t))
     info = dict(
-        kind="speed", case=case.id, variant=variant,
+        kind=kind, case=case.id, variant=variant, I=case.input_size,
         schedule=bl.schedule_name(variant, case.k1, case.k2),
         device=case.device, dtype=case.dtype, H=case.H, B=case.B, k1=case.k1, k2=case.k2, n=n,
         layers=case.layers, rounds=rounds,

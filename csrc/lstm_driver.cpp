@@ -183,16 +183,6 @@ struct SpanGradients {
   std::vector<at::Tensor> weights;        // in the order of `weights`
 };
 
-// Activated gates [W, B, G] (T) rebuilt from the pre-activations: sigmoid for i, f, o, tanh
-// for g, computed in the accumulation type.
-at::Tensor activate(const at::Tensor& pre_acc, int64_t W, int64_t B, int64_t H,
-                    at::ScalarType storage) {
-  const at::Tensor pre = pre_acc.view({W, B, 4, H});
-  at::Tensor gates = at::sigmoid(pre);
-  gates.select(2, 2).copy_(at::tanh(pre.select(2, 2)));
-  return gates.to(storage).view({W, B, 4 * H});
-}
-
 // Backward over a span of W steps, all layers, newest step first. flags [W, B] u8: the span's
 // step flags (with kFlagCut); carry_scales: empty or W factors; grad_out [Ls, B, H]: dL/dy of
 // the span's last Ls steps (Ls may be 0); grad_h_n, grad_c_n [layers, B, H]: the gradient
@@ -232,14 +222,15 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
     layer_in = at::where(cut, at::zeros({}, layer_in.options()), layer_in);
     const at::Tensor bias =
         has_bias ? weights[l * per_layer + 2] + weights[l * per_layer + 3] : at::Tensor();
-    at::Tensor rebuilt;  // [W, B, G] kStates: the span's gates, from two window-wide GEMMs
+    at::Tensor rebuilt;  // [W, B, G] acc kStates: the span's pre-activations, from two
+                         // window-wide GEMMs; the backward kernel activates them
     if (!acts.gates.defined()) {
       at::Tensor h_prev = acts.h_before[l].unsqueeze(0);  // [W, B, H]: h_{t-1} as each step saw it
       if (W > 1) h_prev = at::cat({h_prev, window_of(acts.hidden[l], acts.first_slot, W - 1)});
       h_prev = at::where(resets, at::zeros({}, h_prev.options()), h_prev);
-      const at::Tensor pre = gemm.linear(layer_in.reshape({W * B, -1}), w_ih, bias).to(acc_options.dtype()) +
-                             gemm.linear(h_prev.reshape({W * B, H}), w_hh, at::Tensor()).to(acc_options.dtype());
-      rebuilt = activate(pre, W, B, H, storage);
+      rebuilt = gemm.linear(layer_in.reshape({W * B, -1}), w_ih, bias).to(acc_options.dtype());
+      rebuilt.add_(gemm.linear(h_prev.reshape({W * B, H}), w_hh, at::Tensor()));
+      rebuilt = rebuilt.view({W, B, G});
     }
     // dL/dh_{t-1} = dL/dgates @ W_hh, written x @ w^T with w = W_hh^T [H, G]
     const at::Tensor w_hh_t = gemm.prepare_step_weight(w_hh.t(), B);
@@ -255,6 +246,7 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
       p.batch = B;
       p.hidden = H;
       p.gates = rebuilt.defined() ? row_ptr(rebuilt, j) : slot_ptr(acts.gates, l, slot);
+      p.gates_are_pre_activations = rebuilt.defined();
       p.cell = slot_ptr(acts.cell, l, slot);
       p.cell_prev = j > 0 ? slot_ptr(acts.cell, l, slot_of(j - 1)) : row_ptr(acts.c_before, l);
       p.hidden_prev = j > 0 ? slot_ptr(acts.hidden, l, slot_of(j - 1)) : row_ptr(acts.h_before, l);

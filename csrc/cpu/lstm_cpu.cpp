@@ -45,10 +45,18 @@ TBPTT_CPU_CLONES void forward_rows_double(const ForwardStepParams& p, int64_t b,
   element_rows<ForwardStepParams, forward_step_element<double, double>>(p, b, e);
 }
 TBPTT_CPU_CLONES void backward_rows_float(const BackwardStepParams& p, int64_t b, int64_t e) {
-  element_rows<BackwardStepParams, backward_step_element<float, float>>(p, b, e);
+  if (p.gates_are_pre_activations) {
+    element_rows<BackwardStepParams, backward_step_element<float, float, true>>(p, b, e);
+  } else {
+    element_rows<BackwardStepParams, backward_step_element<float, float, false>>(p, b, e);
+  }
 }
 TBPTT_CPU_CLONES void backward_rows_double(const BackwardStepParams& p, int64_t b, int64_t e) {
-  element_rows<BackwardStepParams, backward_step_element<double, double>>(p, b, e);
+  if (p.gates_are_pre_activations) {
+    element_rows<BackwardStepParams, backward_step_element<double, double, true>>(p, b, e);
+  } else {
+    element_rows<BackwardStepParams, backward_step_element<double, double, false>>(p, b, e);
+  }
 }
 
 // Splits the rows across threads; `params` is copied into each task so that the compiler

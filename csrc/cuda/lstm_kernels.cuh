@@ -26,14 +26,23 @@ SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPointwiseThreads, 1)
 }
 
 // params: see BackwardStepParams (window.h).
-template <typename T, typename acc_t>
-SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPointwiseThreads, 1)
-    backward_step_kernel(const BackwardStepParams params) {
+template <typename T, typename acc_t, bool kPreActivations>
+SIMT_DEVICE void backward_step_elements(const BackwardStepParams& params) {
   const int64_t n = params.batch * params.hidden;
   const int64_t stride = int64_t(simt::grid_dim().x) * simt::block_dim().x;
   for (int64_t e = simt::block_idx().x * int64_t(simt::block_dim().x) + simt::thread_idx().x;
        e < n; e += stride) {
-    backward_step_element<T, acc_t>(params, e / params.hidden, e % params.hidden);
+    backward_step_element<T, acc_t, kPreActivations>(params, e / params.hidden, e % params.hidden);
+  }
+}
+
+template <typename T, typename acc_t>
+SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPointwiseThreads, 1)
+    backward_step_kernel(const BackwardStepParams params) {
+  if (params.gates_are_pre_activations) {  // uniform over the launch
+    backward_step_elements<T, acc_t, true>(params);
+  } else {
+    backward_step_elements<T, acc_t, false>(params);
   }
 }
 

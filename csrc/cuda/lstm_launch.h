@@ -13,10 +13,10 @@
 namespace tbptt {
 namespace SIMT_NS {
 
-// Registers per thread the kernels are compiled for at most (ptxas -v, sm_90: 31-48); the
+// Registers per thread the kernels are compiled for at most (ptxas -v, sm_90: 31-66); the
 // emulator's occupancy uses them and scripts/check_ptxas.py holds the nvcc build to them.
 constexpr simt::KernelSpec kForwardStep{"forward_step", 64};
-constexpr simt::KernelSpec kBackwardStep{"backward_step", 64};
+constexpr simt::KernelSpec kBackwardStep{"backward_step", 80};
 
 inline simt::Dim3 pointwise_grid(int64_t elements) {
   const int64_t blocks = (elements + kPointwiseThreads - 1) / kPointwiseThreads;

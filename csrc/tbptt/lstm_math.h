@@ -142,8 +142,10 @@ TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t row, int6
   hidden[e] = convert<T>(zero_where(reset_next, h));
 }
 
-// Element (row, unit) of one backward step (see BackwardStepParams).
-template <typename T, typename acc_t>
+// Element (row, unit) of one backward step (see BackwardStepParams). kPreActivations must be
+// p.gates_are_pre_activations: callers pick the instantiation once per launch (a branch inside
+// the CPU loop would stop it vectorising).
+template <typename T, typename acc_t, bool kPreActivations = false>
 TBPTT_HD void backward_step_element(const BackwardStepParams& p, int64_t row, int64_t unit) {
   const int64_t H = p.hidden;
   const int64_t e = row * H + unit;
@@ -152,10 +154,15 @@ TBPTT_HD void backward_step_element(const BackwardStepParams& p, int64_t row, in
   const bool hold = p.flags[row] & kFlagHold;
   const bool cut = p.flags[row] & kFlagCut;  // no gradient reaches it: contributes exactly 0
   const bool cut_after = p.flags_after[row] & kFlagReset;
-  const T* stored = static_cast<const T*>(p.gates);
-  const Gates<acc_t> gate{convert<acc_t>(stored[gate0]), convert<acc_t>(stored[gate0 + H]),
-                          convert<acc_t>(stored[gate0 + 2 * H]),
-                          convert<acc_t>(stored[gate0 + 3 * H])};
+  Gates<acc_t> gate;
+  if (kPreActivations) {
+    const acc_t* pre = static_cast<const acc_t*>(p.gates);
+    gate = activate_gates<acc_t>(pre[gate0], pre[gate0 + H], pre[gate0 + 2 * H], pre[gate0 + 3 * H]);
+  } else {
+    const T* stored = static_cast<const T*>(p.gates);
+    gate = Gates<acc_t>{convert<acc_t>(stored[gate0]), convert<acc_t>(stored[gate0 + H]),
+                        convert<acc_t>(stored[gate0 + 2 * H]), convert<acc_t>(stored[gate0 + 3 * H])};
+  }
   const acc_t c_prev = zero_where(reset, static_cast<const acc_t*>(p.cell_prev)[e]);
   const acc_t h_prev = zero_where(reset | cut, convert<acc_t>(static_cast<const T*>(p.hidden_prev)[e]));
   static_cast<T*>(p.hidden_prev_seen)[e] = convert<T>(h_prev);

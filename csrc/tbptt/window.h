@@ -95,7 +95,10 @@ struct ForwardStepParams {
 struct BackwardStepParams {
   int64_t batch;                 // B
   int64_t hidden;                // H
-  const void* gates;             // [B, G] T    activated gates of step t (ring)
+  const void* gates;             // [B, G] T    activated gates of step t (ring), or, where
+                                 //             gates_are_pre_activations, [B, G] acc: the
+                                 //             pre-activations (history "states" rebuilds them)
+  bool gates_are_pre_activations;
   const void* cell;              // [B, H] acc  c_t (ring)
   const void* cell_prev;         // [B, H] acc  c_{t-1} as stored (no reset applied)
   const void* hidden_prev;       // [B, H] T    h_{t-1} as stored (no reset applied)

@@ -342,6 +342,7 @@ void check_lstm_steps(tbptt::StorageType storage, const char* dtype) {
     p.flags = flags_now.data();
     p.flags_after = flags_next.data();
     p.carry_scale = 1.75;  // an ARTBP compensation factor
+    p.gates_are_pre_activations = false;
     p.grad_out = grad_out.data();
     p.grad_hidden_next = grad_next.data();
     p.grad_hidden_held = r.held.data();
