@@ -305,6 +305,98 @@ def plots(by_case, mem, out_dir):
     return [f"plot: {p}" for p in written] or ["plots: nothing to draw (need >= 2 sizes)"]
 
 
+# --------------------------------------------------------------------------------------------
+# history modes
+
+MODE_VARIANTS = ("ours", "ours_states", "ours_checkpoints")
+MODE_NAMES = {"ours": "activations", "ours_states": "states", "ours_checkpoints": "checkpoints"}
+
+
+def modes_by_case(rows):
+    """(dev, dt, H, I, B, k1, k2) -> {"memory": {variant: r}, "speed": {variant: r}}."""
+    by = defaultdict(lambda: {"memory": {}, "speed": {}})
+    for r in rows:
+        if r["kind"] in ("mode_memory", "mode_speed"):
+            key = (r["device"], r["dtype"], r["H"], r.get("I", r["H"]), r["B"], r.get("k1"), r["k2"])
+            if r["variant"] == "nn_full":  # BPTT over n = k2 steps: the same (H, I, k2) group
+                key = (r["device"], r["dtype"], r["H"], r.get("I", r["H"]), r["B"], 32, r["k2"])
+            by[key]["memory" if r["kind"] == "mode_memory" else "speed"][r["variant"]] = r
+    return by
+
+
+def modes_table(by):
+    head = ["H", "I", "k2", "history bytes: activations", "states (x)", "checkpoints (x)",
+            "peak RSS+ MiB: act. / states / ckpt.", "BPTT(n=k2) held MiB",
+            "time: states / activations", "checkpoints / activations"]
+    out = []
+    for (dev, dt, H, I, B, k1, k2), group in sorted(by.items()):
+        mem, speed = group["memory"], group["speed"]
+        act = mem.get("ours", {}).get("history_nbytes")
+        row = [H, I, k2, f"{act:,}" if act else "-"]
+        for v in ("ours_states", "ours_checkpoints"):
+            b = mem.get(v, {}).get("history_nbytes")
+            row.append(f"{b:,} ({b / act:.3f})" if b and act else "-")
+        rss = [mem.get(v, {}).get("rss_peak_increment_bytes") for v in MODE_VARIANTS]
+        row.append(" / ".join(f"{x / MiB:.1f}" if x else "?" for x in rss))
+        full = mem.get("nn_full", {}).get("held_bytes")
+        row.append(f"{full / MiB:.2f}" if full else "-")
+        for v in ("ours_states", "ours_checkpoints"):
+            r = speed.get(v)
+            row.append(fmt_ratio(1 / r["ratio"], 1 / r["ratio_q75"], 1 / r["ratio_q25"])
+                       if r and r.get("ratio") else "-")
+        out.append(row)
+    return md_table(head, out)
+
+
+def modes_targets(by):
+    lines, states_bytes, ckpt_bytes, states_time, ckpt_time = [], [], [], [], []
+    for (dev, dt, H, I, B, k1, k2), group in sorted(by.items()):
+        mem, speed = group["memory"], group["speed"]
+        tag = f"{dev}-{dt}-H{H}-I{I}-k2_{k2}"
+        act = mem.get("ours", {}).get("history_nbytes")
+        if act:
+            if I == H and mem.get("ours_states", {}).get("history_nbytes"):
+                states_bytes.append((mem["ours_states"]["history_nbytes"] / act, tag))
+            if (I, H, k2) == (16, 128, 256) and mem.get("ours_checkpoints", {}).get("history_nbytes"):
+                ckpt_bytes.append((mem["ours_checkpoints"]["history_nbytes"] / act, tag))
+        if dev == "cpu":
+            for v, into in (("ours_states", states_time), ("ours_checkpoints", ckpt_time)):
+                r = speed.get(v)
+                if r and r.get("ratio"):
+                    into.append((1 / r["ratio"], tag))
+    lines.append(_verdict("history \"states\" bytes / \"activations\" at I = H", 0.45, states_bytes))
+    lines.append(_verdict("history \"checkpoints\" bytes / \"activations\" at I=16, H=128, k2=256",
+                          0.12, ckpt_bytes))
+    lines.append(_verdict("CPU time per update, \"states\" / \"activations\"", 1.3, states_time))
+    lines.append(_verdict("CPU time per update, \"checkpoints\" / \"activations\"", 1.6, ckpt_time))
+    return "\n".join(lines)
+
+
+def modes_plot(by, plt, out_dir):
+    """History bytes (BPTT(n=k2): bytes held for backward) against k2, per (H, I)."""
+    groups = defaultdict(dict)
+    for (dev, dt, H, I, B, k1, k2), group in by.items():
+        groups[(dev, dt, H, I, B)][k2] = group["memory"]
+    written = []
+    for (dev, dt, H, I, B), per_k2 in sorted(groups.items()):
+        if len(per_k2) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for v, label in list(MODE_NAMES.items()) + [("nn_full", "BPTT(n,n), n = k2")]:
+            key = "held_bytes" if v == "nn_full" else "history_nbytes"
+            pts = [(k2, m[v][key]) for k2, m in sorted(per_k2.items()) if m.get(v, {}).get(key)]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] / MiB for p in pts], "o-",
+                        label=f'history "{label}"' if v != "nn_full" else label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("k2 (window, steps)")
+        ax.set_ylabel("bytes kept for backward (MiB)")
+        ax.set_title(f"memory vs k2: {dev} {dt}, H={H}, I={I}, B={B}")
+        written.append(_finish_plot(plt, fig, ax, out_dir / f"modes_memory_vs_k2_{dev}_{dt}_H{H}_I{I}_B{B}.png"))
+    return written
+
+
 def oracle_lines(rows):
     out = []
     for r in rows:
@@ -349,8 +441,17 @@ def main(argv=None):
     if mem:
         parts += ["", memory_table(mem)]
     parts += ["", "**Targets**", "", targets(by_case, mem)]
+    modes = modes_by_case(rows)
+    if modes:
+        parts += ["", "**History modes** (history bytes: exact, `state.history_nbytes`, ratio to "
+                  "\"activations\"; peak RSS: a fresh process's, above its size after set-up; "
+                  "time: per update, mode / activations, ratio of medians of interleaved runs "
+                  "[IQR])", "", modes_table(modes), "", modes_targets(modes)]
     if not a.no_plots:
         parts += [""] + plots(by_case, mem, out_dir)
+        if modes:
+            import matplotlib.pyplot as plt
+            parts += [f"plot: {p}" for p in modes_plot(modes, plt, out_dir)]
     parts += ["", "**Time per timestep, forward + backward over the stream (median ± half "
               "IQR, µs); ratio = ours / peer, ratio of medians of interleaved runs "
               "[IQR of per-round ratios]; < 1 means ours is faster**", ""]

@@ -47,17 +47,27 @@ void write_window(const at::Tensor& ring, int64_t first_slot, const at::Tensor& 
 
 int64_t weights_per_layer(bool has_bias) { return has_bias ? 4 : 2; }
 
-}  // namespace
+// W_hh (forward: x @ W_hh^T) or W_hh^T (backward: dG @ W_hh) of every layer, prepared by the
+// backend once for the per-step products over B rows.
+std::vector<at::Tensor> step_weights_of(const GemmBackend& gemm, at::TensorList weights,
+                                        bool has_bias, int64_t B, bool backward) {
+  const int64_t per_layer = weights_per_layer(has_bias);
+  std::vector<at::Tensor> prepared;
+  for (size_t l = 0; l * per_layer < weights.size(); ++l) {
+    const at::Tensor& w_hh = weights[l * per_layer + 1];  // [G, H]
+    prepared.push_back(gemm.prepare_step_weight(backward ? w_hh.t() : w_hh, B));
+  }
+  return prepared;
+}
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
+// chunk_forward with W_hh already prepared (step_weights: one per layer), so that the
+// checkpoint recompute, one forward per segment, prepares them once per window.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
     const DeviceBackend& backend, const at::Tensor& x_in, const at::Tensor& h0,
     const at::Tensor& c0, const c10::optional<at::Tensor>& flags_in, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
-    int64_t first_step, bool record) {
+    int64_t first_step, bool record, const std::vector<at::Tensor>& step_weights) {
   const int64_t per_layer = weights_per_layer(has_bias);
-  TORCH_CHECK(x_in.dim() == 3, "tbptt: x must be [L, B, I], got ", x_in.sizes());
-  TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
-              "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
   const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
   const at::Tensor x = x_in.contiguous();
   const int64_t L = x.size(0), B = x.size(1);
@@ -107,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
   at::Tensor gates_h = at::empty({B, G}, x.options());  // h_{t-1} @ W_hh^T
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor& w_ih = weights[l * per_layer];  // [G, I_l]
-    const at::Tensor w_hh = gemm.prepare_step_weight(weights[l * per_layer + 1], B);  // [G, H]
+    const at::Tensor& w_hh = step_weights[l];  // [G, H], prepared
     if (l > 0 && dropout) {
       const at::Tensor mask = (*dropout_masks)[l - 1];  // [L, B, H]
       if (record) write_window(ring.mask[l - 1], first_slot, mask);
@@ -163,6 +173,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
   return {out, at::stack(h_n), at::stack(c_n)};
 }
 
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
+    const DeviceBackend& backend, const at::Tensor& x, const at::Tensor& h0,
+    const at::Tensor& c0, const c10::optional<at::Tensor>& flags, at::TensorList weights,
+    bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
+    int64_t first_step, bool record) {
+  const int64_t per_layer = weights_per_layer(has_bias);
+  TORCH_CHECK(x.dim() == 3, "tbptt: x must be [L, B, I], got ", x.sizes());
+  TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
+              "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
+  return forward_chunk(backend, x, h0, c0, flags, weights, has_bias, dropout_masks, ring,
+                       first_step, record,
+                       step_weights_of(backend.gemm, weights, has_bias, x.size(1), false));
+}
+
 namespace {
 
 // The activations of a run of W consecutive steps (a span) in a ring of activations layout
@@ -187,10 +213,14 @@ struct SpanGradients {
 // step flags (with kFlagCut); carry_scales: empty or W factors; grad_out [Ls, B, H]: dL/dy of
 // the span's last Ls steps (Ls may be 0); grad_h_n, grad_c_n [layers, B, H]: the gradient
 // reaching the state after the span's last step.
+// backward_step_weights: W_hh^T of every layer prepared for the per-step products (once per
+// window: the checkpoint mode runs one span per segment); may_cut: whether flags may hold
+// kFlagCut (only where the window reaches before the chunk).
 SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations& acts,
                             const at::Tensor& flags, c10::ArrayRef<double> carry_scales,
                             const at::Tensor& grad_out, const at::Tensor& grad_h_n,
-                            const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias) {
+                            const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias,
+                            const std::vector<at::Tensor>& backward_step_weights, bool may_cut) {
   const int64_t per_layer = weights_per_layer(has_bias);
   const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
   const int64_t W = flags.size(0), B = flags.size(1), Ls = grad_out.size(0);
@@ -219,21 +249,22 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
     // there would reach dW_ih as 0 * NaN.
     at::Tensor layer_in = l == 0 ? acts.input : window_of(acts.hidden[l - 1], acts.first_slot, W);
     if (l > 0 && acts.mask.defined()) layer_in = layer_in * acts.mask[l - 1];
-    layer_in = at::where(cut, at::zeros({}, layer_in.options()), layer_in);
+    if (may_cut) layer_in = at::where(cut, at::zeros({}, layer_in.options()), layer_in);
     const at::Tensor bias =
         has_bias ? weights[l * per_layer + 2] + weights[l * per_layer + 3] : at::Tensor();
     at::Tensor rebuilt;  // [W, B, G] acc kStates: the span's pre-activations, from two
                          // window-wide GEMMs; the backward kernel activates them
     if (!acts.gates.defined()) {
-      at::Tensor h_prev = acts.h_before[l].unsqueeze(0);  // [W, B, H]: h_{t-1} as each step saw it
-      if (W > 1) h_prev = at::cat({h_prev, window_of(acts.hidden[l], acts.first_slot, W - 1)});
-      h_prev = at::where(resets, at::zeros({}, h_prev.options()), h_prev);
+      at::Tensor h_prev = at::empty({W, B, H}, options);  // h_{t-1} as each step saw it
+      h_prev[0].copy_(acts.h_before[l]);
+      if (W > 1) h_prev.narrow(0, 1, W - 1).copy_(window_of(acts.hidden[l], acts.first_slot, W - 1));
+      h_prev.masked_fill_(resets, 0);
       rebuilt = gemm.linear(layer_in.reshape({W * B, -1}), w_ih, bias).to(acc_options.dtype());
       rebuilt.add_(gemm.linear(h_prev.reshape({W * B, H}), w_hh, at::Tensor()));
       rebuilt = rebuilt.view({W, B, G});
     }
-    // dL/dh_{t-1} = dL/dgates @ W_hh, written x @ w^T with w = W_hh^T [H, G]
-    const at::Tensor w_hh_t = gemm.prepare_step_weight(w_hh.t(), B);
+    // dL/dh_{t-1} = dL/dgates @ W_hh, written x @ w^T with w = W_hh^T [H, G], prepared
+    const at::Tensor& w_hh_t = backward_step_weights[l];
     const bool top = l == layers - 1;
     const at::Tensor grad_gates = at::empty({W, B, G}, options);
     const at::Tensor hidden_prev_seen = at::empty({W, B, H}, options);
@@ -360,7 +391,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     acts.h_before = first_step == 0 ? h_init : ring.hidden.select(1, before);
     acts.c_before = first_step == 0 ? c_init : ring.cell.select(1, before);
     SpanGradients span = backward_span(backend, acts, window_flags, carry_scales, grad_out,
-                                       grad_h_n, grad_c_n, weights, has_bias);
+                                       grad_h_n, grad_c_n, weights, has_bias,
+                                       step_weights_of(backend.gemm, weights, has_bias, B, true),
+                                       W > L);
     return {span.grad_x, span.grad_h_before, span.grad_c_before, span.weights};
   }
 
@@ -374,6 +407,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
               start, " (window ", first_step, "..", last_step, ", ", S, " slots)");
   at::Tensor grad_h = grad_h_n, grad_c = grad_c_n;
   std::vector<at::Tensor> grad_weights(weights.size()), grad_x_parts;
+  const std::vector<at::Tensor> step_weights = step_weights_of(backend.gemm, weights, has_bias, B, false);
+  const std::vector<at::Tensor> backward_weights = step_weights_of(backend.gemm, weights, has_bias, B, true);
   const int64_t segments = (end - start + every - 1) / every;
   for (int64_t k = segments - 1; k >= 0; --k) {
     const int64_t seg_start = start + k * every, seg_end = std::min(seg_start + every, end);
@@ -392,9 +427,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     scratch.flags = at::empty({seg_len + 1, B}, ring.flags.options());
     scratch.mask = masks_seg.defined() ? at::empty({layers - 1, seg_len + 1, B, H}, h_init.options())
                                        : at::empty({0}, h_init.options());
-    chunk_forward(backend, x_seg, h_seg, c_seg, window_of(ring.flags, seg_slot, seg_len), weights,
+    forward_chunk(backend, x_seg, h_seg, c_seg, window_of(ring.flags, seg_slot, seg_len), weights,
                   has_bias, masks_seg.defined() ? c10::optional<at::Tensor>(masks_seg) : c10::nullopt,
-                  scratch, /*first_step=*/1, /*record=*/true);
+                  scratch, /*first_step=*/1, /*record=*/true, step_weights);
     // The part of the segment inside the window, and of the chunk inside that.
     const int64_t offset = std::max<int64_t>(first_step - seg_start, 0);
     const int64_t span_len = seg_len - offset, span_first = seg_start + offset - first_step;
@@ -412,7 +447,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     SpanGradients span = backward_span(
         backend, acts, window_flags.narrow(0, span_first, span_len),
         carry_scales.empty() ? carry_scales : carry_scales.slice(span_first, span_len),
-        grad_out.narrow(0, chunk_first - (W - L), chunk_steps), grad_h, grad_c, weights, has_bias);
+        grad_out.narrow(0, chunk_first - (W - L), chunk_steps), grad_h, grad_c, weights, has_bias,
+        backward_weights, W > L);
     grad_h = span.grad_h_before;
     grad_c = span.grad_c_before;
     for (size_t i = 0; i < weights.size(); ++i) {
