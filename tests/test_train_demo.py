@@ -260,6 +260,25 @@ def test_demo_balance_tbptt_diverges_and_artbp_converges(tmp_path):
     assert "diverged" in (tmp_path / "balance.md").read_text()
 
 
+def test_demo_memory_budget_gives_each_history_mode_its_longest_k2(tmp_path):
+    result = demo.main([
+        "memory", "--memory-budget", "--out", str(tmp_path), "--delay", "4", "--k", "2", "--hidden", "16",
+        "--batch", "8", "--steps", "60", "--eval-steps", "100", "--no-progress",
+    ])
+    rows = {r["history"]: r for r in result["rows"]}
+    assert set(rows) == {"activations", "states", "checkpoints"}
+    assert rows["activations"]["k2"] < 4 <= rows["states"]["k2"] <= rows["checkpoints"]["k2"]
+    assert all(r["history_nbytes"] <= r["budget"] for r in rows.values())
+    assert "longest k2 in the budget" in (tmp_path / "memory_budget.md").read_text()
+
+
+def test_demo_history_flag_reaches_the_model(tmp_path, capsys):
+    demo.main(["--out", str(tmp_path), "--max-chars", "20000", "--val-chars", "2000", "--hidden", "16",
+               "--embed", "8", "--batch", "4", "--k1", "8", "--steps", "3", "--no-progress",
+               "--history", "checkpoints", "--checkpoint-every", "3", "--eval-seconds", "1000"])
+    assert "history checkpoints" in capsys.readouterr().out
+
+
 def test_demo_compare_smoke(tmp_path):
     result = demo.main([
         "compare", "--out", str(tmp_path), "--max-chars", "20000", "--val-chars", "2000", "--hidden", "16",

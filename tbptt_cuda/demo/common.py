@@ -101,6 +101,11 @@ def add_common_args(parser: argparse.ArgumentParser, minutes: Optional[float], h
     parser.add_argument("--clip", type=float, default=None,
                         help="gradient-norm clip (0: off; default 1, off for ARTBP, which clipping would bias)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--history", default="activations", choices=("activations", "states", "checkpoints"),
+                        help="what TruncatedLSTM's history stores (default activations; states and "
+                             "checkpoints store less and recompute in backward)")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="with --history checkpoints: steps between stored states (default sqrt(k2))")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (plain log lines only)")
 
 
@@ -173,6 +178,13 @@ def setup_run(args, default_threads: Optional[int] = None) -> Tuple[torch.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return device, out
+
+
+def use_history(lstm, args):
+    """Sets --history and --checkpoint-every on a TruncatedLSTM; returns it."""
+    lstm.history = getattr(args, "history", "activations")
+    lstm.checkpoint_every = getattr(args, "checkpoint_every", None)
+    return lstm
 
 
 def clip_norm(args, default: Optional[float] = 1.0) -> Optional[float]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..train import evaluate, history_nbytes, train_tbptt
-from .common import add_common_args, clip_norm, machine_line, say, setup_run, write_table_results
+from .common import add_common_args, clip_norm, machine_line, say, setup_run, use_history, write_table_results
 from .lm import CharLM, LMData, add_char_lm_args, bits_cross_entropy
 
 
@@ -54,6 +54,7 @@ def run_compare(args) -> Dict:
     for k1, k2 in settings:
         torch.manual_seed(args.seed)
         model = CharLM(len(data.vocab), args.hidden, args.layers, args.embed, k2=k2).to(device)
+        use_history(model.lstm, args)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         train_stream = data.stream("train", k1, args.batch, device)
         val_stream = data.stream("val", k, args.batch, device)

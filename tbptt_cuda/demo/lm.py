@@ -26,7 +26,7 @@ from torch import nn
 from ..data import SequenceStream
 from ..module import TruncatedLSTM
 from ..train import evaluate, train_tbptt
-from .common import LN2, add_common_args, clip_norm, machine_line, say, setup_run, smooth, try_plot, write_json
+from .common import LN2, add_common_args, clip_norm, machine_line, say, setup_run, smooth, try_plot, use_history, write_json
 
 
 SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "encodings",
@@ -264,8 +264,10 @@ def run_lm(args) -> Dict:
     say(f"train stream: {train_stream}")
     torch.manual_seed(args.seed)
     model = CharLM(len(data.vocab), args.hidden, num_layers=args.layers, embed_size=args.embed, k2=k2).to(device)
+    use_history(model.lstm, args)
     parameters = sum(p.numel() for p in model.parameters())
-    say(f"model: embedding {args.embed} -> TruncatedLSTM(hidden {args.hidden}, layers {args.layers}) -> "
+    say(f"model: embedding {args.embed} -> TruncatedLSTM(hidden {args.hidden}, layers {args.layers}, "
+        f"history {model.lstm.history}) -> "
         f"linear {len(data.vocab)}; {parameters:,} parameters; batch {train_stream.batch_size} lanes")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     initial = evaluate(model, val_stream, bits_cross_entropy).loss

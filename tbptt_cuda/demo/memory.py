@@ -20,7 +20,7 @@ from ..artbp import ARTBP
 from ..data import SequenceStream
 from ..module import TruncatedLSTM
 from ..train import train_tbptt
-from .common import LN2, add_common_args, clip_norm, machine_line, parse_int_list, say, setup_run, smooth, write_table_results
+from .common import LN2, add_common_args, clip_norm, machine_line, parse_int_list, say, setup_run, smooth, use_history, write_table_results
 
 
 class DelayedCopyModel(nn.Module):
@@ -89,12 +89,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --artbp: truncated-geometric hazard (default: the power law, alpha 4, "
                              "mean extra length k2)")
     parser.add_argument("--seeds", type=int, default=3, help="with --artbp: seeds per setting (default 3)")
+    parser.add_argument("--memory-budget", action="store_true",
+                        help="one history budget for every history mode: each trains with the longest k2 "
+                             "whose history fits it")
+    parser.add_argument("--budget-kb", type=float, default=None,
+                        help="with --memory-budget: history bytes per stream, KiB (default: what "
+                             "\"activations\" needs for k2 = d - k/2, short of the delay)")
 
 
 def run_memory(args) -> Dict:
     """Train one model per k2 on the delayed copy; writes memory_task.md, .json, .png."""
     if args.artbp:
         return run_memory_artbp(args)
+    if args.memory_budget:
+        return run_memory_budget(args)
     device, out = setup_run(args, default_threads=1)
     d, k = args.delay, args.k
     if k >= d:
@@ -114,6 +122,7 @@ def run_memory(args) -> Dict:
     for k2 in k2_values:
         torch.manual_seed(args.seed)
         model = DelayedCopyModel(args.hidden, k2).to(device)
+        use_history(model.lstm, args)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         updates = args.steps
         train = DelayedCopyStream(d, k * updates + d, args.batch, k, args.seed, device)
@@ -208,6 +217,7 @@ def run_memory_artbp(args) -> Dict:
             torch.manual_seed(seed)
             artbp = ARTBP(cap=cap, c=args.c, generator=torch.Generator().manual_seed(seed)) if use_artbp else None
             model = DelayedCopyModel(args.hidden, setting_k2, artbp).to(device)
+            use_history(model.lstm, args)
             optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
             train = DelayedCopyStream(d, k * args.steps + d, args.batch, k, seed, device)
             run = train_tbptt(model, optimizer, F.cross_entropy, train, max_updates=args.steps,
@@ -260,4 +270,94 @@ def run_memory_artbp(args) -> Dict:
     payload = {"delay": d, "k1": k, "k2": k2, "cap": cap, "c": args.c, "expected_window": law.mean_window(k2),
                "largest_weight": law.largest_weight(k2), "machine": machine_line(device), "rows": rows}
     table_text, plot = write_table_results(out, "memory_artbp", title, table, payload, "memory-artbp", draw)
+    return {"command": "memory", "rows": rows, "table": table_text, "plot": plot}
+
+
+def history_bytes(hidden: int, batch: int, k1: int, k2: int, history: str, device) -> int:
+    """The history bytes of a delayed-copy stream with this k2 and history mode."""
+    lstm = TruncatedLSTM(2, hidden, k2=k2, history=history, device=device)
+    _, state = lstm(torch.zeros(k1, batch, 2, device=device))
+    return state.history_nbytes
+
+
+def longest_k2(budget: int, hidden: int, batch: int, k1: int, history: str, device, most: int) -> Optional[int]:
+    """The longest k2 in [k1, most] whose history fits `budget` bytes (None if even k1 does not)."""
+    if history_bytes(hidden, batch, k1, k1, history, device) > budget:
+        return None
+    lo, hi = k1, most
+    while lo < hi:  # bytes grow with k2
+        mid = (lo + hi + 1) // 2
+        if history_bytes(hidden, batch, k1, mid, history, device) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def run_memory_budget(args) -> Dict:
+    """The delayed copy under one history budget: each mode trains with the longest k2 it can
+    afford; writes memory_budget.md, .json, .png."""
+    device, out = setup_run(args, default_threads=1)
+    d, k = args.delay, args.k
+    most = 4 * d  # enough to span the delay from every step of a chunk, and then some
+    budget = (int(args.budget_kb * 1024) if args.budget_kb is not None else
+              history_bytes(args.hidden, args.batch, k, d - k // 2, "activations", device))
+    say(f"tbptt_cuda demo: delayed copy d = {d}, k1 = {k}, one history budget of {budget / 1024:.0f} KiB per "
+        f"stream for every history mode; hidden {args.hidden}, batch {args.batch}, {args.steps} updates each")
+    say(machine_line(device))
+    rows = []
+    for history in ("activations", "states", "checkpoints"):
+        k2 = longest_k2(budget, args.hidden, args.batch, k, history, device, most)
+        if k2 is None:
+            say(f"history {history}: no k2 >= k1 = {k} fits {budget / 1024:.0f} KiB; skipped")
+            continue
+        torch.manual_seed(args.seed)
+        model = DelayedCopyModel(args.hidden, k2).to(device)
+        model.lstm.history = history
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        train = DelayedCopyStream(d, k * args.steps + d, args.batch, k, args.seed, device)
+        held_out = DelayedCopyStream(d, args.eval_steps, args.batch, k, args.seed + 12345, device)
+        run = train_tbptt(model, optimizer, F.cross_entropy, train, max_updates=args.steps,
+                          max_seconds=None if args.minutes is None else 20.0 * args.minutes,
+                          clip_grad_norm=clip_norm(args), progress=not args.no_progress,
+                          desc=f"{history} k2={k2}")
+        accuracy = delayed_copy_accuracy(model, held_out)
+        rows.append({"history": history, "k2": k2, "history_nbytes": run.history_nbytes, "budget": budget,
+                     "accuracy": accuracy, "final_loss": float(np.mean(run.losses[-20:])),
+                     "updates": run.updates, "seconds": run.train_seconds, "losses": run.losses,
+                     "spans_delay": k2 >= d + k})
+        say(f"history {history}: k2 = {k2} fits ({run.history_nbytes / 1024:.0f} KiB), held-out accuracy "
+            f"{100 * accuracy:.1f}%, {run.train_seconds:.1f}s")
+    table = ["| history | longest k2 in the budget | history KiB | window spans the delay from every step | "
+             "held-out accuracy | final train loss | seconds |", "|---|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        table.append(f"| {r['history']} | {r['k2']} | {r['history_nbytes'] / 1024:.0f} | "
+                     f"{'yes' if r['spans_delay'] else 'no' if r['k2'] < d else 'partly'} | "
+                     f"{100 * r['accuracy']:.1f}% | {r['final_loss']:.3f} | {r['seconds']:.1f} |")
+
+    def draw(plt):
+        fig, (ax_acc, ax_curve) = plt.subplots(1, 2, figsize=(11, 3.8))
+        xs = np.arange(len(rows))
+        colors = ["tab:red" if r["k2"] < d else "tab:blue" for r in rows]
+        ax_acc.bar(xs, [100 * r["accuracy"] for r in rows], color=colors)
+        for x, r in zip(xs, rows):
+            ax_acc.text(x, 100 * r["accuracy"] + 1.5, f"k2 = {r['k2']}", ha="center", fontsize=8)
+        ax_acc.axhline(50, color="black", ls="--", lw=1)
+        ax_acc.set_xticks(xs)
+        ax_acc.set_xticklabels([r["history"] for r in rows], fontsize=8)
+        ax_acc.set_ylim(0, 110)
+        ax_acc.set_ylabel("held-out accuracy (%)")
+        ax_acc.set_title(f"delay {d}, history budget {budget / 1024:.0f} KiB per stream", fontsize=9)
+        for r, color in zip(rows, colors):
+            ax_curve.plot(smooth(r["losses"], 0.97), color=color, lw=1, label=f"{r['history']} (k2 = {r['k2']})")
+        ax_curve.axhline(LN2, color="black", ls="--", lw=1, label="chance")
+        ax_curve.set_xlabel("update")
+        ax_curve.set_ylabel("training loss (nats, smoothed)")
+        ax_curve.legend(fontsize=7)
+        return fig
+
+    title = (f"Delayed copy d = {d}, k1 = {k}, history budget {budget / 1024:.0f} KiB per stream; hidden {args.hidden}, "
+             f"batch {args.batch}; {machine_line(device)}")
+    payload = {"delay": d, "k1": k, "budget": budget, "machine": machine_line(device), "rows": rows}
+    table_text, plot = write_table_results(out, "memory_budget", title, table, payload, "memory-budget", draw)
     return {"command": "memory", "rows": rows, "table": table_text, "plot": plot}
