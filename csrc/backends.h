@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "lstm_driver.h"
+#include "persistent_dispatch.h"
 
 namespace tbptt {
 
@@ -37,6 +38,7 @@ std::string gemm_library(at::ScalarType dtype);
 #ifdef TBPTT_WITH_CUDA
 namespace cuda {
 const DeviceBackend& backend();
+PersistentPlans& persistent_plans();
 }
 #endif
 #ifdef TBPTT_WITH_EMULATION
@@ -45,8 +47,13 @@ namespace emulated {
 const DeviceBackend& backend();
 bool active();
 // enabled; seed < 0: the deterministic schedule, else a random one from that seed; sms <= 0:
-// the H100's 132.
-void configure(bool enabled, int64_t seed, int64_t sms);
+// the H100's 132; path: the CUDA path the emulated backend takes. A different SM count is a
+// different simulated device: the plans are made again.
+void configure(bool enabled, int64_t seed, int64_t sms, CudaPath path);
+PersistentPlans& persistent_plans();
+// Launches of kernels named `kernel` fail with `status` (a cudaError_t value) until called
+// with an empty name: the fallback's test hook.
+void fail_launches(const std::string& kernel, int status);
 // kernel -> {launches, block barriers, grid barriers, warp collectives} since the start.
 std::map<std::string, std::vector<int64_t>> stats();
 // The emulator's float -> float16 / bfloat16 conversion, as int16 bits (a test hook).

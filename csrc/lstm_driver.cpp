@@ -137,7 +137,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
       cell.masked_fill_(first_reset, 0);
     }
     out = at::empty({L, B, H}, x.options());
-    for (int64_t s = 0; s < L; ++s) {
+    // Where this layer records each step (window.h's rule, shared with the persistent kernel).
+    ForwardRecord where;
+    where.gates = ring_gates ? slot_ptr(ring.gates, l, 0) : nullptr;
+    where.cell = record ? slot_ptr(ring.cell, l, 0) : nullptr;
+    where.hidden = record ? slot_ptr(ring.hidden, l, 0) : nullptr;
+    where.first_step = first_step;
+    where.slots = step_slots;
+    where.checkpoint_every = ring_states || !record ? 0 : every;
+    where.checkpoint_slots = ring_states || !record ? 0 : ring.cell.size(1);
+    void* const scratch[3] = {scratch_gates.defined() ? scratch_gates.data_ptr() : nullptr,
+                              scratch_cell.defined() ? scratch_cell.data_ptr() : nullptr,
+                              scratch_hidden.defined() ? scratch_hidden.data_ptr() : nullptr};
+    const uint8_t* const flag_rows =
+        flags.defined() ? static_cast<const uint8_t*>(flags.data_ptr()) : nullptr;  // [L, B]
+
+    bool done = false;
+    if (backend.persistent != nullptr && backend.persistent->takes(H, B, L, storage)) {
+      // The whole chunk in one launch; h travels between steps through a double buffer.
+      const at::Tensor w_hh_raw = weights[l * per_layer + 1].contiguous();  // [G, H]
+      const at::Tensor exchange = at::empty({2, B, H}, x.options());
+      exchange[0].copy_(hidden);
+      PersistentForwardParams pp;
+      pp.steps = L;
+      pp.batch = B;
+      pp.hidden = H;
+      pp.gates_x = gates_x.data_ptr();
+      pp.w_hh = w_hh_raw.data_ptr();
+      pp.hidden_exchange = exchange.data_ptr();
+      pp.cell = cell.data_ptr();
+      pp.gates_h = gates_h.data_ptr();
+      pp.out = out.data_ptr();
+      pp.flags = flag_rows;
+      pp.no_flags = static_cast<const uint8_t*>(no_flags.data_ptr());
+      pp.record = where;
+      pp.scratch_gates = scratch[0];
+      pp.scratch_cell = scratch[1];
+      pp.scratch_hidden = scratch[2];
+      done = backend.persistent->forward_layer(pp, storage);
+      if (done) hidden = exchange[L & 1];
+    }
+    for (int64_t s = 0; s < L && !done; ++s) {
       gemm.step_linear(gates_h, hidden, w_hh);
       ForwardStepParams p;
       p.batch = B;
@@ -145,25 +185,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
       p.gates_x = row_ptr(gates_x, s * B);
       p.gates_h = gates_h.data_ptr();
       p.cell = cell.data_ptr();
+      p.hidden_prev = hidden.data_ptr();  // updated in place
       p.hidden_next = hidden.data_ptr();
       p.out = row_ptr(out, s);
-      const int64_t step = first_step + s;
-      const int64_t slot = ring_slot(step, step_slots);
-      p.ring_gates = ring_gates ? slot_ptr(ring.gates, l, slot) : scratch_gates.data_ptr();
-      if (ring_states) {
-        p.ring_cell = slot_ptr(ring.cell, l, slot);
-        p.ring_hidden = slot_ptr(ring.hidden, l, slot);
-      } else if (record && (step + 1) % every == 0) {  // the state entering step + 1
-        const int64_t checkpoint = ring_slot((step + 1) / every, ring.cell.size(1));
-        p.ring_cell = slot_ptr(ring.cell, l, checkpoint);
-        p.ring_hidden = slot_ptr(ring.hidden, l, checkpoint);
-      } else {
-        p.ring_cell = scratch_cell.data_ptr();
-        p.ring_hidden = scratch_hidden.data_ptr();
-      }
-      p.flags = static_cast<const uint8_t*>(flags.defined() ? row_ptr(flags, s) : no_flags.data_ptr());
-      p.flags_next = static_cast<const uint8_t*>(
-          (flags.defined() && s + 1 < L) ? row_ptr(flags, s + 1) : no_flags.data_ptr());
+      set_record_targets(p, where, s, x.element_size(), cell.element_size(), scratch[0],
+                         scratch[1], scratch[2]);
+      p.flags = flag_rows != nullptr ? flag_rows + s * B : static_cast<const uint8_t*>(no_flags.data_ptr());
+      p.flags_next = (flag_rows != nullptr && s + 1 < L) ? flag_rows + (s + 1) * B
+                                                        : static_cast<const uint8_t*>(no_flags.data_ptr());
       backend.pointwise.forward_step(p, storage);
     }
     h_n[l] = hidden;
@@ -235,7 +264,6 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
   const at::Tensor no_flags = at::zeros({B}, flags.options());
   const at::Tensor no_grad_out = at::zeros({B, H}, options);
   auto flags_of_step = [&](int64_t j) { return flags_base + j * B; };
-  auto slot_of = [&](int64_t j) { return ring_slot(acts.first_slot + j, slots); };
 
   SpanGradients result;
   result.weights.resize(weights.size());
@@ -271,24 +299,56 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
     const at::Tensor grad_cell = grad_c_n[l].clone();                     // [B, H] acc
     at::Tensor grad_hidden_next = at::empty({B, H}, options);             // dL/dh_{t-1}
     const at::Tensor grad_hidden_held = at::zeros({B, H}, acc_options);  // [B, H] acc
-    for (int64_t j = W - 1; j >= 0; --j) {
-      const int64_t slot = slot_of(j);
+    // Where step j reads its activations (window.h's rule, shared with the persistent kernel).
+    BackwardSource source;
+    source.gates = rebuilt.defined() ? rebuilt.data_ptr() : slot_ptr(acts.gates, l, 0);
+    source.gates_are_pre_activations = rebuilt.defined();
+    source.cell = slot_ptr(acts.cell, l, 0);
+    source.hidden = slot_ptr(acts.hidden, l, 0);
+    source.first_slot = acts.first_slot;
+    source.slots = slots;
+    source.h_before = row_ptr(acts.h_before, l);
+    source.c_before = row_ptr(acts.c_before, l);
+    const at::Tensor& grad_above = top ? grad_out : grad_from_above;  // [W - first, B, H]
+    const int64_t grad_above_first = top ? W - Ls : 0;
+
+    bool done = false;
+    if (backend.persistent != nullptr && backend.persistent->takes(H, B, W, storage)) {
+      // The whole span in one launch; dL/dh_{t-1} stays with the block owning each unit.
+      const at::Tensor w_hh_raw = w_hh.contiguous();  // [G, H]
+      at::Tensor scales;  // [W] double on the device
+      if (!carry_scales.empty()) {
+        scales = at::tensor(carry_scales.vec(), at::dtype(at::kDouble)).to(flags.device());
+      }
+      PersistentBackwardParams pb;
+      pb.steps = W;
+      pb.batch = B;
+      pb.hidden = H;
+      pb.w_hh = w_hh_raw.data_ptr();
+      pb.source = source;
+      pb.flags = flags_base;
+      pb.no_flags = static_cast<const uint8_t*>(no_flags.data_ptr());
+      pb.carry_scales = scales.defined() ? scales.data_ptr<double>() : nullptr;
+      pb.grad_out = grad_above.numel() > 0 ? grad_above.data_ptr() : no_grad_out.data_ptr();
+      pb.grad_out_first = grad_above.numel() > 0 ? grad_above_first : W;
+      pb.no_grad_out = no_grad_out.data_ptr();
+      pb.grad_h_n = row_ptr(grad_h_n, l);
+      pb.grad_hidden = grad_hidden_next.data_ptr();
+      pb.grad_held = grad_hidden_held.data_ptr();
+      pb.grad_cell = grad_cell.data_ptr();
+      pb.grad_gates = grad_gates.data_ptr();
+      pb.hidden_prev_seen = hidden_prev_seen.data_ptr();
+      done = backend.persistent->backward_layer(pb, storage);
+    }
+    for (int64_t j = W - 1; j >= 0 && !done; --j) {
       BackwardStepParams p;
       p.batch = B;
       p.hidden = H;
-      p.gates = rebuilt.defined() ? row_ptr(rebuilt, j) : slot_ptr(acts.gates, l, slot);
-      p.gates_are_pre_activations = rebuilt.defined();
-      p.cell = slot_ptr(acts.cell, l, slot);
-      p.cell_prev = j > 0 ? slot_ptr(acts.cell, l, slot_of(j - 1)) : row_ptr(acts.c_before, l);
-      p.hidden_prev = j > 0 ? slot_ptr(acts.hidden, l, slot_of(j - 1)) : row_ptr(acts.h_before, l);
+      set_backward_sources(p, source, j, grad_gates.element_size(), grad_cell.element_size());
       p.flags = flags_of_step(j);
       p.flags_after = j < W - 1 ? flags_of_step(j + 1) : static_cast<const uint8_t*>(no_flags.data_ptr());
       p.carry_scale = carry_scales.empty() ? 1.0 : carry_scales[j];
-      if (top) {
-        p.grad_out = j >= W - Ls ? row_ptr(grad_out, j - (W - Ls)) : no_grad_out.data_ptr();
-      } else {
-        p.grad_out = row_ptr(grad_from_above, j);
-      }
+      p.grad_out = j >= grad_above_first ? row_ptr(grad_above, j - grad_above_first) : no_grad_out.data_ptr();
       p.grad_hidden_next = j == W - 1 ? row_ptr(grad_h_n, l) : grad_hidden_next.data_ptr();
       p.grad_hidden_held = grad_hidden_held.data_ptr();
       p.grad_cell = grad_cell.data_ptr();

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "tbptt/persistent.h"
 #include "tbptt/window.h"
 
 namespace tbptt {
@@ -36,9 +37,23 @@ struct GemmBackend {
   void (*step_linear)(const at::Tensor& out, const at::Tensor& x, const at::Tensor& prepared);
 };
 
+// One device's persistent kernels (CUDA, and the emulated CUDA): a layer's whole chunk
+// forward, or a span's whole backward, in one launch. The driver fills the params but `part`
+// (the backend's plan) and falls back to its per-step loop where they decline.
+struct PersistentBackend {
+  // Whether the plan takes the persistent path for a layer of this shape over `steps` steps
+  // (L forward, W backward); raises where the path is forced persistent and nothing fits.
+  bool (*takes)(int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage);
+  // Runs it and returns true; false where the launch failed (nothing ran, a warning said so):
+  // then the caller runs the stepwise path on the same buffers.
+  bool (*forward_layer)(PersistentForwardParams& params, at::ScalarType storage);
+  bool (*backward_layer)(PersistentBackwardParams& params, at::ScalarType storage);
+};
+
 struct DeviceBackend {
   PointwiseBackend pointwise;
   GemmBackend gemm;
+  const PersistentBackend* persistent = nullptr;  // none: the per-step loop only (CPU)
 };
 
 // What a stream's history ring keeps (tbptt_cuda TruncatedLSTM(history=...)):

@@ -4,6 +4,11 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <map>
+#ifdef TBPTT_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 #include "backends.h"
 #ifdef TBPTT_WITH_EMULATION
 #include "emulation/selftest.h"
@@ -119,6 +124,49 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return false;
 #endif
   });
+  m.def(
+      "set_cuda_path", [](const std::string& path) { tbptt::set_cuda_path(tbptt::parse_cuda_path(path)); },
+      "Which CUDA path runs the recurrence: 'auto', 'persistent' or 'stepwise'.");
+  m.def("cuda_path", [] { return std::string(tbptt::cuda_path_name(tbptt::cuda_path())); });
+  m.def(
+      "persistent_plan",
+      [](const std::string& backend, int64_t hidden, int64_t batch, const std::string& dtype) {
+        const std::map<std::string, tbptt::StorageType> types = {
+            {"float32", tbptt::StorageType::kFloat32}, {"float64", tbptt::StorageType::kFloat64},
+            {"float16", tbptt::StorageType::kFloat16}, {"bfloat16", tbptt::StorageType::kBFloat16}};
+        TORCH_CHECK_VALUE(types.count(dtype), "tbptt: dtype must be float32, float64, float16 or bfloat16, got ", dtype);
+        TORCH_CHECK_VALUE(hidden >= 1 && batch >= 1, "tbptt: hidden and batch must be >= 1");
+        tbptt::PersistentPlan plan;
+        if (backend == "emulated") {
+#ifdef TBPTT_WITH_EMULATION
+          plan = tbptt::emulated::persistent_plans().plan_of(0, types.at(dtype), hidden, batch);
+#else
+          TORCH_CHECK(false, "tbptt: built without the emulated kernels");
+#endif
+        } else {
+          TORCH_CHECK_VALUE(backend == "cuda", "tbptt: backend must be 'cuda' or 'emulated'");
+#ifdef TBPTT_WITH_CUDA
+          plan = tbptt::cuda::persistent_plans().plan_of(c10::cuda::current_device(), types.at(dtype), hidden, batch);
+#else
+          TORCH_CHECK(false, "tbptt: built without CUDA");
+#endif
+        }
+        auto partition = [](const tbptt::PersistentPartition& part) {
+          return std::map<std::string, int64_t>{
+              {"blocks", part.blocks}, {"units", part.units}, {"threads", part.threads},
+              {"batch_tile", part.batch_tile}, {"k_split", part.k_split},
+              {"k_chunk", part.k_chunk}, {"shared_bytes", part.shared_bytes}};
+        };
+        pybind11::dict out;
+        out["usable"] = plan.usable;
+        out["reason"] = plan.reason;
+        out["sms"] = plan.sms;
+        out["forward"] = partition(plan.forward);
+        out["backward"] = partition(plan.backward);
+        return out;
+      },
+      "The persistent kernels' plan for one layer of H units and B rows (backend 'cuda': the "
+      "current device; 'emulated': the simulated one).");
   m.def("compiled_with_emulation", [] {
 #ifdef TBPTT_WITH_EMULATION
     return true;
@@ -127,10 +175,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   });
 #ifdef TBPTT_WITH_EMULATION
-  m.def("set_emulation", &tbptt::emulated::configure, pybind11::arg("enabled"),
-        pybind11::arg("seed"), pybind11::arg("sms"),
-        "Routes CPU tensors through the emulated CUDA kernels (seed < 0: deterministic "
-        "schedule; sms <= 0: 132).");
+  m.def(
+      "set_emulation",
+      [](bool enabled, int64_t seed, int64_t sms, const std::string& path) {
+        tbptt::emulated::configure(enabled, seed, sms, tbptt::parse_cuda_path(path));
+      },
+      pybind11::arg("enabled"), pybind11::arg("seed"), pybind11::arg("sms"),
+      pybind11::arg("path") = "auto",
+      "Routes CPU tensors through the emulated CUDA kernels (seed < 0: deterministic "
+      "schedule; sms <= 0: 132; path: auto, persistent or stepwise).");
+  m.def("emulator_fail_launches", &tbptt::emulated::fail_launches,
+        "Launches of the named kernel fail with this cudaError_t value ('' : none).");
+  m.def("emulator_clear_plans", [] { tbptt::emulated::persistent_plans().clear(); });
   m.def("emulation_active", &tbptt::emulated::active);
   m.def("emulation_stats", &tbptt::emulated::stats,
         "kernel -> [launches, block barriers, grid barriers, warp collectives] so far.");

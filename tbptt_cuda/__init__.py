@@ -5,7 +5,52 @@ from .emulation import EmulationStats, emulate_cuda
 from .module import LSTMState, TruncatedLSTM
 
 __version__ = "0.1.0"
-__all__ = ["TruncatedLSTM", "LSTMState", "ARTBP", "build_info", "emulate_cuda", "EmulationStats"]
+__all__ = ["TruncatedLSTM", "LSTMState", "ARTBP", "build_info", "emulate_cuda", "EmulationStats",
+           "set_cuda_path", "cuda_path", "cuda_plan"]
+
+_CUDA_PATHS = ("auto", "persistent", "stepwise")
+
+
+def set_cuda_path(path):
+    """Which path runs the recurrence on a CUDA GPU, process-wide:
+
+    - "auto" (default): the persistent kernels (one launch per layer per chunk and per window,
+      W_hh resident on chip) where the plan fits the GPU and the rule prefers them (small
+      B*H, a chunk or window of 2 steps or more), else the stepwise path;
+    - "persistent": always; a RuntimeError where no plan fits the shape;
+    - "stepwise": a GEMM and a fused pointwise kernel per step.
+
+    Both give the same results up to rounding. Also settable with TBPTT_CUDA_PATH before the
+    first use. Emulated runs take emulate_cuda(path=...) instead.
+    """
+    from . import _backend
+
+    if path not in _CUDA_PATHS:
+        raise ValueError(f"set_cuda_path: path must be one of {_CUDA_PATHS}, got {path!r}")
+    _backend.load().set_cuda_path(path)
+
+
+def cuda_path():
+    """The CUDA path setting: "auto", "persistent" or "stepwise"."""
+    from . import _backend
+
+    return _backend.load().cuda_path()
+
+
+def cuda_plan(hidden, batch, dtype=None):
+    """The persistent kernels' plan for one layer of ``hidden`` units and ``batch`` rows on the
+    current CUDA device: a dict with usable, reason, sms and the forward / backward partitions
+    (blocks, units, threads, batch_tile, k_split, k_chunk, shared_bytes). Needs a GPU; the
+    emulated device's: tbptt_cuda.emulation.plan."""
+    import torch
+
+    from . import _backend
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_plan: no CUDA GPU here (see tbptt_cuda.emulation.plan)")
+    dtype = torch.float32 if dtype is None else dtype
+    return _backend.load().persistent_plan("cuda", int(hidden), int(batch),
+                                           str(dtype).replace("torch.", ""))
 
 
 def build_info():

@@ -26,6 +26,11 @@ def load():
         _register_fakes()
         if os.environ.get("TBPTT_CPU_GEMM"):
             module.set_cpu_gemm(os.environ["TBPTT_CPU_GEMM"])
+        if os.environ.get("TBPTT_CUDA_PATH"):
+            try:
+                module.set_cuda_path(os.environ["TBPTT_CUDA_PATH"])
+            except ValueError as error:
+                raise ValueError(f"TBPTT_CUDA_PATH: {error}") from error
         _module = module
     return _module
 

@@ -62,7 +62,7 @@ def want_emulation():
 def sources(with_cuda, with_emulation=None):
     if with_emulation is None:
         with_emulation = want_emulation()
-    files = [os.path.join(CSRC, name) for name in ("ops.cpp", "lstm_driver.cpp", "aten_gemm.cpp")]
+    files = [os.path.join(CSRC, name) for name in ("ops.cpp", "lstm_driver.cpp", "aten_gemm.cpp", "persistent_dispatch.cpp")]
     files += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     if with_emulation:
         files += sorted(glob.glob(os.path.join(CSRC, "emulation", "*.cpp")))

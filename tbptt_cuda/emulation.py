@@ -76,8 +76,9 @@ class emulate_cuda:  # noqa: N801  (used as a context manager, like torch.no_gra
     """Run TruncatedLSTM's ops on CPU tensors through the emulated CUDA kernels.
 
     Args:
-        path: which CUDA path the plan may take: "auto", "persistent" or "stepwise" (as
-            tbptt_cuda.set_cuda_path on a GPU).
+        path: which CUDA path runs the recurrence: "auto" (the plan's rule), "persistent"
+            (always; an error where no plan fits) or "stepwise" (as tbptt_cuda.set_cuda_path
+            on a GPU).
         seed: None for the deterministic schedule (blocks and threads in order); an integer
             for a randomised interleaving from that seed. Correct kernels give bit-identical
             results under every schedule.
@@ -104,7 +105,7 @@ class emulate_cuda:  # noqa: N801  (used as a context manager, like torch.no_gra
     def _apply(self):
         module = _backend.load()
         module.set_emulation(True, -1 if self.seed is None else int(self.seed),
-                             0 if self.sms is None else int(self.sms))
+                             0 if self.sms is None else int(self.sms), self.path)
 
     def __enter__(self):
         module = _backend.load()
@@ -123,7 +124,7 @@ class emulate_cuda:  # noqa: N801  (used as a context manager, like torch.no_gra
         if emulate_cuda._stack:
             emulate_cuda._stack[-1]._apply()
         else:
-            _backend.load().set_emulation(False, -1, 0)
+            _backend.load().set_emulation(False, -1, 0, "auto")
         return False
 
 
@@ -131,3 +132,32 @@ def active():
     """Whether CPU tensors go through the emulated CUDA kernels right now."""
     module = _backend.load()
     return module.compiled_with_emulation() and module.emulation_active()
+
+
+def plan(hidden, batch, dtype=None, sms=None):
+    """The persistent kernels' plan for one layer of ``hidden`` units and ``batch`` rows on the
+    simulated device of ``sms`` SMs (None: the one in use, or an H100's 132): a dict with
+    usable, reason, sms, and the forward / backward partitions (blocks, units, threads,
+    batch_tile, k_split, k_chunk, shared_bytes)."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    name = str(dtype).replace("torch.", "")
+    module = _backend.load()
+    if emulate_cuda._stack:
+        if sms is None or sms == emulate_cuda._stack[-1].sms:
+            return module.persistent_plan("emulated", int(hidden), int(batch), name)
+    with emulate_cuda(sms=sms):
+        return module.persistent_plan("emulated", int(hidden), int(batch), name)
+
+
+def fail_launches(kernel, status=720):
+    """Test hook: launches of the emulated kernel ``kernel`` (e.g. "persistent_forward") return
+    the cudaError_t ``status`` (720: cooperative launch too large) without running, as a GPU
+    that refuses them would; ``fail_launches(None)`` stops it."""
+    _backend.load().emulator_fail_launches(kernel or "", int(status))
+
+
+def clear_plans():
+    """Forgets the emulated device's persistent plans (and which of them failed)."""
+    _backend.load().emulator_clear_plans()

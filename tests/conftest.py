@@ -13,12 +13,17 @@ def pytest_configure(config):
 
 _EMULATION = tbptt_cuda.build_info()["cuda_emulation"]
 
-# Three backends: the CPU path; csrc/cuda's kernels run on CPU tensors by the SIMT emulator
-# (every commit, no GPU needed); and the real GPU (skipped without one).
+_NO_EMULATION = pytest.mark.skipif(
+    not _EMULATION, reason="built without the emulated kernels (TBPTT_NO_EMULATION=1)")
+
+# The backends: the CPU path; csrc/cuda's kernels run on CPU tensors by the SIMT emulator
+# (every commit, no GPU needed), on the path "auto" takes (the persistent kernels for these
+# small shapes, the stepwise ones for single steps) and forced stepwise; and the real GPU
+# (skipped without one).
 DEVICES = [
     "cpu",
-    pytest.param("emulated", marks=[pytest.mark.emulated, pytest.mark.skipif(
-        not _EMULATION, reason="built without the emulated kernels (TBPTT_NO_EMULATION=1)")]),
+    pytest.param("emulated", marks=[pytest.mark.emulated, _NO_EMULATION]),
+    pytest.param("emulated_stepwise", marks=[pytest.mark.emulated, _NO_EMULATION]),
     pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
         not torch.cuda.is_available(), reason="no CUDA GPU on this machine")]),
 ]
@@ -26,12 +31,14 @@ DEVICES = [
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """The tensors' device. For "emulated", CPU tensors inside tbptt_cuda.emulate_cuda(); the
-    test must then have launched our kernels (unless marked no_kernels)."""
-    if request.param != "emulated":
+    """The tensors' device. For "emulated" (and "emulated_stepwise"), CPU tensors inside
+    tbptt_cuda.emulate_cuda(path="auto" or "stepwise"); the test must then have launched our
+    kernels (unless marked no_kernels)."""
+    if not request.param.startswith("emulated"):
         yield torch.device(request.param)
         return
-    with tbptt_cuda.emulate_cuda() as stats:
+    path = "stepwise" if request.param == "emulated_stepwise" else "auto"
+    with tbptt_cuda.emulate_cuda(path=path) as stats:
         yield torch.device("cpu")
     if request.node.get_closest_marker("no_kernels") is None:
         assert stats.launches, "the emulated backend launched no kernel in this test"

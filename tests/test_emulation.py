@@ -23,7 +23,7 @@ def test_build_info_reports_emulation():
 def test_statistics_count_the_launches_of_the_stepwise_path():
     lstm = TruncatedLSTM(3, 5, 2, k2=6)
     state = None
-    with emulate_cuda() as stats:
+    with emulate_cuda(path="stepwise") as stats:
         for L in (4, 4):
             out, state = lstm(torch.randn(L, 2, 3), state)
             out.sum().backward()
@@ -82,9 +82,10 @@ def test_twenty_seeded_schedules_give_bit_identical_results():
                 assert torch.equal(ta, tb)
 
 
+@pytest.mark.parametrize("path", ["stepwise", "persistent"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("H", [16, 64], ids=lambda h: f"H{h}")
-def test_sixteen_bit_storage_error_relative_to_pytorch(dtype, H):
+def test_sixteen_bit_storage_error_relative_to_pytorch(dtype, H, path):
     exact = TruncatedLSTM(16, H, 2, dtype=torch.float64)
     ours = TruncatedLSTM(16, H, 2, dtype=dtype)
     plain = TruncatedLSTM(16, H, 2, dtype=dtype)
@@ -93,9 +94,12 @@ def test_sixteen_bit_storage_error_relative_to_pytorch(dtype, H):
     chunks, resets = make_stream([8] * 3, 8, 16, torch.float64, "cpu", reset_prob=0.05)
     truth = stream_records(exact, chunks, resets, 16, reference=True)
     low_chunks = [c.to(dtype) for c in chunks]
-    with emulate_cuda() as stats:
+    with emulate_cuda(path=path) as stats:
         got = stream_records(ours, low_chunks, resets, 16)
-    assert stats.launches["forward_step"] == 2 * 8 * 3
+    if path == "stepwise":
+        assert stats.launches["forward_step"] == 2 * 8 * 3
+    else:  # one launch per layer per chunk
+        assert stats.launches == {"persistent_forward": 2 * 3, "persistent_backward": 2 * 3}
     baseline = stream_records(plain, low_chunks, resets, 16, reference=True)
     ratio = LOW_PRECISION_RATIO[dtype]
     for t, g, p in zip(truth, got, baseline):

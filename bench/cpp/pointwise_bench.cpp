@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
       p.gates_x = gx.data() + s * B * G;
       p.gates_h = gh.data();
       p.cell = cell.data();
+      p.hidden_prev = hidden.data();
       p.hidden_next = hidden.data();
       p.out = out.data() + s * B * H;
       p.ring_gates = ring_gates.data() + s * B * G;

@@ -1,10 +1,13 @@
-// CUDA glue: binds the pointwise kernels and ATen's cuBLAS GEMMs into the shared driver as the
-// CUDA backend, launching on PyTorch's current stream and checking every launch.
-#include <c10/cuda/CUDAStream.h>
+// CUDA glue: binds the pointwise kernels, the persistent kernels and ATen's cuBLAS GEMMs into
+// the shared driver as the CUDA backend, launching on PyTorch's current stream and checking
+// every launch.
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "backends.h"
 #include "lstm_kernels.h"
+#include "persistent_dispatch.h"
 
 namespace tbptt {
 namespace cuda {
@@ -20,11 +23,35 @@ void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
                                       c10::cuda::getCurrentCUDAStream()));
 }
 
+int plan(int64_t hidden, int64_t batch, StorageType storage, PersistentPlan* out) {
+  return static_cast<int>(plan_persistent(hidden, batch, storage, out));
+}
+const char* status_name(int status) { return cudaGetErrorName(static_cast<cudaError_t>(status)); }
+int64_t device() { return c10::cuda::current_device(); }
+void* stream() { return static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()); }
+int forward(const PersistentForwardParams& params, StorageType storage, void* on) {
+  return static_cast<int>(launch_persistent_forward(params, storage, static_cast<cudaStream_t>(on)));
+}
+int backward(const PersistentBackwardParams& params, StorageType storage, void* on) {
+  return static_cast<int>(launch_persistent_backward(params, storage, static_cast<cudaStream_t>(on)));
+}
+
+const PersistentLaunchers& launchers() {
+  static const PersistentLaunchers bound{&persistent_plans(), cuda_path, device, stream, forward, backward};
+  return bound;
+}
+
 }  // namespace
+
+PersistentPlans& persistent_plans() {
+  static PersistentPlans plans("CUDA device", plan, status_name);
+  return plans;
+}
 
 const DeviceBackend& backend() {
   // GEMMs: ATen's, i.e. cuBLAS on the current stream (TF32 as torch.backends allows).
-  static const DeviceBackend cuda_backend{{forward_step, backward_step}, aten_gemm::gemm()};
+  static const DeviceBackend cuda_backend{{forward_step, backward_step}, aten_gemm::gemm(),
+                                          persistent_backend<launchers>()};
   return cuda_backend;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include "tbptt/persistent.h"
 #include "tbptt/window.h"
 
 namespace tbptt {
@@ -16,6 +17,16 @@ cudaError_t launch_forward_step(const ForwardStepParams& params, StorageType sto
 // One backward step of one layer over B*H elements, on `stream`. Returns the launch status.
 cudaError_t launch_backward_step(const BackwardStepParams& params, StorageType storage,
                                  cudaStream_t stream);
+
+// Plans the persistent kernels of a layer with H units and B rows on the current device
+// (persistent_launch.h). Returns the status of the device queries.
+cudaError_t plan_persistent(int64_t hidden, int64_t batch, StorageType storage, PersistentPlan* plan);
+
+// One layer's chunk forward / span backward in one cooperative launch, on `stream`.
+cudaError_t launch_persistent_forward(const PersistentForwardParams& params, StorageType storage,
+                                      cudaStream_t stream);
+cudaError_t launch_persistent_backward(const PersistentBackwardParams& params,
+                                       StorageType storage, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace tbptt

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "cuda/lstm_kernels.cuh"
+#include "cuda/storage_dispatch.h"
 
 namespace tbptt {
 namespace SIMT_NS {
@@ -22,20 +23,6 @@ inline simt::Dim3 pointwise_grid(int64_t elements) {
   const int64_t blocks = (elements + kPointwiseThreads - 1) / kPointwiseThreads;
   return simt::Dim3{static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535)),
                     1, 1};
-}
-
-// Calls launch(storage, accumulation) with value-initialised tags of the storage type and of
-// the accumulation type (float, or double for float64): the one switch from the runtime
-// StorageType to a kernel instantiation.
-template <typename Launch>
-simt::Status with_storage_type(StorageType storage, Launch&& launch) {
-  switch (storage) {
-    case StorageType::kFloat32: return launch(float{}, float{});
-    case StorageType::kFloat64: return launch(double{}, double{});
-    case StorageType::kFloat16: return launch(simt::float16{}, float{});
-    case StorageType::kBFloat16: return launch(simt::bfloat16{}, float{});
-  }
-  return simt::Status(1);  // cudaErrorInvalidValue
 }
 
 // One forward step of one layer over B*H elements. Returns the launch status.

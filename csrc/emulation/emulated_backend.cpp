@@ -1,5 +1,5 @@
-// The emulated CUDA backend: csrc/cuda's kernels, built for the SIMT emulator, on CPU tensors,
-// with the GEMMs through ATen on the CPU (as the CUDA backend's go through ATen to cuBLAS).
+// The emulated CUDA backend: csrc/cuda's kernels (stepwise and persistent), built for the SIMT
+// emulator, on CPU tensors, with the GEMMs through ATen on the CPU (as the CUDA backend's go through ATen to cuBLAS).
 // ops.cpp binds it to the CPU dispatch key while tbptt_cuda.emulate_cuda() is active.
 #include <ATen/ATen.h>
 
@@ -14,6 +14,7 @@ namespace emulated {
 namespace {
 
 std::atomic<bool> active_flag{false};
+std::atomic<int> path_setting{static_cast<int>(CudaPath::kAuto)};
 
 void check_launch(int status, const char* kernel) {
   TORCH_CHECK(status == simt::kSuccess, "tbptt (emulated CUDA): launch of ", kernel,
@@ -28,17 +29,47 @@ void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
   check_launch(emu::launch_backward_step(params, storage_type_of(storage), nullptr), "backward_step");
 }
 
+
+int plan(int64_t hidden, int64_t batch, StorageType storage, PersistentPlan* out) {
+  return emu::plan_persistent(hidden, batch, storage, out);
+}
+CudaPath path() { return static_cast<CudaPath>(path_setting.load(std::memory_order_relaxed)); }
+int64_t device() { return 0; }
+void* stream() { return nullptr; }
+
+const PersistentLaunchers& launchers() {
+  static const PersistentLaunchers bound{&persistent_plans(), path, device, stream,
+                                         emu::launch_persistent_forward,
+                                         emu::launch_persistent_backward};
+  return bound;
+}
+
 }  // namespace
 
 bool active() { return active_flag.load(std::memory_order_relaxed); }
 
-void configure(bool enabled, int64_t seed, int64_t sms) {
+void configure(bool enabled, int64_t seed, int64_t sms, CudaPath path) {
   simt::emu::Config config = simt::emu::config();
   config.order = seed < 0 ? simt::emu::Order::kForward : simt::emu::Order::kRandom;
   config.seed = seed < 0 ? 0 : static_cast<uint64_t>(seed);
-  config.device.sms = sms > 0 ? static_cast<int>(sms) : simt::emu::DeviceModel{}.sms;
+  const int device_sms = sms > 0 ? static_cast<int>(sms) : simt::emu::DeviceModel{}.sms;
+  if (device_sms != config.device.sms) persistent_plans().clear();  // another device
+  config.device.sms = device_sms;
   simt::emu::set_config(config);
+  path_setting.store(static_cast<int>(path), std::memory_order_relaxed);
   active_flag.store(enabled, std::memory_order_relaxed);
+}
+
+PersistentPlans& persistent_plans() {
+  static PersistentPlans plans("the emulated device", plan, simt::status_name);
+  return plans;
+}
+
+void fail_launches(const std::string& kernel, int status) {
+  simt::emu::Config config = simt::emu::config();
+  config.failing_kernel = kernel;
+  config.failing_status = status;
+  simt::emu::set_config(config);
 }
 
 std::map<std::string, std::vector<int64_t>> stats() {
@@ -67,7 +98,8 @@ at::Tensor sixteen_bit_conversion(const at::Tensor& values, bool bfloat16) {
 }
 
 const DeviceBackend& backend() {
-  static const DeviceBackend emulated_backend{{forward_step, backward_step}, aten_gemm::gemm()};
+  static const DeviceBackend emulated_backend{{forward_step, backward_step}, aten_gemm::gemm(),
+                                              persistent_backend<launchers>()};
   return emulated_backend;
 }
 

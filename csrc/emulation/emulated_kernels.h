@@ -2,6 +2,7 @@
 // same launch glue as the CUDA build, run on the CPU. No ATen; no CUDA toolkit.
 #pragma once
 
+#include "tbptt/persistent.h"
 #include "tbptt/window.h"
 
 namespace tbptt {
@@ -12,6 +13,12 @@ namespace emu {
 // while a kernel runs throws simt::emu::KernelError.
 int launch_forward_step(const ForwardStepParams& params, StorageType storage, void* stream);
 int launch_backward_step(const BackwardStepParams& params, StorageType storage, void* stream);
+
+// The persistent kernels' plan on the simulated device, and their launches (see
+// csrc/cuda/persistent_launch.h).
+int plan_persistent(int64_t hidden, int64_t batch, StorageType storage, PersistentPlan* plan);
+int launch_persistent_forward(const PersistentForwardParams& params, StorageType storage, void* stream);
+int launch_persistent_backward(const PersistentBackwardParams& params, StorageType storage, void* stream);
 
 }  // namespace emu
 }  // namespace tbptt

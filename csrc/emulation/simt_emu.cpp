@@ -1061,6 +1061,9 @@ Status launch(const LaunchRequest& request) {
   launch.threads_per_block = request.block.x * request.block.y * request.block.z;
   const Status status = validate(launch);
   if (status != kSuccess) return status;
+  if (!launch.config.failing_kernel.empty() && launch.config.failing_kernel == request.kernel.name) {
+    return launch.config.failing_status;
+  }
   static std::atomic<uint64_t> launch_serial{0};
   launch.rng.seed(launch.config.seed * 0x9e3779b97f4a7c15ull + launch_serial++);
   if (launch.config.order != Order::kRandom) launch.rng.seed(0);
@@ -1200,12 +1203,15 @@ void shared_access(Arena* arena, const char* name, int64_t index, int64_t count,
   Thread& t = self();
   Block& b = *arena->block;
   const char* verb = access == Access::kRead ? "read" : access == Access::kWrite ? "write" : "atomic";
-  const std::string since = b.last_barrier_file == nullptr
-                                ? std::string(" (before the block's first barrier)")
-                                : " (since the barrier at " + where(b.last_barrier_file, b.last_barrier_line) + ")";
+  // Built only for an error message: this function runs at every shared-memory access.
+  auto since = [&b]() {
+    return b.last_barrier_file == nullptr
+               ? std::string(" (before the block's first barrier)")
+               : " (since the barrier at " + where(b.last_barrier_file, b.last_barrier_line) + ")";
+  };
   if (index < 0 || index >= count || offset + bytes > arena->bytes.size()) {
     fail(t, "shared-memory " + std::string(verb) + " out of bounds: `" + name + "`[" +
-                std::to_string(index) + "] of " + std::to_string(count) + " elements" + since);
+                std::to_string(index) + "] of " + std::to_string(count) + " elements" + since());
   }
   if (arena->shadow.empty()) return;
   const uint32_t epoch = b.epoch;
@@ -1221,7 +1227,7 @@ void shared_access(Arena* arena, const char* name, int64_t index, int64_t count,
     const Thread& peer = b.threads[other];
     fail(t, std::string(kind) + " race on shared memory `" + name + "`[" + std::to_string(index) +
                 "] (byte " + std::to_string(offset) + "): this thread's " + verb + " and thread " +
-                dims(peer.view.thread_idx) + "'s earlier access with no barrier between them" + since);
+                dims(peer.view.thread_idx) + "'s earlier access with no barrier between them" + since());
   };
   for (size_t i = 0; i < bytes; ++i) {
     Shadow& s = arena->shadow[offset + i];
@@ -1230,7 +1236,7 @@ void shared_access(Arena* arena, const char* name, int64_t index, int64_t count,
       if (!written) {
         fail(t, "shared-memory read of `" + std::string(name) + "`[" + std::to_string(index) +
                     "] before any thread of its block wrote it: uninitialised, or written later "
-                    "with no barrier in between" + since);
+                    "with no barrier in between" + since());
       }
       if (s.write_epoch == epoch && s.writer != me && !ordered(s.writer, s.writer_warp_syncs)) {
         race("read-after-write", s.writer);

@@ -81,6 +81,10 @@ struct Config {
   Order order = Order::kForward;  // of blocks, and of threads within a block's sweep
   uint64_t seed = 0;              // for Order::kRandom
   bool racecheck = true;          // shared-memory hazard tracking
+  // Fault injection: launches of the kernel of this name (KernelSpec::name) return
+  // failing_status without running, as a launch the hardware refuses would. Empty: none.
+  std::string failing_kernel;
+  Status failing_status = kSuccess;
 };
 
 // Process-wide settings; change them between launches, not during one.
@@ -425,9 +429,21 @@ Status max_active_blocks_per_sm(int* blocks, const KernelSpec& spec, void (*)(Pa
   return kSuccess;
 }
 
-// SMs of the (simulated) device and whether it takes cooperative launches.
+// The emulator has no local memory to spill to: compiled code is the host's.
+template <typename... Params>
+Status kernel_uses_local_memory(bool* uses, void (*)(Params...)) {
+  *uses = false;
+  return kSuccess;
+}
+
+// SMs of the (simulated) device, the shared memory a block may opt in to, and whether it takes
+// cooperative launches.
 inline Status device_sm_count(int* sms) {
   *sms = emu::config().device.sms;
+  return kSuccess;
+}
+inline Status device_max_shared_bytes_optin(int* bytes) {
+  *bytes = emu::config().device.shared_bytes_per_block_optin;
   return kSuccess;
 }
 inline Status device_supports_cooperative_launch(bool* supported) {

@@ -127,7 +127,7 @@ TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t row, int6
   acc_t* cell = static_cast<acc_t*>(p.cell);
   T* hidden = static_cast<T*>(p.hidden_next);
   const acc_t c_prev = cell[e];
-  const acc_t h_prev = convert<acc_t>(hidden[e]);
+  const acc_t h_prev = convert<acc_t>(static_cast<const T*>(p.hidden_prev)[e]);
   const acc_t c = select(hold, c_prev, cell_update(gate, c_prev));
   const acc_t h = select(hold, h_prev, hidden_from_cell(gate, c));
   static_cast<T*>(p.out)[e] = convert<T>(zero_where(hold, h));

@@ -14,7 +14,8 @@
 //                bits_of(v) -> uint16_t, pack_pair(low, high) -> uint32_t
 //   host side    launch / launch_cooperative(KernelSpec, kernel, grid, block, smem, stream,
 //                params...), set_max_dynamic_shared_bytes, max_active_blocks_per_sm,
-//                device_sm_count, device_supports_cooperative_launch, status_name
+//                kernel_uses_local_memory, device_sm_count, device_max_shared_bytes_optin,
+//                device_supports_cooperative_launch, status_name
 //
 // Kernel code must not use (the emulator cannot see or model it, or nvcc-only syntax):
 //   - threadIdx / blockIdx / __syncthreads / __shfl_*_sync & co. directly: use simt::;
@@ -208,6 +209,22 @@ inline Status device_sm_count(int* sms) {
   const Status status = cudaGetDevice(&device);
   if (status != cudaSuccess) return status;
   return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+}
+
+inline Status device_max_shared_bytes_optin(int* bytes) {
+  int device = 0;
+  const Status status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return status;
+  return cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+}
+
+// Whether the kernel as compiled for this device uses local memory (spilled registers).
+template <typename... Params>
+Status kernel_uses_local_memory(bool* uses, void (*kernel)(Params...)) {
+  cudaFuncAttributes attributes{};
+  const Status status = cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(kernel));
+  *uses = status == cudaSuccess && attributes.localSizeBytes > 0;
+  return status;
 }
 
 inline Status device_supports_cooperative_launch(bool* supported) {

@@ -80,8 +80,10 @@ struct ForwardStepParams {
   const void* gates_h;         // [B, G] T    h_{t-1} @ W_hh^T
   void* cell;                  // [B, H] acc  in: c entering step t (reset applied)
                                //             out: c entering step t+1 (its reset applied)
-  void* hidden_next;           // [B, H] T    in: h entering step t (reset applied; the GEMM's
-                               //             operand); out: h entering step t+1 (its reset applied)
+  const void* hidden_prev;     // [B, H] T    h entering step t (reset applied; the product's
+                               //             operand)
+  void* hidden_next;           // [B, H] T    out: h entering step t+1 (its reset applied); may be
+                               //             hidden_prev (the stepwise path updates it in place)
   void* out;                   // [B, H] T    out: h_t (0 where the row holds)
   void* ring_gates;            // [B, G] T    out: activated gates, 0 where the row holds
                                //             (scratch when not recording)
@@ -90,6 +92,44 @@ struct ForwardStepParams {
   const uint8_t* flags;        // [B]         flags of step t (kFlagHold)
   const uint8_t* flags_next;   // [B]         flags of step t+1 (kFlagReset; zeros for none)
 };
+
+// Where the forward of one layer records the steps of a chunk: the rule the driver and the
+// persistent kernel share. The history modes (csrc/lstm_driver.h): gates, c, h of every step;
+// c, h of every step; or c, h only for the state entering every checkpoint_every-th step.
+struct ForwardRecord {
+  void* gates;                // [S, B, G] T: this layer's gates ring, or nullptr (not kept)
+  void* cell;                 // [S or C, B, H] acc, or nullptr (not recording)
+  void* hidden;               // [S or C, B, H] T
+  int64_t first_step;         // global step of the chunk's first step (step s: first_step + s)
+  int64_t slots;              // S: per-step slots (global step t in slot t mod S)
+  int64_t checkpoint_every;   // 0: c, h of every step; k > 0: the state entering step m * k
+                              // (that is, after step m * k - 1) in slot m mod checkpoint_slots
+  int64_t checkpoint_slots;   // C
+};
+
+// Points p.ring_gates / ring_cell / ring_hidden at where step s of the chunk is recorded, or at
+// scratch ([B, G], [B, H], [B, H] of the same types) where it is not. Element sizes in bytes.
+TBPTT_HD void set_record_targets(ForwardStepParams& p, const ForwardRecord& r, int64_t s,
+                                 int64_t storage_bytes, int64_t acc_bytes, void* scratch_gates,
+                                 void* scratch_cell, void* scratch_hidden) {
+  const int64_t step = r.first_step + s;
+  const int64_t gates_bytes = p.batch * 4 * p.hidden * storage_bytes;
+  const int64_t cell_bytes = p.batch * p.hidden * acc_bytes;
+  const int64_t hidden_bytes = p.batch * p.hidden * storage_bytes;
+  const int64_t slot = ring_slot(step, r.slots);
+  p.ring_gates = r.gates ? static_cast<char*>(r.gates) + slot * gates_bytes : scratch_gates;
+  int64_t state_slot = -1;
+  if (r.cell != nullptr) {
+    if (r.checkpoint_every == 0) {
+      state_slot = slot;
+    } else if ((step + 1) % r.checkpoint_every == 0) {
+      state_slot = ring_slot((step + 1) / r.checkpoint_every, r.checkpoint_slots);
+    }
+  }
+  p.ring_cell = state_slot >= 0 ? static_cast<char*>(r.cell) + state_slot * cell_bytes : scratch_cell;
+  p.ring_hidden =
+      state_slot >= 0 ? static_cast<char*>(r.hidden) + state_slot * hidden_bytes : scratch_hidden;
+}
 
 // One backward step of one layer over all B rows.
 struct BackwardStepParams {
@@ -119,6 +159,37 @@ struct BackwardStepParams {
   void* hidden_prev_seen;        // [B, H] T    out: h_{t-1} as the step saw it (reset applied),
                                  //             the right operand of the dW_hh GEMM
 };
+
+// Where a backward step of one layer reads its activations: a ring of activations layout (the
+// history, or a checkpoint segment's recompute), its gates stored or rebuilt. The rule the
+// driver's span and the persistent kernel share.
+struct BackwardSource {
+  const void* gates;          // [S, B, G] T gates ring of this layer, or, where
+                              // gates_are_pre_activations, [W, B, G] acc indexed by window step
+  bool gates_are_pre_activations;
+  const void* cell;           // [S, B, H] acc cell ring of this layer
+  const void* hidden;         // [S, B, H] T hidden ring of this layer
+  int64_t first_slot;         // slot of window step 0
+  int64_t slots;              // S
+  const void* h_before;       // [B, H] T the state entering window step 0, as stored
+  const void* c_before;       // [B, H] acc
+};
+
+// Points p.gates, cell, cell_prev, hidden_prev at window step j's. Element sizes in bytes.
+TBPTT_HD void set_backward_sources(BackwardStepParams& p, const BackwardSource& src, int64_t j,
+                                   int64_t storage_bytes, int64_t acc_bytes) {
+  const int64_t BH = p.batch * p.hidden;
+  const int64_t slot = ring_slot(src.first_slot + j, src.slots);
+  const int64_t prev = ring_slot(src.first_slot + j - 1, src.slots);
+  p.gates_are_pre_activations = src.gates_are_pre_activations;
+  p.gates = src.gates_are_pre_activations
+                ? static_cast<const char*>(src.gates) + j * 4 * BH * acc_bytes
+                : static_cast<const char*>(src.gates) + slot * 4 * BH * storage_bytes;
+  p.cell = static_cast<const char*>(src.cell) + slot * BH * acc_bytes;
+  p.cell_prev = j > 0 ? static_cast<const char*>(src.cell) + prev * BH * acc_bytes : src.c_before;
+  p.hidden_prev =
+      j > 0 ? static_cast<const char*>(src.hidden) + prev * BH * storage_bytes : src.h_before;
+}
 
 }  // namespace tbptt
 

@@ -311,6 +311,7 @@ void check_lstm_steps(tbptt::StorageType storage, const char* dtype) {
     p.gates_x = gates_x.data();
     p.gates_h = gates_h.data();
     p.cell = r.cell.data();
+    p.hidden_prev = r.hidden_next.data();  // updated in place, as the stepwise path does
     p.hidden_next = r.hidden_next.data();
     p.out = r.out.data();
     p.ring_gates = r.ring_gates.data();

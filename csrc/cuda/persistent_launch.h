@@ -1,0 +1,179 @@
+// The plan and the launch glue of the persistent kernels (persistent_kernels.cuh), written once
+// and compiled into both builds: tbptt::cuda (nvcc, persistent_kernels.cu) and tbptt::emu (g++,
+// csrc/emulation/persistent_kernels_emu.cpp), so that the emulated run exercises the plan too.
+// No ATen. Each build includes it in exactly one translation unit.
+#pragma once
+
+#include <algorithm>
+#include <string>
+
+#include "cuda/storage_dispatch.h"
+#include "cuda/persistent_kernels.cuh"
+
+namespace tbptt {
+namespace SIMT_NS {
+
+// Registers per thread the kernels are compiled for at most (ptxas -v, sm_90: 99-171, the most
+// for float64; scripts/check_ptxas.py holds the nvcc build to them; the emulator's occupancy
+// uses them). 256 threads of 192 registers fit an SM's 64K once: one block per SM.
+constexpr simt::KernelSpec kPersistentForward{"persistent_forward", 192};
+constexpr simt::KernelSpec kPersistentBackward{"persistent_backward", 192};
+
+// Fewest hidden units per block (units are given out in multiples of it): fewer make blocks
+// too small to pay for their barrier.
+constexpr int64_t kUnitsQuantum = 4;
+// Backward dG columns staged at once, at most; a k slice is at least this many columns long.
+constexpr int64_t kMaxKChunk = 1024;
+constexpr int64_t kMinSliceLength = 8;
+
+inline int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+inline int64_t storage_bytes(StorageType storage) {
+  switch (storage) {
+    case StorageType::kFloat64: return 8;
+    case StorageType::kFloat32: return 4;
+    default: return 2;
+  }
+}
+
+inline int64_t accumulation_bytes(StorageType storage) {
+  return storage == StorageType::kFloat64 ? 8 : 4;
+}
+
+// Fills the k split and the threads of a partition whose tile is set: as many slices of a
+// reduction of `length` as kPersistentMaxThreads threads allow, each kMinSliceLength long at least.
+inline void split_reduction(PersistentPartition* part, int64_t length) {
+  const int64_t items = thread_items(part->batch_tile, part->units);
+  part->k_split = std::max<int64_t>(
+      1, std::min<int64_t>(kPersistentMaxThreads / items, length / kMinSliceLength));
+  part->threads = round_up(items * part->k_split, simt::kWarpSize);
+}
+
+// The forward and backward partitions of a layer with `units` units per block, or false with
+// plan->reason where they do not fit (threads, or `shared_limit` bytes of shared memory).
+inline bool partition(int64_t hidden, int64_t batch, int64_t units, StorageType storage,
+                      int64_t shared_limit, PersistentPlan* plan) {
+  const int64_t elem = storage_bytes(storage), acc = accumulation_bytes(storage);
+  if (units > kPersistentMaxThreads) {
+    plan->reason = std::to_string(units) + " units per block exceed the kernels' " +
+                   std::to_string(kPersistentMaxThreads) + " threads";
+    return false;
+  }
+  // The most rows whose tiles the threads cover, at kRowsPerThread rows per thread.
+  const int64_t tile = std::min<int64_t>(batch, kRowsPerThread * (kPersistentMaxThreads / units));
+  PersistentPartition& f = plan->forward;
+  f.units = units;
+  f.blocks = (hidden + units - 1) / units;
+  f.k_chunk = hidden;
+  for (f.batch_tile = tile;; f.batch_tile = (f.batch_tile + 1) / 2) {  // shrink the h tile to fit
+    split_reduction(&f, hidden);
+    f.shared_bytes = shared_layout(f, hidden, false, elem, acc).bytes;
+    if (f.shared_bytes <= shared_limit || f.batch_tile == 1) break;
+  }
+  PersistentPartition& b = plan->backward;
+  b = f;
+  b.batch_tile = tile;
+  for (b.k_chunk = std::min<int64_t>(4 * hidden, kMaxKChunk);; b.k_chunk = (b.k_chunk + 1) / 2) {
+    split_reduction(&b, b.k_chunk);
+    b.shared_bytes = shared_layout(b, hidden, true, elem, acc).bytes;
+    if (b.shared_bytes <= shared_limit || b.k_chunk <= 2 * kMinSliceLength) break;
+  }
+  if (f.shared_bytes > shared_limit || b.shared_bytes > shared_limit) {
+    plan->reason = "W_hh's slice for " + std::to_string(units) + " units per block needs " +
+                   std::to_string(std::max(f.shared_bytes, b.shared_bytes)) +
+                   " bytes of shared memory; a block may have " + std::to_string(shared_limit);
+    return false;
+  }
+  return true;
+}
+
+// Plans the persistent kernels of one layer with H units and B rows on the current device:
+// the fewest units per block (a multiple of kUnitsQuantum) that spread H over at most one block
+// per SM, then the checks a cooperative launch needs (support, shared memory, occupancy of
+// every block at once). Returns the status of the device queries; plan->usable says whether
+// the persistent path can run, plan->reason why not.
+simt::Status plan_persistent(int64_t hidden, int64_t batch, StorageType storage,
+                                    PersistentPlan* plan) {
+  *plan = PersistentPlan{};
+  bool cooperative = false;
+  simt::Status status = simt::device_supports_cooperative_launch(&cooperative);
+  if (status != simt::kSuccess) return status;
+  int sms = 0, shared_limit = 0;
+  if ((status = simt::device_sm_count(&sms)) != simt::kSuccess) return status;
+  if ((status = simt::device_max_shared_bytes_optin(&shared_limit)) != simt::kSuccess) return status;
+  plan->sms = sms;
+  if (!cooperative) {
+    plan->reason = "the device does not support cooperative launches";
+    return simt::kSuccess;
+  }
+  // The fewest units per block that spread H over at most one block per SM.
+  const int64_t units =
+      std::min(hidden, round_up(std::max<int64_t>(1, (hidden + sms - 1) / sms), kUnitsQuantum));
+  if (!partition(hidden, batch, units, storage, shared_limit, plan)) return simt::kSuccess;
+  // Each kernel: compiled without spills for this device, its shared memory allowed, and
+  // every block of the grid resident at once. Sets plan->reason where one is not.
+  auto check = [&](const simt::KernelSpec& spec, auto kernel, const PersistentPartition& part) {
+    bool spills = false;
+    simt::Status s = simt::kernel_uses_local_memory(&spills, kernel);
+    if (s != simt::kSuccess) return s;
+    if (spills) {  // scripts/check_ptxas.py fails the build on this for sm_90; other archs
+      plan->reason = std::string(spec.name) + " spills registers to local memory on this device";
+      return s;
+    }
+    s = simt::set_max_dynamic_shared_bytes(kernel, static_cast<size_t>(part.shared_bytes));
+    if (s != simt::kSuccess) return s;
+    int per_sm = 0;
+    s = simt::max_active_blocks_per_sm(&per_sm, spec, kernel,
+                                       simt::Dim3{static_cast<unsigned>(part.threads), 1, 1},
+                                       static_cast<size_t>(part.shared_bytes));
+    if (s == simt::kSuccess && part.blocks > static_cast<int64_t>(per_sm) * sms) {
+      plan->reason = std::string(spec.name) + " needs " + std::to_string(part.blocks) +
+                     " co-resident blocks of " + std::to_string(part.threads) + " threads and " +
+                     std::to_string(part.shared_bytes) + " bytes of shared memory; the device holds " +
+                     std::to_string(per_sm * sms) + " (" + std::to_string(sms) + " SMs)";
+    }
+    return s;
+  };
+  status = with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
+    using T = decltype(storage_tag);
+    using acc_t = decltype(acc_tag);
+    simt::Status s = check(kPersistentForward, persistent_forward_kernel<T, acc_t>, plan->forward);
+    if (s != simt::kSuccess || !plan->reason.empty()) return s;
+    return check(kPersistentBackward, persistent_backward_kernel<T, acc_t>, plan->backward);
+  });
+  plan->usable = status == simt::kSuccess && plan->reason.empty();
+  return status;
+}
+
+// One layer's chunk forward in one cooperative launch (params.part from a usable plan).
+simt::Status launch_persistent_forward(const PersistentForwardParams& params, StorageType storage,
+                                       simt::Stream stream) {
+  return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
+    using T = decltype(storage_tag);
+    using acc_t = decltype(acc_tag);
+    return simt::launch_cooperative(
+        kPersistentForward, persistent_forward_kernel<T, acc_t>,
+        simt::Dim3{static_cast<unsigned>(params.part.blocks), 1, 1},
+        simt::Dim3{static_cast<unsigned>(params.part.threads), 1, 1},
+        static_cast<size_t>(params.part.shared_bytes), stream, params);
+  });
+}
+
+// One layer's span backward in one cooperative launch (params.part from a usable plan).
+simt::Status launch_persistent_backward(const PersistentBackwardParams& params,
+                                        StorageType storage, simt::Stream stream) {
+  return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
+    using T = decltype(storage_tag);
+    using acc_t = decltype(acc_tag);
+    return simt::launch_cooperative(
+        kPersistentBackward, persistent_backward_kernel<T, acc_t>,
+        simt::Dim3{static_cast<unsigned>(params.part.blocks), 1, 1},
+        simt::Dim3{static_cast<unsigned>(params.part.threads), 1, 1},
+        static_cast<size_t>(params.part.shared_bytes), stream, params);
+  });
+}
+
+}  // namespace SIMT_NS
+}  // namespace tbptt

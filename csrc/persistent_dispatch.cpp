@@ -1,0 +1,153 @@
+#include "persistent_dispatch.h"
+
+#include <c10/util/Exception.h>
+
+#include <atomic>
+
+#include "backends.h"  // storage_type_of
+
+namespace tbptt {
+
+CudaPath parse_cuda_path(const std::string& name) {
+  if (name == "auto") return CudaPath::kAuto;
+  if (name == "persistent") return CudaPath::kPersistent;
+  if (name == "stepwise") return CudaPath::kStepwise;
+  TORCH_CHECK_VALUE(false, "tbptt: the CUDA path must be 'auto', 'persistent' or 'stepwise', got '",
+                    name, "'");
+}
+
+const char* cuda_path_name(CudaPath path) {
+  switch (path) {
+    case CudaPath::kAuto: return "auto";
+    case CudaPath::kPersistent: return "persistent";
+    case CudaPath::kStepwise: return "stepwise";
+  }
+  return "?";
+}
+
+namespace {
+std::atomic<int> cuda_path_setting{static_cast<int>(CudaPath::kAuto)};
+}
+
+CudaPath cuda_path() { return static_cast<CudaPath>(cuda_path_setting.load(std::memory_order_relaxed)); }
+void set_cuda_path(CudaPath path) { cuda_path_setting.store(static_cast<int>(path), std::memory_order_relaxed); }
+
+const PersistentRule& persistent_rule(StorageType storage) {
+  // bench/gpu_model.py derives these limits (an H100 model; predictions until a GPU measures
+  // the crossover): where the model's persistent step is no longer faster than the stepwise
+  // one, with a margin for the model's error.
+  static const PersistentRule rules[] = {
+      {StorageType::kFloat32, 128, 16384, 2},
+      {StorageType::kFloat64, 128, 8192, 2},
+      {StorageType::kFloat16, 128, 16384, 2},
+      {StorageType::kBFloat16, 128, 16384, 2},
+  };
+  for (const PersistentRule& rule : rules) {
+    if (rule.storage == storage) return rule;
+  }
+  return rules[0];
+}
+
+PersistentPlans::Entry& PersistentPlans::entry(int64_t device, StorageType storage,
+                                               int64_t hidden, int64_t batch) {
+  const Key key{device, static_cast<int>(storage), hidden, batch};
+  auto found = plans_.find(key);
+  if (found != plans_.end()) return found->second;
+  Entry fresh;
+  const int status = plan_(hidden, batch, storage, &fresh.plan);
+  if (status != 0) {
+    fresh.plan.usable = false;
+    fresh.plan.reason = std::string("the device query failed: ") + status_name_(status);
+  }
+  return plans_.emplace(key, fresh).first->second;
+}
+
+const PersistentPlan* PersistentPlans::choose(CudaPath path, int64_t device, StorageType storage,
+                                              int64_t hidden, int64_t batch, int64_t steps) {
+  if (path == CudaPath::kStepwise) return nullptr;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (path == CudaPath::kAuto) {
+    const PersistentRule& rule = persistent_rule(storage);
+    if (batch > rule.max_batch || batch * hidden > rule.max_batch_hidden || steps < rule.min_steps) {
+      return nullptr;
+    }
+  }
+  Entry& found = entry(device, storage, hidden, batch);
+  if (!found.plan.usable) {
+    TORCH_CHECK(path != CudaPath::kPersistent, "tbptt: the CUDA path is forced to 'persistent' but ",
+                "no persistent plan fits H=", hidden, ", B=", batch, " on ", device_name_, " ",
+                device, ": ", found.plan.reason, ". Use set_cuda_path('auto') to fall back.");
+    return nullptr;
+  }
+  if (found.dead && path == CudaPath::kAuto) return nullptr;
+  return &found.plan;
+}
+
+void PersistentPlans::launch_failed(CudaPath path, const PersistentPlan* plan, const char* kernel,
+                                    int status) {
+  TORCH_CHECK(path != CudaPath::kPersistent, "tbptt: the CUDA path is forced to 'persistent' and ",
+              "the launch of ", kernel, " (", plan->forward.blocks, " blocks) on ", device_name_,
+              " failed: ", status_name_(status));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& entry : plans_) {
+      if (&entry.second.plan == plan) entry.second.dead = true;
+    }
+  }
+  TORCH_WARN("tbptt: the persistent kernel ", kernel, " could not be launched on ", device_name_,
+             " (", status_name_(status), ": ", plan->forward.blocks,
+             " co-resident blocks asked for; planned for ", plan->sms,
+             " SMs). This shape runs the stepwise path from now on; results are the same.");
+}
+
+PersistentPlan PersistentPlans::plan_of(int64_t device, StorageType storage, int64_t hidden,
+                                        int64_t batch) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return entry(device, storage, hidden, batch).plan;
+}
+
+void PersistentPlans::clear() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  plans_.clear();
+}
+
+bool persistent_takes(const PersistentLaunchers& launchers, int64_t hidden, int64_t batch,
+                      int64_t steps, at::ScalarType storage) {
+  return launchers.plans->choose(launchers.path(), launchers.device(), storage_type_of(storage),
+                                 hidden, batch, steps) != nullptr;
+}
+
+namespace {
+
+// Plans, sets params.part (the forward or backward partition) and launches; false where the
+// stepwise path must run.
+template <typename Params, typename Launch>
+bool run_persistent(const PersistentLaunchers& launchers, Params& params, at::ScalarType storage,
+                    PersistentPartition PersistentPlan::*part, Launch launch, const char* kernel) {
+  const CudaPath path = launchers.path();
+  const StorageType type = storage_type_of(storage);
+  const PersistentPlan* plan = launchers.plans->choose(path, launchers.device(), type,
+                                                       params.hidden, params.batch, params.steps);
+  if (plan == nullptr) return false;
+  params.part = plan->*part;
+  const int status = launch(params, type, launchers.stream());
+  if (status == 0) return true;
+  launchers.plans->launch_failed(path, plan, kernel, status);
+  return false;
+}
+
+}  // namespace
+
+bool persistent_forward(const PersistentLaunchers& launchers, PersistentForwardParams& params,
+                        at::ScalarType storage) {
+  return run_persistent(launchers, params, storage, &PersistentPlan::forward, launchers.forward,
+                        "persistent_forward");
+}
+
+bool persistent_backward(const PersistentLaunchers& launchers, PersistentBackwardParams& params,
+                         at::ScalarType storage) {
+  return run_persistent(launchers, params, storage, &PersistentPlan::backward, launchers.backward,
+                        "persistent_backward");
+}
+
+}  // namespace tbptt

@@ -1,0 +1,112 @@
+// Which CUDA path runs a layer's recurrence: the stepwise one (a GEMM and a pointwise kernel
+// per step) or the persistent kernels (one cooperative launch per layer per chunk / span).
+// ATen-side glue shared by the CUDA backend (csrc/cuda/lstm_cuda.cpp) and the emulated one
+// (csrc/emulation/emulated_backend.cpp): the path setting, the rule "auto" follows, the plans
+// cached per device, and what happens when a launch fails.
+#pragma once
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+#include <ATen/ATen.h>
+
+#include "lstm_driver.h"  // PersistentBackend
+#include "tbptt/persistent.h"
+
+namespace tbptt {
+
+// tbptt_cuda.set_cuda_path / TBPTT_CUDA_PATH: "auto" (the rule below), "persistent" (always,
+// an error where no plan fits), "stepwise" (never).
+enum class CudaPath : int { kAuto = 0, kPersistent = 1, kStepwise = 2 };
+CudaPath parse_cuda_path(const std::string& name);  // raises on any other name
+const char* cuda_path_name(CudaPath path);
+// The setting of the CUDA backend (the emulated one has its own: emulate_cuda(path=...)).
+CudaPath cuda_path();
+void set_cuda_path(CudaPath path);
+
+// When "auto" takes the persistent path (given a usable plan): one row per storage type. The
+// figures come from bench/gpu_model.py's cost model of an H100 (a prediction until measured
+// on a GPU: scripts/gpu_check.sh prints both paths side by side to retune them).
+struct PersistentRule {
+  StorageType storage;
+  int64_t max_batch;         // B at most (cuDNN's persistent RNNs stop at 128 too)
+  int64_t max_batch_hidden;  // B * H at most: each SM takes in ~B H T bytes of h per step and
+                             // ~4 B H T of dG; beyond this a per-step GEMM streams them faster
+  int64_t min_steps;         // L (forward) or W (backward) at least: a single step gains nothing
+                             // from keeping W_hh resident
+};
+const PersistentRule& persistent_rule(StorageType storage);
+
+// Plans cached per (device, storage type, H, B) for one build of the kernels (CUDA or the
+// emulator). Thread-safe.
+class PersistentPlans {
+ public:
+  using PlanFunction = int (*)(int64_t hidden, int64_t batch, StorageType storage,
+                               PersistentPlan* plan);
+  using StatusName = const char* (*)(int status);
+  PersistentPlans(const char* device_name, PlanFunction plan, StatusName status_name)
+      : device_name_(device_name), plan_(plan), status_name_(status_name) {}
+
+  // The plan to launch for a layer of `steps` steps under `path`, or nullptr: run the stepwise
+  // path. Raises where `path` is kPersistent and no plan fits this shape.
+  const PersistentPlan* choose(CudaPath path, int64_t device, StorageType storage,
+                               int64_t hidden, int64_t batch, int64_t steps);
+  // A launch from `plan` returned `status` (nothing ran). kPersistent raises; kAuto warns
+  // (once: the plan is marked dead and not launched again) and the caller runs the stepwise path.
+  void launch_failed(CudaPath path, const PersistentPlan* plan, const char* kernel, int status);
+  // The plan for a shape, computed if need be (inspection: tbptt_cuda's plan queries).
+  PersistentPlan plan_of(int64_t device, StorageType storage, int64_t hidden, int64_t batch);
+  void clear();
+
+ private:
+  struct Entry {
+    PersistentPlan plan;
+    bool dead = false;
+  };
+  using Key = std::tuple<int64_t, int, int64_t, int64_t>;
+  Entry& entry(int64_t device, StorageType storage, int64_t hidden, int64_t batch);  // locked
+
+  const char* device_name_;
+  PlanFunction plan_;
+  StatusName status_name_;
+  std::mutex mutex_;
+  std::map<Key, Entry> plans_;
+};
+
+// One build's persistent launchers (status 0: success), bound into the driver's
+// PersistentBackend by persistent_takes / _forward / _backward below.
+struct PersistentLaunchers {
+  PersistentPlans* plans;
+  CudaPath (*path)();
+  int64_t (*device)();  // the current device's index
+  void* (*stream)();    // the current stream
+  int (*forward)(const PersistentForwardParams& params, StorageType storage, void* stream);
+  int (*backward)(const PersistentBackwardParams& params, StorageType storage, void* stream);
+};
+
+bool persistent_takes(const PersistentLaunchers& launchers, int64_t hidden, int64_t batch,
+                      int64_t steps, at::ScalarType storage);
+bool persistent_forward(const PersistentLaunchers& launchers, PersistentForwardParams& params,
+                        at::ScalarType storage);
+bool persistent_backward(const PersistentLaunchers& launchers, PersistentBackwardParams& params,
+                         at::ScalarType storage);
+
+// The driver's PersistentBackend for the build whose launchers `launchers()` returns.
+template <const PersistentLaunchers& (*launchers)()>
+const PersistentBackend* persistent_backend() {
+  static const PersistentBackend backend{
+      [](int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
+        return persistent_takes(launchers(), hidden, batch, steps, storage);
+      },
+      [](PersistentForwardParams& params, at::ScalarType storage) {
+        return persistent_forward(launchers(), params, storage);
+      },
+      [](PersistentBackwardParams& params, at::ScalarType storage) {
+        return persistent_backward(launchers(), params, storage);
+      }};
+  return &backend;
+}
+
+}  // namespace tbptt

@@ -1,0 +1,139 @@
+// Parameters of the persistent kernels (csrc/cuda/persistent_kernels.cuh): one cooperative
+// launch per layer for a chunk's forward, and one for a span's backward (a window, or one
+// checkpoint segment of it). Framework-free. Shapes as in window.h (L steps, B rows, H units,
+// G = 4H, W window steps, T storage, acc accumulation).
+//
+// The grid splits a layer's H hidden units: block p owns units [p * u, min((p + 1) * u, H)).
+// Forward, it keeps the 4u rows of W_hh that feed them in shared memory (row 4 jj + g holds
+// nn.LSTM's row g * H + unit0 + jj: the four gates of a unit side by side), stages h_{t-1}
+// from global memory a batch tile at a time, computes its gates' share of h_{t-1} W_hh^T and
+// runs lstm_math.h's forward element on its units. Backward, it keeps the u columns of W_hh of
+// its units (transposed in shared memory: [u, G]), runs the backward element on them, and after
+// the grid barrier computes their share of dL/dh_{t-1} = dG_t W_hh from dG_t staged in
+// [batch tile, k_chunk] pieces. One grid barrier per step; only h (forward) and dG (backward)
+// cross blocks, the cell and the carried gradients stay with the block that owns the unit.
+#pragma once
+
+#include <string>
+
+#include "window.h"
+
+namespace tbptt {
+
+// How one kernel splits the work; the plan (csrc/cuda/persistent_launch.h) fills it, the
+// kernel reads it. Each product is tiled: a thread accumulates the outputs of up to
+// kRowsPerThread batch rows of one unit (forward: its four gates; backward: dL/dh), over one of
+// k_split equal slices of the reduction, in registers; the slices are then summed in a fixed
+// order through shared memory. Shared-memory rows are padded (padded_row) against bank
+// conflicts.
+constexpr int64_t kRowsPerThread = 4;
+
+struct PersistentPartition {
+  int64_t blocks = 0;        // P = ceil(H / units): the grid
+  int64_t units = 0;         // u: hidden units per block
+  int64_t threads = 0;       // per block: a multiple of 32, >= k_split * thread_items(...)
+  int64_t batch_tile = 0;    // rows of h_{t-1} (forward) or dG_t (backward) staged at once
+  int64_t k_split = 1;       // slices of the reduction (H forward, each k_chunk backward)
+  int64_t k_chunk = 0;       // backward: columns of dG_t staged at once (of G); forward: H
+  int64_t shared_bytes = 0;  // dynamic shared memory per block
+};
+
+// Threads of one k slice: one per (group of kRowsPerThread batch rows, unit).
+TBPTT_HD int64_t thread_items(int64_t batch_tile, int64_t units) {
+  return (batch_tile + kRowsPerThread - 1) / kRowsPerThread * units;
+}
+
+// Elements per shared-memory row holding n values of `elem_bytes` bytes: n, padded so that a
+// row spans an odd number of 4-byte banks (8-byte elements: an odd count), so that the threads
+// of a warp reading the same column of different rows hit different banks.
+TBPTT_HD int64_t padded_row(int64_t n, int64_t elem_bytes) {
+  if (elem_bytes >= 4) return n | 1;
+  const int64_t even = (n + 1) / 2 * 2;  // 16-bit: an even count of elements, 2 per bank
+  return even % 4 == 0 ? even + 2 : even;
+}
+
+TBPTT_HD int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+
+// Byte offsets of a persistent kernel's shared arrays (the one rule the plan and the kernels
+// share). Forward: weights [4u, padded_row(H)] T, the h tile [batch_tile, padded_row(H)] T, the
+// partial sums [k_split - 1, thread_items, kRowsPerThread * 4] acc. Backward: weights
+// [u, padded_row(G)] T, the dG tile [batch_tile, padded_row(k_chunk)] T, the partial sums
+// [k_split - 1, thread_items, kRowsPerThread] acc.
+struct PersistentSharedLayout {
+  int64_t weight_rows, weight_stride;
+  int64_t tile_offset, tile_stride;
+  int64_t partial_offset, partial_count;
+  int64_t bytes;
+};
+
+TBPTT_HD PersistentSharedLayout shared_layout(const PersistentPartition& part, int64_t hidden,
+                                              bool backward, int64_t elem_bytes,
+                                              int64_t acc_bytes) {
+  PersistentSharedLayout s;
+  s.weight_rows = backward ? part.units : 4 * part.units;
+  s.weight_stride = padded_row(backward ? 4 * hidden : hidden, elem_bytes);
+  s.tile_offset = align16(s.weight_rows * s.weight_stride * elem_bytes);
+  s.tile_stride = backward ? padded_row(part.k_chunk, elem_bytes) : s.weight_stride;
+  s.partial_offset = s.tile_offset + align16(part.batch_tile * s.tile_stride * elem_bytes);
+  s.partial_count = (part.k_split - 1) * thread_items(part.batch_tile, part.units) *
+                    kRowsPerThread * (backward ? 1 : 4);
+  s.bytes = s.partial_offset + align16(s.partial_count * acc_bytes);
+  return s;
+}
+
+// What the plan decided for one (device, storage type, H, B).
+struct PersistentPlan {
+  bool usable = false;        // both kernels fit; else `reason` says why not
+  std::string reason;
+  int64_t sms = 0;            // SMs the device reported when planned
+  PersistentPartition forward, backward;
+};
+
+// One layer's forward over a chunk of L steps.
+struct PersistentForwardParams {
+  int64_t steps;               // L
+  int64_t batch;               // B
+  int64_t hidden;              // H
+  PersistentPartition part;
+  const void* gates_x;         // [L, B, G] T   x_t W_ih^T + b_ih + b_hh
+  const void* w_hh;            // [G, H] T      nn.LSTM's layout
+  void* hidden_exchange;       // [2, B, H] T   h entering step s in slot s & 1; slot 0 holds h
+                               //               entering the chunk (its first reset applied); on
+                               //               return slot L & 1 holds h_n (as the stepwise path)
+  void* cell;                  // [B, H] acc    in: c entering the chunk (reset applied); out: c
+                               //               after its last step (each block its own units)
+  void* gates_h;               // [B, G] T      scratch: the step's h_{t-1} W_hh^T, each block its
+                               //               own gate columns
+  void* out;                   // [L, B, H] T   h_t (0 where the row holds)
+  const uint8_t* flags;        // [L, B] u8     step flags, or nullptr: none
+  const uint8_t* no_flags;     // [B] u8 zeros
+  ForwardRecord record;        // where this layer's steps are recorded
+  void* scratch_gates;         // [B, G] T      where a step's gates go when not recorded
+  void* scratch_cell;          // [B, H] acc
+  void* scratch_hidden;        // [B, H] T
+};
+
+// One layer's backward over a span of W steps, newest first.
+struct PersistentBackwardParams {
+  int64_t steps;               // W
+  int64_t batch;               // B
+  int64_t hidden;              // H
+  PersistentPartition part;
+  const void* w_hh;            // [G, H] T
+  BackwardSource source;       // the span's activations (window.h)
+  const uint8_t* flags;        // [W, B] u8     the span's step flags (with kFlagCut)
+  const uint8_t* no_flags;     // [B] u8 zeros
+  const double* carry_scales;  // [W] or nullptr (all 1): ARTBP's factors, oldest step first
+  const void* grad_out;        // [W - grad_out_first, B, H] T  dL/dh_t of steps j >= grad_out_first
+  int64_t grad_out_first;      // window step of grad_out's first row (W: none)
+  const void* no_grad_out;     // [B, H] T zeros
+  const void* grad_h_n;        // [B, H] T      dL/dh after the span's last step
+  void* grad_hidden;           // [B, H] T      scratch, dL/dh_t through step t+1 (each block its
+                               //               own units); out: after step 0, dG_0 W_hh
+  void* grad_held;             // [B, H] acc    in: zeros; out: the gradient held rows carry
+  void* grad_cell;             // [B, H] acc    in: dL/dc after the last step; out: entering
+  void* grad_gates;            // [W, B, G] T   out: dL/d(pre-activations)
+  void* hidden_prev_seen;      // [W, B, H] T   out: h_{t-1} as each step saw it
+};
+
+}  // namespace tbptt

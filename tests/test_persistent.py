@@ -1,0 +1,251 @@
+"""The persistent kernels (csrc/cuda/persistent_kernels.cuh), run by the SIMT emulator: against
+the reference over the shapes, SM counts and schedules the partition must get right; the same
+results and ring contents as the stepwise path; bit-identical under twenty schedules; the plan,
+its rule and its fallback (no plan, a failed launch); one launch per layer per chunk and per
+window whatever their length; the path setting."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tbptt_cuda
+from tbptt_cuda import ARTBP, TruncatedLSTM, emulate_cuda, emulation
+
+from helpers import TOLERANCE, assert_records_close, make_stream, rel_err, run_both
+
+pytestmark = [pytest.mark.emulated, pytest.mark.skipif(
+    not tbptt_cuda.build_info()["cuda_emulation"], reason="built without the emulated kernels")]
+
+# (H, B, simulated SMs, layers, dropout, reset probability, dtype): every H, B and SM count the
+# issue names appears; chunks of 1, 2 and 7 steps with k2 = 9 > k1 wrap the ring of 10 slots.
+CASES = [
+    (16, 1, 1, 1, 0.0, 0.0, torch.float64),
+    (16, 17, 2, 3, 0.3, 0.2, torch.float64),
+    (48, 3, 8, 2, 0.0, 0.2, torch.float64),
+    (48, 8, 1, 1, 0.0, 0.1, torch.float32),
+    (64, 8, 3, 2, 0.3, 0.0, torch.float32),
+    (64, 1, 8, 1, 0.0, 0.0, torch.float64),
+    (96, 3, 3, 1, 0.0, 0.3, torch.float64),
+    (96, 17, 8, 2, 0.0, 0.1, torch.float32),
+    (130, 17, 8, 1, 0.0, 0.2, torch.float64),
+    (130, 3, 2, 2, 0.2, 0.1, torch.float32),
+]
+LENGTHS = [1, 2, 7, 2, 7, 1]
+K2 = 9
+
+
+def _case_id(case):
+    H, B, sms, layers, dropout, reset, dtype = case
+    return f"H{H}-B{B}-sms{sms}-L{layers}" + ("-drop" if dropout else "") + (
+        "-resets" if reset else "") + ("-f64" if dtype == torch.float64 else "-f32")
+
+
+def _ring(state):
+    ring = state.history.ring
+    return [t.clone() for t in (ring.gates, ring.cell, ring.hidden, ring.input, ring.flags, ring.mask)]
+
+
+def _stream(path, sms, H, B, layers, dropout, reset_prob, dtype, seed=None, lengths=LENGTHS,
+            history="activations", artbp=None, k2=K2):
+    """Runs a stream under emulation; returns (per-chunk records, final ring, stats)."""
+    torch.manual_seed(0)
+    lstm = TruncatedLSTM(5, H, layers, dropout=dropout, k2=k2, history=history, artbp=artbp,
+                         dtype=dtype)
+    chunks, resets = make_stream(lengths, B, 5, dtype, "cpu", reset_prob=reset_prob, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    state, records = None, []
+    with emulate_cuda(path=path, sms=sms, seed=seed) as stats:
+        torch.manual_seed(3)  # the same dropout masks on both paths
+        for x, reset in zip(chunks, resets):
+            x = x.clone().requires_grad_()
+            lstm.zero_grad(set_to_none=True)
+            if artbp is not None:
+                with artbp.force(min(artbp.cap, 12)):
+                    out, state = lstm(x, state, reset=reset)
+            else:
+                out, state = lstm(x, state, reset=reset)
+            w = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
+            ((out * w).sum() + state[0].sum() * 0.5 + (state[1] ** 2).sum() * 0.25).backward()
+            records.append([out.detach(), state[0].detach(), state[1].detach(), x.grad]
+                           + [p.grad.clone() for p in lstm.parameters()])
+    return records, _ring(state), stats
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_matches_reference_over_shapes_and_sm_counts(case):
+    H, B, sms, layers, dropout, reset_prob, dtype = case
+    lstm = TruncatedLSTM(5, H, layers, dropout=dropout, dtype=dtype)
+    chunks, resets = make_stream(LENGTHS, B, 5, dtype, "cpu", reset_prob=reset_prob, seed=4)
+    with emulate_cuda(path="persistent", sms=sms) as stats:
+        ours, ref = run_both(lstm, chunks, resets, [K2] * len(LENGTHS), use_state=True)
+    assert_records_close(ours, ref, dtype)
+    plan = emulation.plan(H, B, dtype, sms=sms)
+    assert plan["usable"] and plan["forward"]["blocks"] <= sms
+    # one launch per layer per chunk, each way; the stepwise kernels never ran
+    assert stats.launches == {"persistent_forward": layers * len(LENGTHS),
+                              "persistent_backward": layers * len(LENGTHS)}
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[9]], ids=_case_id)
+def test_both_paths_write_the_same_ring_and_results(case):
+    H, B, sms, layers, dropout, reset_prob, dtype = case
+    fused, fused_ring, _ = _stream("persistent", sms, H, B, layers, dropout, reset_prob, dtype)
+    step, step_ring, stats = _stream("stepwise", sms, H, B, layers, dropout, reset_prob, dtype)
+    assert set(stats.launches) == {"forward_step", "backward_step"}
+    tol = TOLERANCE[dtype]
+    for a_chunk, b_chunk in zip(fused, step):
+        for a, b in zip(a_chunk, b_chunk):
+            assert rel_err(a, b) <= tol
+    for a, b in zip(fused_ring, step_ring):  # gates, c, h, x, flags, masks of every slot
+        assert a.shape == b.shape
+        if a.dtype == torch.uint8:
+            assert torch.equal(a, b)
+        elif a.numel():
+            assert rel_err(a, b) <= tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_sixteen_bit_paths_agree_to_their_rounding(dtype):
+    fused, _, stats = _stream("persistent", 3, 48, 8, 2, 0.0, 0.1, dtype)
+    step, _, _ = _stream("stepwise", 3, 48, 8, 2, 0.0, 0.1, dtype)
+    assert stats.launches["persistent_forward"] == 2 * len(LENGTHS)
+    for a_chunk, b_chunk in zip(fused, step):
+        for a, b in zip(a_chunk, b_chunk):
+            assert a.dtype == b.dtype
+            assert rel_err(a, b) <= 3e-2  # a few 16-bit roundings of different sums
+
+
+@pytest.mark.parametrize("history", ["states", "checkpoints"])
+def test_history_modes_and_artbp_on_the_persistent_path(history):
+    """The rebuilt pre-activations (states), the segment recompute (checkpoints) and ARTBP's
+    carry factors reach the persistent kernels as on the stepwise path."""
+    artbp = ARTBP(cap=14, c=0.3)
+    args = (3, 24, 4, 2, 0.0, 0.2, torch.float64)
+    fused, _, stats = _stream("persistent", *args, history=history, artbp=artbp, k2=8)
+    step, _, _ = _stream("stepwise", *args, history=history, artbp=artbp, k2=8)
+    assert "persistent_backward" in stats.launches
+    for a_chunk, b_chunk in zip(fused, step):
+        for a, b in zip(a_chunk, b_chunk):
+            assert rel_err(a, b) <= TOLERANCE[torch.float64]
+
+
+def test_twenty_seeded_schedules_give_bit_identical_results():
+    runs = [_stream("persistent", 3, 40, 6, 2, 0.2, 0.2, torch.float32, seed=seed,
+                    lengths=[3, 5])[0] for seed in [None] + list(range(20))]
+    for other in runs[1:]:
+        for a_chunk, b_chunk in zip(runs[0], other):
+            for a, b in zip(a_chunk, b_chunk):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("L", [4, 64])
+def test_launches_per_chunk_do_not_grow_with_its_length(L):
+    lstm = TruncatedLSTM(3, 32, 2, k2=L + 3)
+    state = None
+    with emulate_cuda(path="persistent", sms=4) as stats:
+        for _ in range(2):
+            out, state = lstm(torch.randn(L, 4, 3), state)
+            out.sum().backward()
+    assert stats.launches == {"persistent_forward": 2 * 2, "persistent_backward": 2 * 2}
+    per_kernel = stats.per_kernel
+    # one grid barrier between steps forward; one per step backward (windows of L, L + 3)
+    assert per_kernel["persistent_forward"]["grid_barriers"] == 2 * 2 * (L - 1)
+    assert per_kernel["persistent_backward"]["grid_barriers"] == 2 * (L + (L + 3))
+
+
+def test_auto_follows_the_rule_table():
+    def launched(H, B, L):
+        lstm = TruncatedLSTM(2, H, k2=L)
+        with emulate_cuda(sms=8) as stats:
+            out, _ = lstm(torch.randn(L, B, 2))
+            out.sum().backward()
+        return set(stats.launches)
+    persistent = {"persistent_forward", "persistent_backward"}
+    assert launched(16, 4, 3) == persistent
+    assert launched(16, 4, 1) == {"forward_step", "backward_step"}  # one step: no gain
+    assert launched(8, 129, 2) == {"forward_step", "backward_step"}  # B > 128
+    assert launched(130, 128, 2) == {"forward_step", "backward_step"}  # B*H > 16384
+
+
+def test_plans_on_the_simulated_h100():
+    for H, B in [(16, 1), (130, 17), (768, 16), (1024, 64)]:
+        plan = emulation.plan(H, B)
+        assert plan["usable"], plan["reason"]
+        for part in (plan["forward"], plan["backward"]):
+            assert part["blocks"] * part["units"] >= H > (part["blocks"] - 1) * part["units"]
+            assert part["blocks"] <= 132 and part["units"] % 4 == 0 or part["units"] == H
+            assert part["threads"] % 32 == 0 and part["threads"] <= 256
+            assert part["shared_bytes"] <= 227 * 1024
+    assert emulation.plan(768, 16)["forward"]["units"] == 8  # 96 blocks, as the design study
+    assert emulation.plan(1024, 16)["forward"]["blocks"] == 128
+    big = emulation.plan(4096, 16)
+    assert not big["usable"] and "shared memory" in big["reason"]
+
+
+def test_no_plan_falls_back_to_the_stepwise_path_with_the_same_results():
+    """On one simulated SM, W_hh of H = 130 does not fit a block: auto runs the stepwise path,
+    and a forced persistent path says why it cannot."""
+    assert not emulation.plan(130, 3, torch.float64, sms=1)["usable"]
+    auto, _, stats = _stream("auto", 1, 130, 3, 1, 0.0, 0.0, torch.float64, lengths=[3, 2])
+    assert set(stats.launches) == {"forward_step", "backward_step"}
+    fused, _, _ = _stream("persistent", 8, 130, 3, 1, 0.0, 0.0, torch.float64, lengths=[3, 2])
+    for a_chunk, b_chunk in zip(auto, fused):
+        for a, b in zip(a_chunk, b_chunk):
+            assert rel_err(a, b) <= TOLERANCE[torch.float64]
+    with pytest.raises(RuntimeError, match=r"forced to 'persistent' but no persistent plan fits "
+                                           r"H=130, B=3 .*shared memory"):
+        _stream("persistent", 1, 130, 3, 1, 0.0, 0.0, torch.float64, lengths=[3])
+
+
+def test_a_failed_launch_warns_once_and_the_stepwise_path_gives_the_same_results():
+    """A cooperative launch the device refuses (cudaErrorCooperativeLaunchTooLarge, as when MPS
+    or another process holds SMs the plan counted on): warned once, the plan marked dead, the
+    same call and every later one run stepwise, with the same results."""
+    good, _, _ = _stream("persistent", 4, 24, 3, 2, 0.0, 0.2, torch.float64, lengths=[3, 4, 2])
+    emulation.clear_plans()
+    emulation.fail_launches("persistent_forward", 720)
+    try:
+        with pytest.warns(UserWarning, match=r"persistent_forward could not be launched .*"
+                                             r"cudaErrorCooperativeLaunchTooLarge") as warned:
+            fell_back, _, stats = _stream("auto", 4, 24, 3, 2, 0.0, 0.2, torch.float64,
+                                          lengths=[3, 4, 2])
+        assert len([w for w in warned if "could not be launched" in str(w.message)]) == 1
+        assert "persistent_forward" not in stats.launches
+        assert stats.launches["forward_step"] == 2 * (3 + 4 + 2)
+        with pytest.raises(RuntimeError, match=r"forced to 'persistent' and the launch of "
+                                               r"persistent_forward .*failed"):
+            _stream("persistent", 4, 24, 3, 2, 0.0, 0.2, torch.float64, lengths=[3])
+    finally:
+        emulation.fail_launches(None)
+        emulation.clear_plans()
+    for a_chunk, b_chunk in zip(good, fell_back):
+        for a, b in zip(a_chunk, b_chunk):
+            assert rel_err(a, b) <= TOLERANCE[torch.float64]
+
+
+def test_cuda_path_setting_and_its_errors():
+    assert tbptt_cuda.cuda_path() == "auto"
+    try:
+        tbptt_cuda.set_cuda_path("stepwise")
+        assert tbptt_cuda.cuda_path() == "stepwise"
+    finally:
+        tbptt_cuda.set_cuda_path("auto")
+    with pytest.raises(ValueError, match="path must be one of"):
+        tbptt_cuda.set_cuda_path("fast")
+    with pytest.raises(ValueError, match="dtype must be"):
+        tbptt_cuda._backend.load().persistent_plan("emulated", 16, 2, "int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            tbptt_cuda.cuda_plan(16, 2)
+
+
+def test_environment_variable_sets_the_path_and_a_bad_value_names_it():
+    code = "import tbptt_cuda; print(tbptt_cuda.cuda_path())"
+    env = dict(os.environ, TBPTT_CUDA_PATH="persistent")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "persistent", out.stderr
+    env["TBPTT_CUDA_PATH"] = "fastest"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "TBPTT_CUDA_PATH" in out.stderr and "'fastest'" in out.stderr
