@@ -13,7 +13,8 @@ import torch
 import tbptt_cuda
 from tbptt_cuda import ARTBP, TruncatedLSTM, emulate_cuda, emulation
 
-from helpers import TOLERANCE, assert_records_close, make_stream, rel_err, run_both
+from helpers import (LOW_PRECISION_RATIO, TOLERANCE, assert_records_close, make_stream, rel_err,
+                     run_both, stream_records)
 
 pytestmark = [pytest.mark.emulated, pytest.mark.skipif(
     not tbptt_cuda.build_info()["cuda_emulation"], reason="built without the emulated kernels")]
@@ -117,6 +118,44 @@ def test_sixteen_bit_paths_agree_to_their_rounding(dtype):
             assert rel_err(a, b) <= 3e-2  # a few 16-bit roundings of different sums
 
 
+# (H, B, SMs): K padded to 16 (H = 130: G = 520), batch rows padded to the tiles (B = 1, 17),
+# a last block with fewer units, k split over warps or (H = 130 on 2 SMs: 68 units a block)
+# more tiles than warps, taken in turn.
+SIXTEEN_BIT_CASES = [(16, 1, 1), (48, 17, 3), (130, 3, 8), (96, 8, 2), (64, 40, 8), (130, 5, 2)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("case", SIXTEEN_BIT_CASES, ids=lambda c: "H{}-B{}-sms{}".format(*c))
+def test_sixteen_bit_tensor_core_products_against_float64(case, dtype):
+    """float16 / bfloat16 multiply on (emulated) tensor cores, mma m16n8k16 with fp32
+    accumulation: at most LOW_PRECISION_RATIO times plain PyTorch's error at that dtype, both
+    measured against float64."""
+    H, B, sms = case
+    exact = TruncatedLSTM(5, H, 2, dtype=torch.float64)
+    ours = TruncatedLSTM(5, H, 2, dtype=dtype)
+    plain = TruncatedLSTM(5, H, 2, dtype=dtype)
+    ours.load_state_dict(exact.state_dict())
+    plain.load_state_dict(exact.state_dict())
+    chunks, resets = make_stream([2, 7, 1], B, 5, torch.float64, "cpu", reset_prob=0.1, seed=8)
+    truth = stream_records(exact, chunks, resets, K2, reference=True)
+    low = [c.to(dtype) for c in chunks]
+    with emulate_cuda(path="persistent", sms=sms) as stats:
+        got = stream_records(ours, low, resets, K2)
+    baseline = stream_records(plain, low, resets, K2, reference=True)
+    for kernel in ("persistent_forward", "persistent_backward"):  # the mma warp collectives
+        assert stats.per_kernel[kernel]["warp_collectives"] > 0
+    for t, g, p in zip(truth, got, baseline):
+        for a, b, c in zip(t, g, p):
+            assert b.dtype == dtype
+            ours_err, plain_err = rel_err(b, a), rel_err(c, a)
+            assert ours_err <= LOW_PRECISION_RATIO[dtype] * plain_err + 1e-4, (ours_err, plain_err)
+
+
+def test_thirty_two_bit_products_use_no_tensor_cores():
+    _, _, stats = _stream("persistent", 3, 48, 8, 1, 0.0, 0.0, torch.float32, lengths=[3])
+    assert stats.per_kernel["persistent_forward"]["warp_collectives"] == 0
+
+
 @pytest.mark.parametrize("history", ["states", "checkpoints"])
 def test_history_modes_and_artbp_on_the_persistent_path(history):
     """The rebuilt pre-activations (states), the segment recompute (checkpoints) and ARTBP's
@@ -131,8 +170,9 @@ def test_history_modes_and_artbp_on_the_persistent_path(history):
             assert rel_err(a, b) <= TOLERANCE[torch.float64]
 
 
-def test_twenty_seeded_schedules_give_bit_identical_results():
-    runs = [_stream("persistent", 3, 40, 6, 2, 0.2, 0.2, torch.float32, seed=seed,
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16-mma"])
+def test_twenty_seeded_schedules_give_bit_identical_results(dtype):
+    runs = [_stream("persistent", 3, 40, 6, 2, 0.2, 0.2, dtype, seed=seed,
                     lengths=[3, 5])[0] for seed in [None] + list(range(20))]
     for other in runs[1:]:
         for a_chunk, b_chunk in zip(runs[0], other):

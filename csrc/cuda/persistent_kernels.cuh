@@ -6,10 +6,14 @@
 // the ring is written through window.h's set_record_targets and read through
 // set_backward_sources, so the two paths read each other's history.
 //
-// Products: FFMA in acc_t (float; double for float64) over operands stored as T in shared
-// memory, each thread a register tile (tbptt/persistent.h), the k slices summed in a fixed
-// order: no atomics, so every schedule gives the same bits.
+// Products, one templated body per kernel: FFMA in acc_t (float; double for float64) for 32-
+// and 64-bit storage, each thread a register tile; mma.sync m16n8k16 with fp32 accumulation
+// for float16 / bfloat16, each warp an m16n8 tile. Either way the k slices are summed in a
+// fixed order: no atomics, so every schedule gives the same bits. The cell state, the
+// carried gradients and the gate math stay in acc_t.
 #pragma once
+
+#include <type_traits>
 
 #include "tbptt/lstm_math.h"
 #include "tbptt/persistent.h"
@@ -19,6 +23,11 @@ namespace tbptt {
 namespace SIMT_NS {
 
 constexpr int kPersistentMaxThreads = 256;
+
+// Whether storage type T multiplies on tensor cores (16-bit operands).
+template <typename T>
+constexpr bool kTensorCores =
+    std::is_same<T, simt::float16>::value || std::is_same<T, simt::bfloat16>::value;
 
 template <typename T>
 SIMT_DEVICE const T* offset_rows(const void* base, int64_t rows, int64_t row_elems) {
@@ -31,9 +40,11 @@ SIMT_DEVICE T* offset_rows(void* base, int64_t rows, int64_t row_elems) {
 
 SIMT_DEVICE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Where a thread works in a tiled product (see PersistentPartition): slice `slice` of the
-// reduction, rows 4 q .. 4 q + rows - 1 of the tile, local unit `unit`; `active` false for
-// threads with nothing to do in this tile.
+// ---- FFMA products ------------------------------------------------------------------------
+
+// Where a thread works in an FFMA product (see PersistentPartition): slice `slice` of the
+// reduction, rows kRowsPerThread * group .. + rows - 1 of the tile, local unit `unit`;
+// `active` false for threads with nothing to do in this tile.
 struct ProductTile {
   int64_t slice, item, group, unit, rows;
   bool active;
@@ -49,32 +60,154 @@ SIMT_DEVICE ProductTile product_tile(const PersistentPartition& part, int64_t un
   t.group = t.item / units;
   t.unit = t.item % units;
   t.rows = min64(kRowsPerThread, tile_rows - kRowsPerThread * t.group);
-  t.active = t.slice < part.k_split && t.item < (tile_rows + kRowsPerThread - 1) / kRowsPerThread * units;
+  t.active = t.slice < part.k_split &&
+             t.item < (tile_rows + kRowsPerThread - 1) / kRowsPerThread * units;
   return t;
 }
 
-// Sums the k slices' partial sums acc[0 .. n) of every active thread into slice 0's, in slice
-// order (so the bits do not depend on the schedule), through `partial` [k_split - 1, items, n].
+// Sums the partial sums acc[0 .. n) of the k slices into slice 0's, in slice order, through
+// `partial` [k_split - 1, slots, n]; `slot` is the caller's place among the `slots` of a slice.
+// Every thread of the block calls it (it holds a block barrier when k_split > 1).
 template <typename acc_t, int n>
-SIMT_DEVICE void sum_slices(const PersistentPartition& part, const ProductTile& t,
-                            const simt::SharedArray<acc_t>& partial, acc_t (&acc)[n]) {
-  if (part.k_split == 1) return;
-  const int64_t items = thread_items(part.batch_tile, part.units);
-  if (t.active && t.slice > 0) {
-    for (int i = 0; i < n; ++i) partial[((t.slice - 1) * items + t.item) * n + i] = acc[i];
+SIMT_DEVICE void sum_slices(int64_t k_split, int64_t slice, int64_t slot, int64_t slots,
+                            bool active, const simt::SharedArray<acc_t>& partial,
+                            acc_t (&acc)[n]) {
+  if (k_split == 1) return;
+  if (active && slice > 0) {
+    for (int i = 0; i < n; ++i) partial[((slice - 1) * slots + slot) * n + i] = acc[i];
   }
   simt::sync_block();
-  if (t.active && t.slice == 0) {
-    for (int64_t slice = 1; slice < part.k_split; ++slice) {
-      for (int i = 0; i < n; ++i) acc[i] += static_cast<acc_t>(partial[((slice - 1) * items + t.item) * n + i]);
+  if (active && slice == 0) {
+    for (int64_t other = 1; other < k_split; ++other) {
+      for (int i = 0; i < n; ++i) acc[i] += static_cast<acc_t>(partial[((other - 1) * slots + slot) * n + i]);
     }
   }
 }
+
+// Forward, one batch tile: gates_h[b0 + b, g H + unit0 + jj] = sum_k h_tile[b, k] w[4 jj + g, k].
+template <typename T, typename acc_t>
+SIMT_DEVICE void forward_product_ffma(const PersistentPartition& part, int64_t H, int64_t units,
+                                      int64_t unit0, int64_t b0, int64_t tile_rows, int64_t ws,
+                                      const simt::SharedArray<T>& w,
+                                      const simt::SharedArray<T>& h_tile,
+                                      const simt::SharedArray<acc_t>& partial, T* gates_h) {
+  const ProductTile t = product_tile(part, units, tile_rows);
+  const int64_t k_per_slice = (H + part.k_split - 1) / part.k_split;
+  acc_t acc[kRowsPerThread * 4] = {};  // [row r][gate g] at 4 r + g
+  if (t.active) {
+    const int64_t k_end = min64(H, (t.slice + 1) * k_per_slice);
+    for (int64_t k = t.slice * k_per_slice; k < k_end; ++k) {
+      acc_t wk[4];
+      for (int g = 0; g < 4; ++g) wk[g] = convert<acc_t>(static_cast<T>(w[(4 * t.unit + g) * ws + k]));
+      for (int r = 0; r < kRowsPerThread; ++r) {
+        if (r < t.rows) {
+          const acc_t hk = convert<acc_t>(static_cast<T>(h_tile[(kRowsPerThread * t.group + r) * ws + k]));
+          for (int g = 0; g < 4; ++g) acc[4 * r + g] += wk[g] * hk;
+        }
+      }
+    }
+  }
+  sum_slices(part.k_split, t.slice, t.item, thread_items(part.batch_tile, part.units), t.active,
+             partial, acc);
+  if (t.active && t.slice == 0) {
+    for (int r = 0; r < t.rows; ++r) {
+      T* out = gates_h + (b0 + kRowsPerThread * t.group + r) * 4 * H + unit0 + t.unit;
+      for (int g = 0; g < 4; ++g) out[g * H] = convert<T>(acc[4 * r + g]);
+    }
+  }
+}
+
+// ---- tensor-core products -----------------------------------------------------------------
+
+// d += A B over k in [0, k_len) (a multiple of 16) on tensor cores, for one warp (all 32
+// lanes call it): A element (m, k) = a[(a_row0 + m) * a_stride + a_col0 + k], m < 16; B element
+// (k, n) = b[(b_row0 + n) * b_stride + b_col0 + k], n < 8 (B stored n-major, as both products
+// keep it). Fragments as simt::mma_layout.
+template <typename T>
+SIMT_DEVICE void mma_accumulate(float (&d)[4], const simt::SharedArray<T>& a, int64_t a_row0,
+                                int64_t a_stride, int64_t a_col0, const simt::SharedArray<T>& b,
+                                int64_t b_row0, int64_t b_stride, int64_t b_col0, int64_t k_len) {
+  namespace layout = simt::mma_layout;
+  const int lane = static_cast<int>(simt::lane_id());
+  for (int64_t k0 = 0; k0 < k_len; k0 += 16) {
+    uint32_t ra[4], rb[2];
+    for (int j = 0; j < 4; ++j) {
+      const int i = 2 * j;
+      ra[j] = simt::pack_pair(
+          static_cast<T>(a[(a_row0 + layout::a_row(lane, i)) * a_stride + a_col0 + k0 + layout::a_col(lane, i)]),
+          static_cast<T>(a[(a_row0 + layout::a_row(lane, i + 1)) * a_stride + a_col0 + k0 + layout::a_col(lane, i + 1)]));
+    }
+    for (int j = 0; j < 2; ++j) {
+      const int i = 2 * j;
+      rb[j] = simt::pack_pair(
+          static_cast<T>(b[(b_row0 + layout::b_col(lane, i)) * b_stride + b_col0 + k0 + layout::b_row(lane, i)]),
+          static_cast<T>(b[(b_row0 + layout::b_col(lane, i + 1)) * b_stride + b_col0 + k0 + layout::b_row(lane, i + 1)]));
+    }
+    simt::mma_m16n8k16<T>(d, ra, rb, d);
+  }
+}
+
+// Where a warp works in a tensor-core product: with k_split 1 it takes tiles warp, warp +
+// warps, ...; else exactly one (tile, slice) of the plan's `tiles` tiles per batch tile.
+struct WarpTile {
+  int64_t warp, warps, slice, first_tile, tile_step;
+};
+
+SIMT_DEVICE WarpTile warp_tile(const PersistentPartition& part, int64_t plan_tiles) {
+  WarpTile w;
+  w.warp = simt::thread_idx().x / simt::kWarpSize;
+  w.warps = simt::block_dim().x / simt::kWarpSize;
+  w.slice = part.k_split == 1 ? 0 : w.warp / plan_tiles;
+  w.first_tile = part.k_split == 1 ? w.warp : w.warp % plan_tiles;
+  w.tile_step = part.k_split == 1 ? w.warps : plan_tiles;
+  return w;
+}
+
+// Forward, one batch tile, on tensor cores: the output tile (mt, nt) is gate rows 16 mt ..
+// (W_hh slice rows 4 jj + g) by batch rows 8 nt .. of the tile.
+template <typename T>
+SIMT_DEVICE void forward_product_mma(const PersistentPartition& part, int64_t H, int64_t units,
+                                     int64_t unit0, int64_t b0, int64_t tile_rows, int64_t ws,
+                                     const simt::SharedArray<T>& w,
+                                     const simt::SharedArray<T>& h_tile,
+                                     const simt::SharedArray<float>& partial, T* gates_h) {
+  const int64_t m_tiles = round_up_to(4 * part.units, 16) / 16;
+  const int64_t tiles = m_tiles * (round_up_to(tile_rows, 8) / 8);
+  const int64_t plan_tiles = mma_tiles(part.batch_tile, part.units, false);
+  const int64_t k_steps = round_up_to(H, 16) / 16;
+  const int64_t steps_per_slice = (k_steps + part.k_split - 1) / part.k_split;
+  const WarpTile wt = warp_tile(part, plan_tiles);
+  const int lane = static_cast<int>(simt::lane_id());
+  // With k_split > 1 every warp runs this loop once (tile < plan_tiles), so the block barrier
+  // in sum_slices is reached by all; with k_split 1 there is none.
+  for (int64_t tile = wt.first_tile; tile < (part.k_split == 1 ? tiles : wt.first_tile + 1);
+       tile += wt.tile_step) {
+    const bool active = tile < tiles && wt.slice < part.k_split;
+    const int64_t mt = tile % m_tiles, nt = tile / m_tiles;
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+    const int64_t k_begin = min64(k_steps, wt.slice * steps_per_slice) * 16;
+    const int64_t k_end = min64(k_steps, (wt.slice + 1) * steps_per_slice) * 16;
+    if (active) mma_accumulate(d, w, 16 * mt, ws, k_begin, h_tile, 8 * nt, ws, k_begin, k_end - k_begin);
+    sum_slices(part.k_split, wt.slice, tile * 32 + lane, plan_tiles * 32, active, partial, d);
+    if (active && wt.slice == 0) {
+      for (int i = 0; i < 4; ++i) {
+        const int64_t row = 16 * mt + simt::mma_layout::c_row(lane, i);  // 4 jj + g
+        const int64_t b = 8 * nt + simt::mma_layout::c_col(lane, i);
+        if (row < 4 * units && b < tile_rows) {
+          gates_h[(b0 + b) * 4 * H + (row % 4) * H + unit0 + row / 4] = convert<T>(d[i]);
+        }
+      }
+    }
+  }
+}
+
+// ---- the forward kernel ---------------------------------------------------------------------
 
 // params: see PersistentForwardParams. Grid: part.blocks blocks of part.threads threads.
 template <typename T, typename acc_t>
 SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
     persistent_forward_kernel(const PersistentForwardParams p) {
+  using partial_t = typename std::conditional<kTensorCores<T>, float, acc_t>::type;
   const PersistentPartition& part = p.part;
   const int64_t H = p.hidden, B = p.batch, G = 4 * H;
   const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
@@ -83,23 +216,29 @@ SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
   const int64_t tile = part.batch_tile;
   const PersistentSharedLayout layout = shared_layout(part, H, false, sizeof(T), sizeof(acc_t));
   const int64_t ws = layout.weight_stride;
-  // [4u, ws] T: row 4 jj + g = W_hh row g * H + unit0 + jj (the four gates of a unit together)
+  const int64_t k_padded = kTensorCores<T> ? round_up_to(H, 16) : H;
+  // [weight_rows, ws] T: row 4 jj + g = W_hh row g * H + unit0 + jj (a unit's four gates
+  // together); zero past the block's units and past H (tensor cores: whole tiles)
   const simt::SharedArray<T> w = simt::shared_array<T>(0, layout.weight_rows * ws, "w_hh rows");
-  // [tile, ws] T: rows b0 .. of h_{t-1}
+  // [tile_rows, ws] T: rows b0 .. of h_{t-1}
   const simt::SharedArray<T> h_tile =
-      simt::shared_array<T>(layout.tile_offset, tile * ws, "h tile");
-  // [k_split - 1, items, 16] acc
-  const simt::SharedArray<acc_t> partial =
-      simt::shared_array<acc_t>(layout.partial_offset, layout.partial_count, "partial sums");
+      simt::shared_array<T>(layout.tile_offset, layout.tile_rows * ws, "h tile");
+  const simt::SharedArray<partial_t> partial =
+      simt::shared_array<partial_t>(layout.partial_offset, layout.partial_count, "partial sums");
 
   const T* w_hh = static_cast<const T*>(p.w_hh);
-  for (int64_t i = tid; i < 4 * units * H; i += threads) {
-    const int64_t row = i / H, k = i % H;
-    w[row * ws + k] = w_hh[((row % 4) * H + unit0 + row / 4) * H + k];
+  for (int64_t i = tid; i < layout.weight_rows * k_padded; i += threads) {
+    const int64_t row = i / k_padded, k = i % k_padded;
+    w[row * ws + k] = (row < 4 * units && k < H) ? w_hh[((row % 4) * H + unit0 + row / 4) * H + k]
+                                                 : convert<T>(acc_t(0));
+  }
+  if (kTensorCores<T>) {  // padding rows and columns of the h tile: read, never staged
+    for (int64_t i = tid; i < layout.tile_rows * k_padded; i += threads) {
+      h_tile[(i / k_padded) * ws + i % k_padded] = convert<T>(acc_t(0));
+    }
   }
   simt::sync_block();
 
-  const int64_t k_per_slice = (H + part.k_split - 1) / part.k_split;
   T* gates_h = static_cast<T*>(p.gates_h);
   for (int64_t s = 0; s < p.steps; ++s) {
     const T* h_prev = offset_rows<T>(p.hidden_exchange, (s & 1) * B, H);  // [B, H]
@@ -110,29 +249,11 @@ SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
         h_tile[(i / H) * ws + i % H] = h_prev[(b0 + i / H) * H + i % H];
       }
       simt::sync_block();
-      const ProductTile t = product_tile(part, units, tile_rows);
-      acc_t acc[kRowsPerThread * 4] = {};  // [row r][gate g] at 4 r + g
-      if (t.active) {
-        const int64_t k_end = min64(H, (t.slice + 1) * k_per_slice);
-        for (int64_t k = t.slice * k_per_slice; k < k_end; ++k) {
-          acc_t wk[4];
-          for (int g = 0; g < 4; ++g) wk[g] = convert<acc_t>(static_cast<T>(w[(4 * t.unit + g) * ws + k]));
-          for (int r = 0; r < kRowsPerThread; ++r) {
-            if (r < t.rows) {
-              const acc_t hk = convert<acc_t>(static_cast<T>(h_tile[(kRowsPerThread * t.group + r) * ws + k]));
-              for (int g = 0; g < 4; ++g) acc[4 * r + g] += wk[g] * hk;
-            }
-          }
-        }
-      }
-      sum_slices(part, t, partial, acc);
-      if (t.active && t.slice == 0) {
-        for (int r = 0; r < kRowsPerThread; ++r) {
-          if (r < t.rows) {
-            T* out = gates_h + (b0 + kRowsPerThread * t.group + r) * G + unit0 + t.unit;
-            for (int g = 0; g < 4; ++g) out[g * H] = convert<T>(acc[4 * r + g]);
-          }
-        }
+      if constexpr (kTensorCores<T>) {
+        forward_product_mma<T>(part, H, units, unit0, b0, tile_rows, ws, w, h_tile, partial, gates_h);
+      } else {
+        forward_product_ffma<T, acc_t>(part, H, units, unit0, b0, tile_rows, ws, w, h_tile,
+                                       partial, gates_h);
       }
       simt::sync_block();  // the tile and the partial sums are read; the next may overwrite
     }
@@ -159,8 +280,32 @@ SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
   }
 }
 
+// ---- the backward kernel --------------------------------------------------------------------
+
+// Backward, one batch tile, FFMA: acc[r] = sum over the staged columns of dg_tile[b, k]
+// w[jj, k0 + k] for the thread's rows b; called per staged chunk, summed over slices after.
+template <typename T, typename acc_t>
+SIMT_DEVICE void backward_chunk_ffma(const PersistentPartition& part, const ProductTile& t,
+                                     int64_t k0, int64_t cols, int64_t ws, int64_t ts,
+                                     const simt::SharedArray<T>& w,
+                                     const simt::SharedArray<T>& dg_tile,
+                                     acc_t (&acc)[kRowsPerThread]) {
+  if (!t.active) return;
+  const int64_t k_per_slice = (cols + part.k_split - 1) / part.k_split;
+  const int64_t k_end = min64(cols, (t.slice + 1) * k_per_slice);
+  for (int64_t k = t.slice * k_per_slice; k < k_end; ++k) {
+    const acc_t wk = convert<acc_t>(static_cast<T>(w[t.unit * ws + k0 + k]));
+    for (int r = 0; r < kRowsPerThread; ++r) {
+      if (r < t.rows) {
+        acc[r] += convert<acc_t>(static_cast<T>(dg_tile[(kRowsPerThread * t.group + r) * ts + k])) * wk;
+      }
+    }
+  }
+}
+
 template <typename T, typename acc_t, bool kPreActivations>
 SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
+  using partial_t = typename std::conditional<kTensorCores<T>, float, acc_t>::type;
   const PersistentPartition& part = p.part;
   const int64_t H = p.hidden, B = p.batch, G = 4 * H, W = p.steps;
   const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
@@ -169,18 +314,26 @@ SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
   const int64_t tile = part.batch_tile, chunk = part.k_chunk;
   const PersistentSharedLayout layout = shared_layout(part, H, true, sizeof(T), sizeof(acc_t));
   const int64_t ws = layout.weight_stride, ts = layout.tile_stride;
-  // [u, ws] T: row jj = column unit0 + jj of W_hh (its G entries)
+  const int64_t k_padded = kTensorCores<T> ? round_up_to(G, 16) : G;
+  // [weight_rows, ws] T: row jj = column unit0 + jj of W_hh (its G entries); zero past the
+  // block's units and past G (tensor cores: whole tiles)
   const simt::SharedArray<T> w = simt::shared_array<T>(0, layout.weight_rows * ws, "w_hh columns");
-  // [tile, ts] T: rows b0 .. of dG_t, columns k0 .. k0 + chunk
-  const simt::SharedArray<T> dg_tile = simt::shared_array<T>(layout.tile_offset, tile * ts, "dG tile");
-  // [k_split - 1, items, 4] acc
-  const simt::SharedArray<acc_t> partial =
-      simt::shared_array<acc_t>(layout.partial_offset, layout.partial_count, "partial sums");
+  // [tile_rows, ts] T: rows b0 .. of dG_t, columns k0 .. k0 + chunk
+  const simt::SharedArray<T> dg_tile =
+      simt::shared_array<T>(layout.tile_offset, layout.tile_rows * ts, "dG tile");
+  const simt::SharedArray<partial_t> partial =
+      simt::shared_array<partial_t>(layout.partial_offset, layout.partial_count, "partial sums");
 
   const T* w_hh = static_cast<const T*>(p.w_hh);
-  for (int64_t i = tid; i < units * G; i += threads) {
-    const int64_t jj = i % units, k = i / units;  // consecutive threads: consecutive columns
-    w[jj * ws + k] = w_hh[k * H + unit0 + jj];
+  for (int64_t i = tid; i < layout.weight_rows * k_padded; i += threads) {
+    const int64_t jj = i % layout.weight_rows, k = i / layout.weight_rows;  // consecutive
+    w[jj * ws + k] = (jj < units && k < G) ? w_hh[k * H + unit0 + jj]      // threads: columns
+                                           : convert<T>(acc_t(0));
+  }
+  if (kTensorCores<T>) {  // the dG tile's padding rows: read, never staged
+    for (int64_t i = tid; i < layout.tile_rows * chunk; i += threads) {
+      dg_tile[(i / chunk) * ts + i % chunk] = convert<T>(acc_t(0));
+    }
   }
   simt::sync_block();
 
@@ -210,32 +363,63 @@ SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
     const T* dg = static_cast<const T*>(step.grad_gates);  // [B, G]
     for (int64_t b0 = 0; b0 < B; b0 += tile) {
       const int64_t tile_rows = min64(tile, B - b0);
+      // FFMA: a thread's rows; tensor cores: up to kMaxWarpTiles output tiles of a warp
       const ProductTile t = product_tile(part, units, tile_rows);
       acc_t acc[kRowsPerThread] = {};
+      const int64_t n_tiles = round_up_to(part.units, 8) / 8;
+      const int64_t tiles = round_up_to(tile_rows, 16) / 16 * n_tiles;
+      const int64_t plan_tiles = mma_tiles(part.batch_tile, part.units, true);
+      const WarpTile wt = warp_tile(part, plan_tiles);
+      float d[kMaxWarpTiles][4] = {};
       for (int64_t k0 = 0; k0 < G; k0 += chunk) {
         const int64_t cols = min64(chunk, G - k0);
-        for (int64_t i = tid; i < tile_rows * cols; i += threads) {
-          dg_tile[(i / cols) * ts + i % cols] = dg[(b0 + i / cols) * G + k0 + i % cols];
+        // tensor cores: whole k steps, the columns past G zero
+        const int64_t staged = kTensorCores<T> ? round_up_to(cols, 16) : cols;
+        for (int64_t i = tid; i < tile_rows * staged; i += threads) {
+          const int64_t r = i / staged, c = i % staged;
+          dg_tile[r * ts + c] = c < cols ? dg[(b0 + r) * G + k0 + c] : convert<T>(acc_t(0));
         }
         simt::sync_block();
-        if (t.active) {
-          const int64_t k_per_slice = (cols + part.k_split - 1) / part.k_split;
-          const int64_t k_end = min64(cols, (t.slice + 1) * k_per_slice);
-          for (int64_t k = t.slice * k_per_slice; k < k_end; ++k) {
-            const acc_t wk = convert<acc_t>(static_cast<T>(w[t.unit * ws + k0 + k]));
-            for (int r = 0; r < kRowsPerThread; ++r) {
-              if (r < t.rows) {
-                acc[r] += convert<acc_t>(static_cast<T>(dg_tile[(kRowsPerThread * t.group + r) * ts + k])) * wk;
-              }
+        if constexpr (kTensorCores<T>) {
+          const int64_t k_steps = staged / 16;
+          const int64_t per_slice = (k_steps + part.k_split - 1) / part.k_split;
+          const int64_t k_begin = min64(k_steps, wt.slice * per_slice) * 16;
+          const int64_t k_end = min64(k_steps, (wt.slice + 1) * per_slice) * 16;
+          for (int64_t n = 0; n < kMaxWarpTiles; ++n) {
+            const int64_t out_tile = wt.first_tile + n * wt.tile_step;
+            if (out_tile < tiles && wt.slice < part.k_split && (n == 0 || part.k_split == 1)) {
+              const int64_t mt = out_tile / n_tiles, nt = out_tile % n_tiles;
+              mma_accumulate(d[n], dg_tile, 16 * mt, ts, k_begin, w, 8 * nt, ws, k0 + k_begin,
+                             k_end - k_begin);
             }
           }
+        } else {
+          backward_chunk_ffma<T, acc_t>(part, t, k0, cols, ws, ts, w, dg_tile, acc);
         }
         simt::sync_block();  // the tile is read; the next may overwrite it
       }
-      sum_slices(part, t, partial, acc);
-      if (t.active && t.slice == 0) {
-        for (int r = 0; r < kRowsPerThread; ++r) {
-          if (r < t.rows) {
+      if constexpr (kTensorCores<T>) {
+        const int lane = static_cast<int>(simt::lane_id());
+        const bool active = wt.first_tile < tiles && wt.slice < part.k_split;
+        sum_slices(part.k_split, wt.slice, wt.first_tile * 32 + lane, plan_tiles * 32, active,
+                   partial, d[0]);
+        for (int64_t n = 0; n < kMaxWarpTiles; ++n) {
+          const int64_t out_tile = wt.first_tile + n * wt.tile_step;
+          if (out_tile >= tiles || wt.slice != 0 || (n > 0 && part.k_split > 1)) continue;
+          const int64_t mt = out_tile / n_tiles, nt = out_tile % n_tiles;
+          for (int i = 0; i < 4; ++i) {
+            const int64_t b = 16 * mt + simt::mma_layout::c_row(lane, i);
+            const int64_t jj = 8 * nt + simt::mma_layout::c_col(lane, i);
+            if (b < tile_rows && jj < units) {
+              grad_hidden[(b0 + b) * H + unit0 + jj] = convert<T>(d[n][i]);
+            }
+          }
+        }
+      } else {
+        sum_slices(part.k_split, t.slice, t.item, thread_items(part.batch_tile, part.units),
+                   t.active, partial, acc);
+        if (t.active && t.slice == 0) {
+          for (int r = 0; r < t.rows; ++r) {
             grad_hidden[(b0 + kRowsPerThread * t.group + r) * H + unit0 + t.unit] = convert<T>(acc[r]);
           }
         }

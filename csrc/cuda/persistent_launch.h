@@ -26,9 +26,9 @@ constexpr int64_t kUnitsQuantum = 4;
 constexpr int64_t kMaxKChunk = 1024;
 constexpr int64_t kMinSliceLength = 8;
 
-inline int64_t round_up(int64_t value, int64_t multiple) {
-  return (value + multiple - 1) / multiple * multiple;
-}
+// Tensor cores: forward batch rows staged at once, at most (8 of them per output tile).
+constexpr int64_t kMaxMmaBatchTile = 64;
+constexpr int64_t kWarps = kPersistentMaxThreads / simt::kWarpSize;
 
 inline int64_t storage_bytes(StorageType storage) {
   switch (storage) {
@@ -42,13 +42,21 @@ inline int64_t accumulation_bytes(StorageType storage) {
   return storage == StorageType::kFloat64 ? 8 : 4;
 }
 
-// Fills the k split and the threads of a partition whose tile is set: as many slices of a
-// reduction of `length` as kPersistentMaxThreads threads allow, each kMinSliceLength long at least.
-inline void split_reduction(PersistentPartition* part, int64_t length) {
+// Fills the k split and the threads of a partition whose tile is set, over a reduction of
+// `length`. FFMA: as many slices as kPersistentMaxThreads threads allow, each kMinSliceLength
+// long at least. Tensor cores: a warp per (output tile, slice) while tiles are fewer than the
+// warps, else 8 warps that take the tiles in turn.
+inline void split_reduction(PersistentPartition* part, int64_t length, bool backward) {
+  if (part->tensor_cores) {
+    const int64_t tiles = mma_tiles(part->batch_tile, part->units, backward);
+    part->k_split = tiles >= kWarps ? 1 : std::max<int64_t>(1, std::min(kWarps / tiles, length / 16));
+    part->threads = simt::kWarpSize * (part->k_split == 1 ? std::min(tiles, kWarps) : tiles * part->k_split);
+    return;
+  }
   const int64_t items = thread_items(part->batch_tile, part->units);
   part->k_split = std::max<int64_t>(
       1, std::min<int64_t>(kPersistentMaxThreads / items, length / kMinSliceLength));
-  part->threads = round_up(items * part->k_split, simt::kWarpSize);
+  part->threads = round_up_to(items * part->k_split, simt::kWarpSize);
 }
 
 // The forward and backward partitions of a layer with `units` units per block, or false with
@@ -56,27 +64,43 @@ inline void split_reduction(PersistentPartition* part, int64_t length) {
 inline bool partition(int64_t hidden, int64_t batch, int64_t units, StorageType storage,
                       int64_t shared_limit, PersistentPlan* plan) {
   const int64_t elem = storage_bytes(storage), acc = accumulation_bytes(storage);
+  const bool tensor_cores = elem == 2;
   if (units > kPersistentMaxThreads) {
     plan->reason = std::to_string(units) + " units per block exceed the kernels' " +
                    std::to_string(kPersistentMaxThreads) + " threads";
     return false;
   }
-  // The most rows whose tiles the threads cover, at kRowsPerThread rows per thread.
-  const int64_t tile = std::min<int64_t>(batch, kRowsPerThread * (kPersistentMaxThreads / units));
+  // The most batch rows a product takes at once: FFMA, what the threads cover at
+  // kRowsPerThread rows each; tensor cores, forward kMaxMmaBatchTile, backward as many 16-row
+  // tiles as kMaxWarpTiles accumulators per warp hold.
+  const int64_t n_tiles = round_up_to(units, 8) / 8;
+  const int64_t forward_tile = std::min<int64_t>(
+      batch, tensor_cores ? kMaxMmaBatchTile : kRowsPerThread * (kPersistentMaxThreads / units));
+  const int64_t backward_tile = std::min<int64_t>(
+      batch, tensor_cores ? 16 * std::max<int64_t>(1, kWarps * kMaxWarpTiles / n_tiles)
+                          : forward_tile);
+  if (tensor_cores && n_tiles > kWarps * kMaxWarpTiles) {
+    plan->reason = std::to_string(units) + " units per block exceed the tensor-core tiles of a block";
+    return false;
+  }
   PersistentPartition& f = plan->forward;
   f.units = units;
   f.blocks = (hidden + units - 1) / units;
+  f.tensor_cores = tensor_cores;
   f.k_chunk = hidden;
-  for (f.batch_tile = tile;; f.batch_tile = (f.batch_tile + 1) / 2) {  // shrink the h tile to fit
-    split_reduction(&f, hidden);
+  for (f.batch_tile = forward_tile;; f.batch_tile = (f.batch_tile + 1) / 2) {  // shrink to fit
+    split_reduction(&f, tensor_cores ? round_up_to(hidden, 16) / 16 * 16 : hidden, false);
     f.shared_bytes = shared_layout(f, hidden, false, elem, acc).bytes;
     if (f.shared_bytes <= shared_limit || f.batch_tile == 1) break;
   }
   PersistentPartition& b = plan->backward;
   b = f;
-  b.batch_tile = tile;
-  for (b.k_chunk = std::min<int64_t>(4 * hidden, kMaxKChunk);; b.k_chunk = (b.k_chunk + 1) / 2) {
-    split_reduction(&b, b.k_chunk);
+  b.batch_tile = backward_tile;
+  // The dG chunk: tensor cores, whole k steps of 16.
+  const int64_t k_step = tensor_cores ? 16 : 1;
+  for (b.k_chunk = std::min<int64_t>(round_up_to(4 * hidden, k_step), kMaxKChunk);;
+       b.k_chunk = round_up_to((b.k_chunk + 1) / 2, k_step)) {
+    split_reduction(&b, b.k_chunk, true);
     b.shared_bytes = shared_layout(b, hidden, true, elem, acc).bytes;
     if (b.shared_bytes <= shared_limit || b.k_chunk <= 2 * kMinSliceLength) break;
   }
@@ -110,7 +134,7 @@ simt::Status plan_persistent(int64_t hidden, int64_t batch, StorageType storage,
   }
   // The fewest units per block that spread H over at most one block per SM.
   const int64_t units =
-      std::min(hidden, round_up(std::max<int64_t>(1, (hidden + sms - 1) / sms), kUnitsQuantum));
+      std::min(hidden, round_up_to(std::max<int64_t>(1, (hidden + sms - 1) / sms), kUnitsQuantum));
   if (!partition(hidden, batch, units, storage, shared_limit, plan)) return simt::kSuccess;
   // Each kernel: compiled without spills for this device, its shared memory allowed, and
   // every block of the grid resident at once. Sets plan->reason where one is not.

@@ -21,26 +21,44 @@
 namespace tbptt {
 
 // How one kernel splits the work; the plan (csrc/cuda/persistent_launch.h) fills it, the
-// kernel reads it. Each product is tiled: a thread accumulates the outputs of up to
-// kRowsPerThread batch rows of one unit (forward: its four gates; backward: dL/dh), over one of
-// k_split equal slices of the reduction, in registers; the slices are then summed in a fixed
-// order through shared memory. Shared-memory rows are padded (padded_row) against bank
-// conflicts.
+// kernel reads it. Shared-memory rows are padded (padded_row) against bank conflicts.
+//
+// FFMA (float32, float64): a thread accumulates the outputs of up to kRowsPerThread batch
+// rows of one unit (forward: its four gates; backward: dL/dh), over one of k_split equal
+// slices of the reduction, in registers; the slices are then summed in a fixed order through
+// shared memory.
+// Tensor cores (float16, bfloat16; tensor_cores): a warp accumulates one m16n8 tile of mma
+// m16n8k16 products in fp32 over one of k_split slices of the 16-wide k steps, summed the same
+// way; with k_split 1 a warp takes tiles in turn. Forward the tile is 16 gate rows (the W_hh
+// slice, A) by 8 batch rows (h_{t-1}, B); backward 16 batch rows (dG_t, A) by 8 units (W_hh
+// columns, B). Operands are zero-padded in shared memory to whole tiles.
 constexpr int64_t kRowsPerThread = 4;
+constexpr int64_t kMaxWarpTiles = 4;  // backward, k_split 1: accumulator tiles per warp
 
 struct PersistentPartition {
   int64_t blocks = 0;        // P = ceil(H / units): the grid
   int64_t units = 0;         // u: hidden units per block
-  int64_t threads = 0;       // per block: a multiple of 32, >= k_split * thread_items(...)
+  int64_t threads = 0;       // per block, a multiple of 32
   int64_t batch_tile = 0;    // rows of h_{t-1} (forward) or dG_t (backward) staged at once
   int64_t k_split = 1;       // slices of the reduction (H forward, each k_chunk backward)
   int64_t k_chunk = 0;       // backward: columns of dG_t staged at once (of G); forward: H
   int64_t shared_bytes = 0;  // dynamic shared memory per block
+  bool tensor_cores = false; // 16-bit storage: mma products
 };
 
-// Threads of one k slice: one per (group of kRowsPerThread batch rows, unit).
+// FFMA: threads of one k slice, one per (group of kRowsPerThread batch rows, unit).
 TBPTT_HD int64_t thread_items(int64_t batch_tile, int64_t units) {
   return (batch_tile + kRowsPerThread - 1) / kRowsPerThread * units;
+}
+
+TBPTT_HD int64_t round_up_to(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+// Tensor cores: the m16n8 output tiles of a product over a batch tile of `rows` rows.
+TBPTT_HD int64_t mma_tiles(int64_t rows, int64_t units, bool backward) {
+  return backward ? round_up_to(rows, 16) / 16 * (round_up_to(units, 8) / 8)
+                  : round_up_to(4 * units, 16) / 16 * (round_up_to(rows, 8) / 8);
 }
 
 // Elements per shared-memory row holding n values of `elem_bytes` bytes: n, padded so that a
@@ -58,10 +76,13 @@ TBPTT_HD int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 // share). Forward: weights [4u, padded_row(H)] T, the h tile [batch_tile, padded_row(H)] T, the
 // partial sums [k_split - 1, thread_items, kRowsPerThread * 4] acc. Backward: weights
 // [u, padded_row(G)] T, the dG tile [batch_tile, padded_row(k_chunk)] T, the partial sums
-// [k_split - 1, thread_items, kRowsPerThread] acc.
+// [k_split - 1, thread_items, kRowsPerThread] acc. Tensor cores: rows and k padded to whole
+// tiles (forward weights [round16(4u), .. round16(H)], h tile [round8(batch_tile), ..];
+// backward weights [round8(u), .. round16(G)], dG tile [round16(batch_tile), ..]) and partial
+// sums [k_split - 1, tiles, 32 lanes, 4] float.
 struct PersistentSharedLayout {
   int64_t weight_rows, weight_stride;
-  int64_t tile_offset, tile_stride;
+  int64_t tile_rows, tile_offset, tile_stride;
   int64_t partial_offset, partial_count;
   int64_t bytes;
 };
@@ -70,14 +91,23 @@ TBPTT_HD PersistentSharedLayout shared_layout(const PersistentPartition& part, i
                                               bool backward, int64_t elem_bytes,
                                               int64_t acc_bytes) {
   PersistentSharedLayout s;
-  s.weight_rows = backward ? part.units : 4 * part.units;
-  s.weight_stride = padded_row(backward ? 4 * hidden : hidden, elem_bytes);
+  const bool tc = part.tensor_cores;
+  const int64_t k = backward ? 4 * hidden : hidden;
+  if (backward) {
+    s.weight_rows = tc ? round_up_to(part.units, 8) : part.units;
+    s.tile_rows = tc ? round_up_to(part.batch_tile, 16) : part.batch_tile;
+  } else {
+    s.weight_rows = tc ? round_up_to(4 * part.units, 16) : 4 * part.units;
+    s.tile_rows = tc ? round_up_to(part.batch_tile, 8) : part.batch_tile;
+  }
+  s.weight_stride = padded_row(tc ? round_up_to(k, 16) : k, elem_bytes);
   s.tile_offset = align16(s.weight_rows * s.weight_stride * elem_bytes);
   s.tile_stride = backward ? padded_row(part.k_chunk, elem_bytes) : s.weight_stride;
-  s.partial_offset = s.tile_offset + align16(part.batch_tile * s.tile_stride * elem_bytes);
-  s.partial_count = (part.k_split - 1) * thread_items(part.batch_tile, part.units) *
-                    kRowsPerThread * (backward ? 1 : 4);
-  s.bytes = s.partial_offset + align16(s.partial_count * acc_bytes);
+  s.partial_offset = s.tile_offset + align16(s.tile_rows * s.tile_stride * elem_bytes);
+  s.partial_count = tc ? (part.k_split - 1) * mma_tiles(part.batch_tile, part.units, backward) * 32 * 4
+                       : (part.k_split - 1) * thread_items(part.batch_tile, part.units) *
+                             kRowsPerThread * (backward ? 1 : 4);
+  s.bytes = s.partial_offset + align16(s.partial_count * (tc ? 4 : acc_bytes));
   return s;
 }
 
