@@ -25,6 +25,7 @@ kwargs = dict(
     sources=sources,
     include_dirs=[_build.CSRC],
     extra_compile_args=_build.compile_args(with_cuda),
+    extra_link_args=_build.link_args(),
     define_macros=_build.define_macros(with_cuda),
 )
 extension = CUDAExtension(**kwargs) if with_cuda else CppExtension(**kwargs)

@@ -34,6 +34,26 @@ const GemmBackend& gemm();
 // Set it between calls, not while a forward or backward runs.
 void set_gemm_library(const std::string& name);
 std::string gemm_library(at::ScalarType dtype);
+// The fused float32 layers (fused_cpu.cpp): a whole chunk's forward or span's backward of one
+// layer in one OpenMP team, W_hh packed once per chunk for oneDNN's brgemm micro-kernel; the
+// rest of the CPU backend falls back to the per-step loop where they decline. nullptr where
+// this build has no brgemm.
+const PersistentBackend* fused_layers();
+// "auto" (fused where available and float32) or "stepwise" (never); TBPTT_CPU_PATH.
+void set_cpu_path(const std::string& name);
+std::string cpu_path();
+// Whether the fused layers would run now for float32 (brgemm present, oneDNN enabled, AVX2);
+// else why not.
+std::string fused_unavailable_reason();
+// Units [unit_begin, unit_end) of every row of one step, float32 (lstm_cpu.cpp's vector loop).
+void forward_units_float(const ForwardStepParams& p, int64_t unit_begin, int64_t unit_end);
+void backward_units_float(const BackwardStepParams& p, int64_t unit_begin, int64_t unit_end);
+// Threads that ran the tasks of one at::parallel_for over `tasks` tasks of grain 1, and the
+// size of the fused layers' OpenMP team: the OpenMP build's test hooks.
+int64_t parallel_for_threads(int64_t tasks);
+int64_t fused_team_threads(int64_t hidden, int64_t batch);
+// Packed weights the fused layers have made so far (their cache's test hook).
+int64_t weight_packs_made();
 }
 #ifdef TBPTT_WITH_CUDA
 namespace cuda {

@@ -174,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
       pp.scratch_gates = scratch[0];
       pp.scratch_cell = scratch[1];
       pp.scratch_hidden = scratch[2];
-      done = backend.persistent->forward_layer(pp, storage);
+      done = backend.persistent->forward_layer(pp, storage, w_hh_raw);
       if (done) hidden = exchange[L & 1];
     }
     for (int64_t s = 0; s < L && !done; ++s) {
@@ -249,7 +249,8 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
                             const at::Tensor& flags, c10::ArrayRef<double> carry_scales,
                             const at::Tensor& grad_out, const at::Tensor& grad_h_n,
                             const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias,
-                            const std::vector<at::Tensor>& backward_step_weights, bool may_cut) {
+                            const std::vector<at::Tensor>& backward_step_weights, bool may_cut,
+                            bool grad_input) {
   const int64_t per_layer = weights_per_layer(has_bias);
   const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
   const int64_t W = flags.size(0), B = flags.size(1), Ls = grad_out.size(0);
@@ -338,7 +339,7 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
       pb.grad_cell = grad_cell.data_ptr();
       pb.grad_gates = grad_gates.data_ptr();
       pb.hidden_prev_seen = hidden_prev_seen.data_ptr();
-      done = backend.persistent->backward_layer(pb, storage);
+      done = backend.persistent->backward_layer(pb, storage, w_hh_raw);
     }
     for (int64_t j = W - 1; j >= 0 && !done; --j) {
       BackwardStepParams p;
@@ -381,7 +382,7 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
     if (l > 0) {
       grad_from_above = gemm.linear(grad_gates_2d, w_ih.t(), at::Tensor()).view({W, B, H});
       if (acts.mask.defined()) grad_from_above.mul_(acts.mask[l - 1]);
-    } else if (Ls > 0) {
+    } else if (Ls > 0 && grad_input) {
       result.grad_x = gemm.linear(grad_gates.narrow(0, W - Ls, Ls).reshape({Ls * B, G}), w_ih.t(),
                                   at::Tensor())
                           .view({Ls, B, -1});
@@ -407,7 +408,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     const DeviceBackend& backend, const at::Tensor& grad_out_in, const at::Tensor& grad_h_n_in,
     const at::Tensor& grad_c_n_in, at::TensorList weights, bool has_bias, const RingTensors& ring,
     const at::Tensor& h_init_in, const at::Tensor& c_init_in, int64_t window_len,
-    int64_t last_step, c10::ArrayRef<double> carry_scales) {
+    int64_t last_step, c10::ArrayRef<double> carry_scales, bool grad_input) {
   const int64_t per_layer = weights_per_layer(has_bias);
   TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
               "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
@@ -453,8 +454,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     SpanGradients span = backward_span(backend, acts, window_flags, carry_scales, grad_out,
                                        grad_h_n, grad_c_n, weights, has_bias,
                                        step_weights_of(backend.gemm, weights, has_bias, B, true),
-                                       W > L);
-    return {span.grad_x, span.grad_h_before, span.grad_c_before, span.weights};
+                                       W > L, grad_input);
+    return {grad_input ? span.grad_x : at::empty({0}, grad_out.options()), span.grad_h_before,
+            span.grad_c_before, span.weights};
   }
 
   // kCheckpoints: segments of checkpoint_every steps from the checkpoint at or before the
@@ -508,7 +510,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
         backend, acts, window_flags.narrow(0, span_first, span_len),
         carry_scales.empty() ? carry_scales : carry_scales.slice(span_first, span_len),
         grad_out.narrow(0, chunk_first - (W - L), chunk_steps), grad_h, grad_c, weights, has_bias,
-        backward_weights, W > L);
+        backward_weights, W > L, grad_input);
     grad_h = span.grad_h_before;
     grad_c = span.grad_c_before;
     for (size_t i = 0; i < weights.size(); ++i) {
@@ -516,7 +518,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     }
     if (span.grad_x.defined()) grad_x_parts.insert(grad_x_parts.begin(), span.grad_x);
   }
-  return {at::cat(grad_x_parts), grad_h, grad_c, grad_weights};
+  return {grad_input ? at::cat(grad_x_parts) : at::empty({0}, grad_out.options()), grad_h, grad_c,
+          grad_weights};
 }
 
 }  // namespace tbptt

@@ -37,17 +37,20 @@ struct GemmBackend {
   void (*step_linear)(const at::Tensor& out, const at::Tensor& x, const at::Tensor& prepared);
 };
 
-// One device's persistent kernels (CUDA, and the emulated CUDA): a layer's whole chunk
-// forward, or a span's whole backward, in one launch. The driver fills the params but `part`
+// One device's fused layers: a layer's whole chunk forward, or a span's whole backward, in one
+// call (CUDA and the emulated CUDA: the persistent kernels, one launch; CPU: one OpenMP team). The driver fills the params but `part`
 // (the backend's plan) and falls back to its per-step loop where they decline.
 struct PersistentBackend {
   // Whether the plan takes the persistent path for a layer of this shape over `steps` steps
   // (L forward, W backward); raises where the path is forced persistent and nothing fits.
   bool (*takes)(int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage);
   // Runs it and returns true; false where the launch failed (nothing ran, a warning said so):
-  // then the caller runs the stepwise path on the same buffers.
-  bool (*forward_layer)(PersistentForwardParams& params, at::ScalarType storage);
-  bool (*backward_layer)(PersistentBackwardParams& params, at::ScalarType storage);
+  // then the caller runs the stepwise path on the same buffers. w_hh: the tensor behind
+  // params.w_hh ([G, H], dense), for backends that cache a packed copy of it.
+  bool (*forward_layer)(PersistentForwardParams& params, at::ScalarType storage,
+                        const at::Tensor& w_hh);
+  bool (*backward_layer)(PersistentBackwardParams& params, at::ScalarType storage,
+                         const at::Tensor& w_hh);
 };
 
 struct DeviceBackend {
@@ -95,14 +98,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
 //   h_init [layers, B, H] (T), c_init [layers, B, H] (acc): the state at the stream's start
 //   (global step 0); the state entering the window comes from the ring (or is this one);
 //   carry_scales: empty, or one factor per window step (oldest first) on the gradients that
-//   step receives from the next (ARTBP's compensation; see tbptt_cuda/artbp.py).
-// Returns grad_x [L, B, I], grad_h_before [layers, B, H] (T), grad_c_before [layers, B, H]
+//   step receives from the next (ARTBP's compensation; see tbptt_cuda/artbp.py);
+//   grad_input: false where x needs no gradient (its GEMM is skipped, grad_x returned empty).
+// Returns grad_x [L, B, I] (or [0]), grad_h_before [layers, B, H] (T), grad_c_before [layers, B, H]
 // (acc): the gradient reaching the state entering the window, and the weight gradients in the
 // order of `weights`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward(
     const DeviceBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_h_n,
     const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias, const RingTensors& ring,
     const at::Tensor& h_init, const at::Tensor& c_init, int64_t window_len, int64_t last_step,
-    c10::ArrayRef<double> carry_scales);
+    c10::ArrayRef<double> carry_scales, bool grad_input = true);
 
 }  // namespace tbptt

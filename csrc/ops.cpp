@@ -61,14 +61,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     const at::Tensor& ring_flags, const at::Tensor& ring_mask, const at::Tensor& h_init,
     const at::Tensor& c_init, int64_t window_len, int64_t last_step,
     const std::optional<std::vector<double>>& carry_scales, int64_t history_mode,
-    int64_t checkpoint_every) {
+    int64_t checkpoint_every, bool grad_input) {
   const c10::OptionalDeviceGuard guard(grad_out.device());
   return window_backward(backend(), grad_out, grad_h_n, grad_c_n, weights, has_bias,
                          ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags,
                                  ring_mask, history_mode, checkpoint_every),
                          h_init, c_init, window_len, last_step,
                          carry_scales.has_value() ? c10::ArrayRef<double>(*carry_scales)
-                                                  : c10::ArrayRef<double>());
+                                                  : c10::ArrayRef<double>(),
+                         grad_input);
 }
 
 }  // namespace
@@ -85,13 +86,15 @@ TORCH_LIBRARY(tbptt, m) {
       "Tensor(f!) ring_mask, int first_step, bool record, int history_mode=0, "
       "int checkpoint_every=1) -> (Tensor, Tensor, Tensor)");
   // Backward over the last window_len recorded steps, ending at step last_step; h_init, c_init:
-  // the state at the stream's start; carry_scales: ARTBP's factor per window step (None: 1).
+  // the state at the stream's start; carry_scales: ARTBP's factor per window step (None: 1);
+  // grad_input False: x needs no gradient (grad_x is returned empty, its GEMM skipped).
   m.def(
       "window_backward(Tensor grad_out, Tensor grad_h_n, Tensor grad_c_n, Tensor[] weights, "
       "bool has_bias, Tensor ring_gates, Tensor ring_cell, Tensor ring_hidden, "
       "Tensor ring_input, Tensor ring_flags, Tensor ring_mask, Tensor h_init, "
       "Tensor c_init, int window_len, int last_step, float[]? carry_scales=None, "
-      "int history_mode=0, int checkpoint_every=1) -> (Tensor, Tensor, Tensor, Tensor[])");
+      "int history_mode=0, int checkpoint_every=1, bool grad_input=True) "
+      "-> (Tensor, Tensor, Tensor, Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(tbptt, CPU, m) {
@@ -109,6 +112,17 @@ TORCH_LIBRARY_IMPL(tbptt, CUDA, m) {
 // The Python module reports how it was built and selects the CPU GEMM library; the ops live in
 // torch.ops.tbptt.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_cpu_path", &tbptt::cpu::set_cpu_path,
+        "CPU float32 layers: 'auto' (fused, where brgemm and oneDNN are available) or 'stepwise'.");
+  m.def("cpu_path", &tbptt::cpu::cpu_path);
+  m.def("cpu_fused_unavailable_reason", &tbptt::cpu::fused_unavailable_reason,
+        "Why the fused CPU layers would not run now ('' : they would).");
+  m.def("cpu_fused_compiled", [] { return tbptt::cpu::fused_layers() != nullptr; });
+  m.def("cpu_parallel_for_threads", &tbptt::cpu::parallel_for_threads,
+        "Threads that ran an at::parallel_for of this many tasks (the OpenMP build's check).");
+  m.def("cpu_fused_team_threads", &tbptt::cpu::fused_team_threads,
+        "Threads of the fused CPU layers' team for a layer of H units and B rows.");
+  m.def("cpu_weight_packs_made", &tbptt::cpu::weight_packs_made);
   m.def("set_cpu_gemm", &tbptt::cpu::set_gemm_library,
         "Selects the CPU GEMM library: 'onednn' (float32 default) or 'aten' (MKL).");
   m.def(

@@ -100,10 +100,10 @@ const PersistentBackend* persistent_backend() {
       [](int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
         return persistent_takes(launchers(), hidden, batch, steps, storage);
       },
-      [](PersistentForwardParams& params, at::ScalarType storage) {
+      [](PersistentForwardParams& params, at::ScalarType storage, const at::Tensor&) {
         return persistent_forward(launchers(), params, storage);
       },
-      [](PersistentBackwardParams& params, at::ScalarType storage) {
+      [](PersistentBackwardParams& params, at::ScalarType storage, const at::Tensor&) {
         return persistent_backward(launchers(), params, storage);
       }};
   return &backend;

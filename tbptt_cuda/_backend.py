@@ -26,6 +26,11 @@ def load():
         _register_fakes()
         if os.environ.get("TBPTT_CPU_GEMM"):
             module.set_cpu_gemm(os.environ["TBPTT_CPU_GEMM"])
+        if os.environ.get("TBPTT_CPU_PATH"):
+            try:
+                module.set_cpu_path(os.environ["TBPTT_CPU_PATH"])
+            except ValueError as error:
+                raise ValueError(f"TBPTT_CPU_PATH: {error}") from error
         if os.environ.get("TBPTT_CUDA_PATH"):
             try:
                 module.set_cuda_path(os.environ["TBPTT_CUDA_PATH"])
@@ -55,10 +60,11 @@ def _register_fakes():
     def _window_backward_fake(grad_out, grad_h_n, grad_c_n, weights, has_bias, ring_gates,
                               ring_cell, ring_hidden, ring_input, ring_flags, ring_mask,
                               h_init, c_init, window_len, last_step, carry_scales=None,
-                              history_mode=0, checkpoint_every=1):
+                              history_mode=0, checkpoint_every=1, grad_input=True):
         L, B, H = grad_out.shape
         layers = grad_h_n.shape[0]
-        return (grad_out.new_empty(L, B, weights[0].shape[1]),
+        return (grad_out.new_empty(L, B, weights[0].shape[1]) if grad_input
+                else grad_out.new_empty(0),
                 grad_out.new_empty(layers, B, H),
                 grad_out.new_empty(layers, B, H, dtype=_accumulation_dtype(grad_out.dtype)),
                 [torch.empty_like(w) for w in weights])
@@ -94,6 +100,7 @@ def _build_just_in_time(import_error):
             extra_include_paths=[_build.CSRC],
             extra_cflags=flags["cxx"] + defines,
             extra_cuda_cflags=flags.get("nvcc", []) + defines,
+            extra_ldflags=_build.link_args(),
             with_cuda=with_cuda,
         )
         _build.write_build_config(with_cuda)
@@ -131,6 +138,26 @@ def set_cpu_gemm(name):
     """Selects the CPU GEMM library for float32: 'onednn' (the default where torch has it) or
     'aten'. Also settable with TBPTT_CPU_GEMM=aten|onednn before the first use."""
     load().set_cpu_gemm(name)
+
+
+def cpu_path():
+    """The CPU float32 path setting: 'auto' (the fused layers where available) or 'stepwise'."""
+    return load().cpu_path()
+
+
+def set_cpu_path(name):
+    """'auto' (default): float32 layers run fused (csrc/cpu/fused_cpu.cpp) where torch has
+    brgemm and oneDNN is enabled; 'stepwise': a GEMM and a pointwise pass per step, for
+    comparison. Also settable with TBPTT_CPU_PATH before the first use."""
+    load().set_cpu_path(name)
+
+
+def cpu_fused_reason():
+    """'' where the fused CPU layers run for float32 now, else why not."""
+    module = load()
+    if not module.cpu_fused_compiled():
+        return "this build has no cpublas::brgemm, OpenMP or x86-64"
+    return module.cpu_fused_unavailable_reason()
 
 
 def cuda_archs():

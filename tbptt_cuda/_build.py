@@ -83,10 +83,18 @@ def compile_args(with_cuda):
     # -ffast-math (compile only, never at link: no crtfastmath in a shared library) lets the
     # CPU pointwise loop call glibc's vector exp/tanh. The emulated kernels' translation units
     # switch it off again (#pragma GCC optimize("no-fast-math")): IEEE like nvcc's build.
-    args = {"cxx": ["-O3", "-std=c++17", "-ffast-math", "-fopenmp-simd"]}
+    # -fopenmp: at::parallel_for (an inline template, compiled here) forks only where _OPENMP is
+    # defined, and the fused CPU layer runs one OpenMP team per chunk; it binds to the libgomp
+    # torch has already loaded (the same soname), so there is one OpenMP runtime.
+    args = {"cxx": ["-O3", "-std=c++17", "-ffast-math", "-fopenmp"]}
     if with_cuda:
         args["nvcc"] = ["-O3", "-std=c++17", "-lineinfo"]  # IEEE exp/tanh: held to 1e-5 vs the reference
     return args
+
+
+def link_args():
+    """Linker flags of the extension (setup.py and the just-in-time build)."""
+    return ["-fopenmp"]
 
 
 def write_build_config(with_cuda):

@@ -79,7 +79,7 @@ class TruncatedLSTMFunction(torch.autograd.Function):
         grad_x, grad_h0, grad_c0, grad_weights = _OPS.window_backward(
             grad_y, grad_h_n, grad_c_n, list(weights), plan.has_bias, *ring.tensors(),
             history.h_init, history.c_init, b - w, b - 1, plan.carry_scales, ring.mode_code,
-            ring.every)
+            ring.every, ctx.needs_input_grad[1])
         needs = ctx.needs_input_grad
         return (
             None,

@@ -13,9 +13,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(params=["onednn", "aten"])
 def cpu_gemm(request):
+    """The per-step CPU path (float32 otherwise runs the fused layers) on one GEMM library."""
     before = _backend.cpu_gemm("float32")
     _backend.set_cpu_gemm(request.param)
+    _backend.set_cpu_path("stepwise")
     yield request.param
+    _backend.set_cpu_path("auto")
     _backend.set_cpu_gemm(before)
 
 
@@ -65,6 +68,7 @@ def _train_stream(library, steps=6):
     """A short BPTT(4, 8) run with an optimizer step after every chunk, on one library."""
     before = _backend.cpu_gemm("float32")
     _backend.set_cpu_gemm(library)
+    _backend.set_cpu_path("stepwise")
     try:
         torch.manual_seed(2)
         lstm = TruncatedLSTM(8, 192, 2, k2=8, dtype=torch.float32)
@@ -81,6 +85,7 @@ def _train_stream(library, steps=6):
             opt.step()
         return outs, grads
     finally:
+        _backend.set_cpu_path("auto")
         _backend.set_cpu_gemm(before)
 
 

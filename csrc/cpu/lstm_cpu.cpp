@@ -1,5 +1,6 @@
 // CPU backend: the GEMMs of gemm_cpu.cpp and this pointwise pass, lstm_math.h's element
-// functions over all B*H elements of one step.
+// functions over all B*H elements of one step; float32 layers take the fused path of
+// fused_cpu.cpp where it is available.
 // Rows are split across threads with at::parallel_for; within a row the units are contiguous
 // and the loop is written for the compiler to vectorise (this file is built with fast math so
 // that exp/tanh use glibc's vector variants), once per x86 level. float32 and float64.
@@ -59,6 +60,32 @@ TBPTT_CPU_CLONES void backward_rows_double(const BackwardStepParams& p, int64_t 
   }
 }
 
+// Units [unit_begin, unit_end) of every row: the fused layer's (fused_cpu.cpp) share of a step.
+template <typename Params, void (*element)(const Params&, int64_t, int64_t)>
+inline void element_units(const Params& p, int64_t unit_begin, int64_t unit_end) {
+  for (int64_t row = 0; row < p.batch; ++row) {
+#pragma omp simd
+    for (int64_t unit = unit_begin; unit < unit_end; ++unit) element(p, row, unit);
+  }
+}
+
+}  // namespace
+
+TBPTT_CPU_CLONES void forward_units_float(const ForwardStepParams& p, int64_t unit_begin,
+                                          int64_t unit_end) {
+  element_units<ForwardStepParams, forward_step_element<float, float>>(p, unit_begin, unit_end);
+}
+TBPTT_CPU_CLONES void backward_units_float(const BackwardStepParams& p, int64_t unit_begin,
+                                           int64_t unit_end) {
+  if (p.gates_are_pre_activations) {
+    element_units<BackwardStepParams, backward_step_element<float, float, true>>(p, unit_begin, unit_end);
+  } else {
+    element_units<BackwardStepParams, backward_step_element<float, float, false>>(p, unit_begin, unit_end);
+  }
+}
+
+namespace {
+
 // Splits the rows across threads; `params` is copied into each task so that the compiler
 // knows the stores cannot alias it.
 template <typename Params>
@@ -90,7 +117,7 @@ void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
 }  // namespace
 
 const DeviceBackend& backend() {
-  static const DeviceBackend cpu_backend{{forward_step, backward_step}, gemm()};
+  static const DeviceBackend cpu_backend{{forward_step, backward_step}, gemm(), fused_layers()};
   return cpu_backend;
 }
 
