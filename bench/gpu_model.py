@@ -55,13 +55,14 @@ ROWS_PER_THREAD = 4  # tbptt/persistent.h kRowsPerThread
 class Input:
     value: float
     unit: str
-    kind: str  # "spec" (a datasheet), "measured" (where and how), "assumption"
+    kind: str  # "spec" (a datasheet), "sass" (read from nvcc's compiled code, no GPU),
+    #            "measured" (on a GPU: where and how), "published" (a third party), "assumption"
     source: str
 
 
 def default_inputs():
     """The model's inputs, each with where it comes from."""
-    A, S, M = "assumption", "spec", "measured"
+    A, S, C = "assumption", "spec", "sass"
     return {
         "sms": Input(132, "SMs", S, "H100 SXM5 (NVIDIA H100 whitepaper)"),
         "clock_ghz": Input(1.75, "GHz", A, "sustained SM clock under load (the brief: ~1.75 GHz "
@@ -85,10 +86,10 @@ def default_inputs():
                                  "block (2 warps per scheduler) sustains: load-to-use latency "
                                  "is not hidden"),
         "sync_block_clk": Input(40, "clk", A, "one __syncthreads with its stragglers"),
-        "staging_ilp": Input(1, "loads in flight/thread", M, "SASS of persistent_kernels.cu "
+        "staging_ilp": Input(1, "loads in flight/thread", C, "SASS of persistent_kernels.cu "
                              "(nvcc 13.0 -O3 sm_90, commit ae78a43, cuobjdump): each staging "
                              "iteration issues one 2- or 4-byte LDG whose value its STS uses"),
-        "staging_load_bytes": Input(0, "B/load", M, "bytes one staging load moves (0: one "
+        "staging_load_bytes": Input(0, "B/load", C, "bytes one staging load moves (0: one "
                                     "element, 2 or 4 B): the same SASS has LDG.E.U16 / LDG.E, no "
                                     "vector loads"),
         "staging_iteration_clk": Input(100, "clk", A, "issue/ALU of one staging iteration besides "
@@ -505,8 +506,9 @@ def main(argv=None):
     model = Model(inputs, plan_of)
     print("PREDICTIONS of bench/gpu_model.py (a cost model; nothing below was measured by it): "
           f"H100 SXM, one layer, I = H, chunk L = k2 = {CHUNK}; commit {git_commit()}")
-    print("\nInputs (kind: spec = datasheet, measured = where stated, assumption = not measured; "
-          "published = a third party's figure):")
+    print("\nInputs (kind: spec = datasheet; sass = read from nvcc's compiled kernels, no GPU; "
+          "measured = on a GPU, where stated; published = a third party's figure; "
+          "assumption = not measured):")
     for name, item in inputs.items():
         print(f"  {name:24s} {item.value:>8g} {item.unit:22s} {item.kind:11s} {item.source}")
 
