@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.11.0
 export MAX_JOBS ?= 2
 CSRC := $(shell find csrc -type f)
 
-.PHONY: setup run test bench info gpu-test emulator-check ptxas-check clean
+.PHONY: setup run test bench info gpu-check gpu-test emulator-check ptxas-check clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +47,12 @@ bench: setup
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-json=results/bench.json
 	$(PY) bench/summary.py results/bench.json
 
-# On a GPU machine (no registry, preinstalled torch, no venv): build there and run everything.
-gpu-test:
+# On a GPU machine (no registry, preinstalled torch, no venv): build there, run the suite, the
+# sanitizers, the barrier microbenchmark, the CUDA paths against cuDNN and the cost model.
+gpu-check:
 	bash scripts/gpu_check.sh
+
+gpu-test: gpu-check
 
 clean:
 	rm -rf build $(VENV) tbptt_cuda/_C*.so tbptt_cuda/_build_config.py *.egg-info

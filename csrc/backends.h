@@ -55,11 +55,32 @@ int64_t fused_team_threads(int64_t hidden, int64_t batch);
 // Packed weights the fused layers have made so far (their cache's test hook).
 int64_t weight_packs_made();
 }
+// The grid-barrier microbenchmark's arguments (csrc/cuda/barrier_bench.cuh); raises on bad ones.
+inline void check_barrier_bench_args(int64_t blocks, int64_t threads, int64_t rounds) {
+  TORCH_CHECK_VALUE(blocks >= 1 && blocks <= 65535, "tbptt: barrier benchmark blocks must be in [1, 65535], got ", blocks);
+  TORCH_CHECK_VALUE(threads >= 32 && threads <= 1024 && threads % 32 == 0,
+                    "tbptt: barrier benchmark threads must be a multiple of 32 in [32, 1024], got ", threads);
+  TORCH_CHECK_VALUE(rounds >= 1, "tbptt: barrier benchmark rounds must be >= 1, got ", rounds);
+}
+
 #ifdef TBPTT_WITH_CUDA
 namespace cuda {
 const DeviceBackend& backend();
 PersistentPlans& persistent_plans();
-}
+
+// The grid-barrier microbenchmark on the current GPU (csrc/cuda/barrier_timing.cpp): medians
+// over `repeats` interleaved pairs of cooperative launches, timed with CUDA events.
+struct BarrierTiming {
+  double us_per_barrier;  // (total_us - launch_us) / rounds
+  double launch_us;       // a launch of the same grid with no barrier
+  double total_us;        // a launch with `rounds` barriers
+  int64_t capacity;       // co-resident blocks of this size the device holds
+  at::Tensor sink;        // [blocks, threads] int64 (CPU): what each thread read (u32 sums)
+};
+// Raises where there is no GPU, or the grid cannot be co-resident.
+BarrierTiming barrier_latency(int64_t blocks, int64_t threads, int64_t rounds, bool exchange,
+                              int64_t repeats);
+}  // namespace cuda
 #endif
 #ifdef TBPTT_WITH_EMULATION
 // csrc/cuda's kernels run by the SIMT emulator on CPU tensors (tbptt_cuda.emulate_cuda()).
@@ -78,6 +99,9 @@ void fail_launches(const std::string& kernel, int status);
 std::map<std::string, std::vector<int64_t>> stats();
 // The emulator's float -> float16 / bfloat16 conversion, as int16 bits (a test hook).
 at::Tensor sixteen_bit_conversion(const at::Tensor& values, bool bfloat16);
+// One launch of the grid-barrier microbenchmark on the simulated device: the sink,
+// [blocks, threads] int64 (u32 sums). Raises where the launch fails.
+at::Tensor barrier_bench(int64_t blocks, int64_t threads, int64_t rounds, bool exchange);
 }  // namespace emulated
 #endif
 }  // namespace tbptt

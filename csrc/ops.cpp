@@ -181,6 +181,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "The persistent kernels' plan for one layer of H units and B rows (backend 'cuda': the "
       "current device; 'emulated': the simulated one).");
+  m.def(
+      "cuda_barrier_latency",
+      [](int64_t blocks, int64_t threads, int64_t rounds, bool exchange, int64_t repeats) {
+        pybind11::dict out;
+#ifdef TBPTT_WITH_CUDA
+        const tbptt::cuda::BarrierTiming t =
+            tbptt::cuda::barrier_latency(blocks, threads, rounds, exchange, repeats);
+        out["us_per_barrier"] = t.us_per_barrier;
+        out["launch_us"] = t.launch_us;
+        out["total_us"] = t.total_us;
+        out["capacity"] = t.capacity;
+        out["sink"] = t.sink;
+#else
+        TORCH_CHECK(false, "tbptt: built without CUDA: cuda_barrier_latency needs the CUDA build and a GPU");
+#endif
+        return out;
+      },
+      pybind11::arg("blocks"), pybind11::arg("threads"), pybind11::arg("rounds"),
+      pybind11::arg("exchange") = true, pybind11::arg("repeats") = 20,
+      "Grid-barrier latency on the current GPU (csrc/cuda/barrier_bench.cuh): us_per_barrier, "
+      "launch_us (no barrier), total_us (rounds barriers), capacity, and the sink [blocks, "
+      "threads] to check the exchange with.");
   m.def("compiled_with_emulation", [] {
 #ifdef TBPTT_WITH_EMULATION
     return true;
@@ -205,6 +227,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("emulation_stats", &tbptt::emulated::stats,
         "kernel -> [launches, block barriers, grid barriers, warp collectives] so far.");
   m.def("emulated_sixteen_bit", &tbptt::emulated::sixteen_bit_conversion);
+  m.def("emulated_barrier_bench", &tbptt::emulated::barrier_bench, pybind11::arg("blocks"),
+        pybind11::arg("threads"), pybind11::arg("rounds"), pybind11::arg("exchange") = true,
+        "One launch of the grid-barrier microbenchmark on the simulated device: the sink "
+        "[blocks, threads].");
   m.def("emulator_fault_names", &tbptt::emu_selftest::fault_names);
   m.def(
       "emulator_selftest",

@@ -151,6 +151,17 @@ def plan(hidden, batch, dtype=None, sms=None):
         return module.persistent_plan("emulated", int(hidden), int(batch), name)
 
 
+def barrier_bench(blocks, threads, rounds, exchange=True):
+    """One cooperative launch of the grid-barrier microbenchmark (csrc/cuda/barrier_bench.cuh)
+    on the simulated device (emulate_cuda(sms=...) sizes it): ``rounds`` grid barriers, with
+    ``exchange`` a word per thread passed to the next block each round. Returns the int64
+    tensor [blocks, threads] of the words each thread read, summed mod 2**32 (zeros without
+    exchange); the emulator's stats count the barriers under "barrier_bench". A GPU's latency:
+    bench/barrier_latency.py."""
+    return _backend.load().emulated_barrier_bench(int(blocks), int(threads), int(rounds),
+                                                  bool(exchange))
+
+
 def fail_launches(kernel, status=720):
     """Test hook: launches of the emulated kernel ``kernel`` (e.g. "persistent_forward") return
     the cudaError_t ``status`` (720: cooperative launch too large) without running, as a GPU

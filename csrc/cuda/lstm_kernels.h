@@ -28,5 +28,12 @@ cudaError_t launch_persistent_forward(const PersistentForwardParams& params, Sto
 cudaError_t launch_persistent_backward(const PersistentBackwardParams& params,
                                        StorageType storage, cudaStream_t stream);
 
+// The grid-barrier microbenchmark (barrier_bench_launch.h): the most co-resident blocks of
+// `threads` threads on the current device, and one cooperative launch of `rounds` barriers.
+// slots: [2, blocks, threads] u32 scratch; sink: [blocks, threads] u32 out.
+cudaError_t barrier_bench_capacity(int64_t threads, int64_t* blocks);
+cudaError_t launch_barrier_bench(int64_t blocks, int64_t threads, int64_t rounds, bool exchange,
+                                 uint32_t* slots, uint32_t* sink, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace tbptt

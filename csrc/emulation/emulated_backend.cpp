@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <atomic>
+#include <vector>
 
 #include "backends.h"
 #include "emulation/emulated_kernels.h"
@@ -95,6 +96,25 @@ at::Tensor sixteen_bit_conversion(const at::Tensor& values, bool bfloat16) {
                                            : simt::emu::float_to_half_bits(in[i]));
   }
   return bits;
+}
+
+at::Tensor barrier_bench(int64_t blocks, int64_t threads, int64_t rounds, bool exchange) {
+  check_barrier_bench_args(blocks, threads, rounds);
+  std::vector<uint32_t> slots(static_cast<size_t>(2 * blocks * threads), 0);
+  std::vector<uint32_t> sink(static_cast<size_t>(blocks * threads), 0);
+  const int status =
+      emu::launch_barrier_bench(blocks, threads, rounds, exchange, slots.data(), sink.data(), nullptr);
+  if (status != simt::kSuccess) {
+    int64_t capacity = 0;
+    emu::barrier_bench_capacity(threads, &capacity);
+    TORCH_CHECK(false, "tbptt (emulated CUDA): launch of barrier_bench (", blocks, " blocks of ",
+                threads, " threads) failed: ", simt::status_name(status), "; the simulated device (",
+                simt::emu::config().device.sms, " SMs) holds ", capacity, " such blocks at once");
+  }
+  at::Tensor out = at::empty({blocks, threads}, at::TensorOptions().dtype(at::kLong));
+  int64_t* values = out.data_ptr<int64_t>();
+  for (size_t i = 0; i < sink.size(); ++i) values[i] = sink[i];
+  return out;
 }
 
 const DeviceBackend& backend() {

@@ -20,5 +20,11 @@ int plan_persistent(int64_t hidden, int64_t batch, StorageType storage, Persiste
 int launch_persistent_forward(const PersistentForwardParams& params, StorageType storage, void* stream);
 int launch_persistent_backward(const PersistentBackwardParams& params, StorageType storage, void* stream);
 
+// The grid-barrier microbenchmark on the simulated device (see
+// csrc/cuda/barrier_bench_launch.h).
+int barrier_bench_capacity(int64_t threads, int64_t* blocks);
+int launch_barrier_bench(int64_t blocks, int64_t threads, int64_t rounds, bool exchange,
+                         uint32_t* slots, uint32_t* sink, void* stream);
+
 }  // namespace emu
 }  // namespace tbptt

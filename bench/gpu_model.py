@@ -1,0 +1,609 @@
+"""A cost model of the CUDA paths on an H100 SXM. Every figure it prints is a PREDICTION:
+nothing here runs on a GPU.
+
+For one layer with I = H, a chunk of L steps and a window of k2 = L steps, it predicts us/step
+of
+  - the stepwise path: per step a cuBLAS GEMM and our pointwise kernel, forward and again
+    backward, each launched by the host (csrc/lstm_driver.cpp);
+  - the persistent kernels as they are (csrc/cuda/persistent_kernels.cuh: FFMA for every
+    dtype), from the partition their plan picks on a simulated 132-SM H100
+    (tbptt_cuda.emulation.plan): the grid barrier, the staging of h_{t-1} (forward) and dG_t
+    (backward) from L2 as the staging loops issue it, the shared-memory wavefronts (bank
+    conflicts included) and FMA issue of the register tiles, the k-slice reduction, the
+    pointwise element and the window GEMMs, amortised;
+  - the tensor-core variant for 16-bit (mma.sync m16n8k16, fp32 accumulation; forward: A = 16
+    rows of the W_hh slice, B = 16 k x 8 batch rows of h_{t-1}; backward: A = 16 batch rows x
+    16 k of dG_t, B = 16 k x 8 units of W_hh columns), with the same staging;
+next to cuDNN's published figure (DESIGN.md section 8). From the predictions it derives where
+the persistent path stops winning (B*H, B, and the chunk length) and prints that next to the
+rule table in csrc/persistent_dispatch.cpp (parsed from the source), saying whether they agree.
+
+Every input is listed with its source; "assumption" marks what no measurement backs. With
+--barrier-json (bench/barrier_latency.py's output) the measured grid barrier replaces the
+assumed one; with --paths-json (bench/gpu_paths.py's output) the measured us/step are printed
+next to the predicted ones. scripts/gpu_check.sh does both.
+
+    python bench/gpu_model.py [--json results/gpu_model.json] [--margin 0.8]
+                              [--barrier-json F] [--paths-json F]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_common import REPO, git_commit  # noqa: E402
+
+DTYPES = ("float32", "float64", "bfloat16")  # float16 models as bfloat16 (same sizes and paths)
+BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+ACC_BYTES = {"float32": 4, "float64": 8, "bfloat16": 4, "float16": 4}
+TABLE_H = (256, 768, 1024)
+TABLE_B = (1, 16, 64)
+RULE_H = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)  # the grid the rule is derived on
+RULE_B = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CHUNK = 64  # L = k2
+ROWS_PER_THREAD = 4  # tbptt/persistent.h kRowsPerThread
+
+
+@dataclasses.dataclass
+class Input:
+    value: float
+    unit: str
+    kind: str  # "spec" (a datasheet), "sass" (read from nvcc's compiled code, no GPU),
+    #            "measured" (on a GPU: where and how), "published" (a third party), "assumption"
+    source: str
+
+
+def default_inputs():
+    """The model's inputs, each with where it comes from."""
+    A, S, C = "assumption", "spec", "sass"
+    return {
+        "sms": Input(132, "SMs", S, "H100 SXM5 (NVIDIA H100 whitepaper)"),
+        "clock_ghz": Input(1.75, "GHz", A, "sustained SM clock under load (the brief: ~1.75 GHz "
+                           "boost; nvidia-smi clocks.max.sm says 1980 MHz on SXM5; chipsandcheese "
+                           "saw an H100 PCIe at 1395-1755 MHz)"),
+        "l2_bytes_per_clk_sm": Input(47, "B/clk/SM", A, "L2 -> SM intake (research/gpu_persistent.md "
+                                     "5.6: A100 5120 B/clk / 108 SMs, from memory; unverified on H100)"),
+        "l2_latency_clk": Input(270, "clk", A, "L2 hit latency (an L40 probe: 222-339 clk by SM, "
+                                "arXiv 2606.22588; the H100's far L2 partition may be slower)"),
+        "hbm_latency_clk": Input(550, "clk", A, "HBM3 load latency (no H100 measurement at hand)"),
+        "smem_bytes_per_clk": Input(128, "B/clk/SM", S, "32 banks x 4 B per clock: one wavefront "
+                                    "(CUDA C++ Programming Guide, shared memory)"),
+        "smem_latency_clk": Input(30, "clk", A, "shared-memory load latency"),
+        "fp32_fma_per_clk": Input(128, "lanes/clk/SM", S, "128 FP32 units per SM (H100 whitepaper)"),
+        "fp64_fma_per_clk": Input(64, "lanes/clk/SM", S, "64 FP64 units per SM (H100 whitepaper)"),
+        "issue_per_clk": Input(4, "warp instr/clk/SM", S, "4 schedulers, 1 instruction each per clock"),
+        "mma_macs_per_clk": Input(1024, "MAC/clk/SM", A, "mma.sync m16n8k16 16-bit: half of "
+                                  "wgmma's dense 2048 (989 TFLOPS / 132 SMs / 1.83 GHz); "
+                                  "legacy mma/wmma reported at ~50% of peak on H100"),
+        "pipe_efficiency": Input(0.7, "", A, "fraction of the busiest pipe's peak a 256-thread "
+                                 "block (2 warps per scheduler) sustains: load-to-use latency "
+                                 "is not hidden"),
+        "sync_block_clk": Input(40, "clk", A, "one __syncthreads with its stragglers"),
+        "staging_ilp": Input(1, "loads in flight/thread", C, "SASS of persistent_kernels.cu "
+                             "(nvcc 13.0 -O3 sm_90, commit ae78a43, cuobjdump): each staging "
+                             "iteration issues one 2- or 4-byte LDG whose value its STS uses"),
+        "staging_load_bytes": Input(0, "B/load", C, "bytes one staging load moves (0: one "
+                                    "element, 2 or 4 B): the same SASS has LDG.E.U16 / LDG.E, no "
+                                    "vector loads"),
+        "staging_iteration_clk": Input(100, "clk", A, "issue/ALU of one staging iteration besides "
+                                       "the load: 64-93 SASS instructions per element (64-bit "
+                                       "index math, i / len and i % len), counted in the same SASS"),
+        "pointwise_alu_clk": Input(250, "clk", A, "one lstm_math.h element (5 transcendental "
+                                   "functions, flags, ring addressing) after its loads"),
+        "barrier_us": Input(0.7, "us", A, "one grid barrier of ~100-132 blocks "
+                            "(research/gpu_persistent.md 3: 0.73 us on an RTX 3090, MegaQwen; "
+                            "no H100 figure) until bench/barrier_latency.py measures it"),
+        "coop_launch_us": Input(4.0, "us", A, "a cooperative launch (MegaQwen, RTX 3090: 3.9 us "
+                                "with one sync)"),
+        "persistent_host_us": Input(15.0, "us", A, "the persistent path's ATen glue per layer per "
+                                    "chunk or window (contiguous, empty, copy_, plan lookup)"),
+        "host_gemm_us": Input(4.0, "us", A, "host time of one ATen mm_out -> cuBLAS launch, from C++"),
+        "host_launch_us": Input(2.5, "us", A, "host time of one pointwise launch (DESIGN.md 8: "
+                                "'a kernel launch costs ~3 us')"),
+        "kernel_floor_us": Input(2.0, "us", A, "GPU time of the smallest kernel, back to back in a "
+                                 "stream (launch latency + one wave)"),
+        "gemm_tflops_float32": Input(25, "TFLOPS", A, "skinny SGEMM without TF32 (torch's default) "
+                                     "at ~40% of the 67 TFLOPS FP32 peak"),
+        "gemm_tflops_float64": Input(25, "TFLOPS", A, "DGEMM at ~40% of the 67 TFLOPS FP64 "
+                                     "tensor-core peak"),
+        "gemm_tflops_bfloat16": Input(300, "TFLOPS", A, "skinny 16-bit GEMM at ~30% of the 989 "
+                                      "TFLOPS dense peak"),
+        "cudnn_fwd_us": Input(2.0, "us/step", "published", "cuDNN nn.LSTM fp16 H=768 B=16 T=1024 on an "
+                              "H100, forward (DESIGN.md 8, research/anchors.md)"),
+        "cudnn_fwdbwd_us": Input(5.1, "us/step", "published", "the same, forward + backward"),
+    }
+
+
+class Model:
+    def __init__(self, inputs, plan_of):
+        self.p = {k: v.value for k, v in inputs.items()}
+        self.plan_of = plan_of  # (H, B, dtype) -> the plan dict of tbptt_cuda.emulation.plan
+        self._tile_cache = {}
+
+    def us(self, clk):
+        return clk / (self.p["clock_ghz"] * 1e3)
+
+    # ---- the persistent kernels' pieces, in clocks of one block ---------------------------
+
+    def stage_clk(self, elements, threads, elem_bytes, latency):
+        """Copying `elements` from global memory to shared memory with the staging loop: each
+        thread's iterations run one after another (staging_ilp loads in flight), unless the
+        SM's L2 intake is the tighter bound."""
+        per_load = max(1, int(self.p["staging_load_bytes"]) // elem_bytes)  # elements per load
+        iterations = math.ceil(elements / per_load / threads)
+        by_latency = math.ceil(iterations / self.p["staging_ilp"]) * (
+            latency + self.p["staging_iteration_clk"])
+        by_bandwidth = elements * elem_bytes / self.p["l2_bytes_per_clk_sm"]
+        return max(by_latency, by_bandwidth)
+
+    def ffma_tile(self, part, length, rows, elem_bytes, dtype, backward, width):
+        """Shared-memory wavefronts, FMA and other instructions of one tile's product in the
+        FFMA kernels: the threads as product_tile maps them, every warp, one k iteration
+        simulated at each parity and scaled by the slice length. width: elements in a row of
+        the weights (H forward, G backward); length: of the reduction (H, or the k chunk)."""
+        key = (tuple(sorted(part.items())), length, rows, elem_bytes, backward, width)
+        if key in self._tile_cache:
+            return self._tile_cache[key]
+        units, threads, ks = part["units"], part["threads"], part["k_split"]
+        tile = part["batch_tile"]
+        items = math.ceil(tile / ROWS_PER_THREAD) * units
+        ws = padded_row(width, elem_bytes)
+        ts = padded_row(part["k_chunk"], elem_bytes) if backward else ws
+        tile_offset = align16(units * (1 if backward else 4) * ws * elem_bytes)
+        per_slice = math.ceil(length / ks)
+        wavefronts = fma = instructions = 0.0
+        for warp in range(threads // 32):
+            lanes = []
+            for tid in range(32 * warp, 32 * warp + 32):
+                slice_, item = divmod(tid, items)
+                group, unit = divmod(item, units)
+                r = min(ROWS_PER_THREAD, rows - ROWS_PER_THREAD * group)
+                active = slice_ < ks and item < math.ceil(rows / ROWS_PER_THREAD) * units
+                lanes.append((slice_, group, unit, r) if active else None)
+            live = [lane for lane in lanes if lane]
+            if not live:
+                continue
+            trips = max(min(per_slice, length - lane[0] * per_slice) for lane in live)
+            max_rows = max(lane[3] for lane in live)
+            per_trip = 0.0
+            for parity in (0, 1):  # 16-bit elements: two share a bank word; both parities
+                def address(lane, row, is_weight):
+                    k = lane[0] * per_slice + parity
+                    if is_weight:
+                        return (row * ws + k) * elem_bytes
+                    return tile_offset + (row * ts + k) * elem_bytes
+                loads = []
+                weight_rows = 1 if backward else 4
+                for g in range(weight_rows):
+                    loads.append([address(lane, lane[2] * weight_rows + g, True) if lane else None
+                                  for lane in lanes])
+                for r in range(max_rows):
+                    loads.append([address(lane, ROWS_PER_THREAD * lane[1] + r, False)
+                                  if lane and r < lane[3] else None for lane in lanes])
+                per_trip += sum(bank_wavefronts(load, elem_bytes) for load in loads) / 2
+            fma_per_trip = max_rows * (1 if backward else 4)
+            loads_per_trip = (1 if backward else 4) + max_rows
+            converts = loads_per_trip if elem_bytes == 2 else 0
+            wavefronts += trips * per_trip
+            fma += trips * fma_per_trip
+            instructions += trips * (fma_per_trip + loads_per_trip + converts + 2)
+        result = (wavefronts, fma, instructions)
+        self._tile_cache[key] = result
+        return result
+
+    def ffma_compute_clk(self, part, length, rows, elem_bytes, dtype, backward, width):
+        wavefronts, fma, instructions = self.ffma_tile(part, length, rows, elem_bytes, dtype,
+                                                       backward, width)
+        lanes = self.p["fp64_fma_per_clk"] if dtype == "float64" else self.p["fp32_fma_per_clk"]
+        busiest = max(wavefronts, fma / (lanes / 32), instructions / self.p["issue_per_clk"])
+        return busiest / self.p["pipe_efficiency"]
+
+    def reduce_clk(self, part, values, acc_bytes):
+        """sum_slices: slices > 0 store `values` accumulators per thread, slice 0 adds them in
+        slice order."""
+        ks = part["k_split"]
+        if ks == 1:
+            return 0.0
+        items = math.ceil(part["batch_tile"] / ROWS_PER_THREAD) * part["units"]
+        bytes_moved = 2 * (ks - 1) * items * values * acc_bytes  # stored once, loaded once
+        latency_chain = math.ceil((ks - 1) / 4) * self.p["smem_latency_clk"]
+        return (bytes_moved / self.p["smem_bytes_per_clk"] + latency_chain
+                + self.p["sync_block_clk"])
+
+    def mma_compute_clk(self, m_tiles, n_tiles, k_steps, warps):
+        """Tensor-core product of one tile: warps split over (m tile, n tile, k slice); each
+        mma loads its A (16x16, 512 B) and B (16x8, 256 B) fragments from shared memory; the k
+        slices' 16x8 fp32 partial tiles meet in shared memory in a fixed order."""
+        mmas = m_tiles * n_tiles * k_steps
+        slices = max(1, warps // max(1, m_tiles * n_tiles))
+        tensor = mmas * 16 * 8 * 16 / self.p["mma_macs_per_clk"]
+        wavefronts = mmas * (512 + 256) / self.p["smem_bytes_per_clk"]
+        issue = mmas * 4 / self.p["issue_per_clk"]  # 2 ldmatrix, the mma, address math
+        busiest = max(tensor, wavefronts, issue) / self.p["pipe_efficiency"]
+        reduce = 0.0
+        if slices > 1:
+            partial_bytes = 2 * (slices - 1) * m_tiles * n_tiles * 16 * 8 * 4
+            reduce = (partial_bytes / self.p["smem_bytes_per_clk"] + self.p["smem_latency_clk"]
+                      + self.p["sync_block_clk"])
+        return busiest + reduce
+
+    def pointwise_clk(self, elements, threads, loads_latency):
+        return math.ceil(elements / threads) * (loads_latency + self.p["pointwise_alu_clk"])
+
+    # ---- GEMMs ----------------------------------------------------------------------------
+
+    def gemm_us(self, flops, weight_bytes, dtype):
+        """One cuBLAS GEMM on the GPU: its floor, its FLOPs at the sustained rate, or its
+        weights streamed from L2, whichever is largest."""
+        rate = self.p["gemm_tflops_" + ("bfloat16" if BYTES[dtype] == 2 else dtype)] * 1e6
+        l2_bytes_per_us = (self.p["l2_bytes_per_clk_sm"] * self.p["sms"]
+                           * self.p["clock_ghz"] * 1e3)
+        return max(self.p["kernel_floor_us"], flops / rate, weight_bytes / l2_bytes_per_us)
+
+    def window_gemms_us(self, H, B, steps, dtype):
+        """Per step: the input projection forward (one GEMM per chunk), and backward dW_hh,
+        dW_ih, dx (one GEMM each per window), with their host time."""
+        s = BYTES[dtype]
+        forward = (self.gemm_us(8 * B * H * H * steps, 4 * H * H * s, dtype)
+                   + self.p["host_gemm_us"]) / steps
+        backward = (3 * self.gemm_us(8 * B * H * H * steps, 4 * H * H * s, dtype)
+                    + 3 * self.p["host_gemm_us"]) / steps
+        return forward, backward
+
+    # ---- the three paths, us per step ---------------------------------------------------------
+
+    def stepwise(self, H, B, dtype, steps=CHUNK):
+        s = BYTES[dtype]
+        gemm = self.gemm_us(8 * B * H * H, 4 * H * H * s, dtype)
+        gpu = gemm + self.p["kernel_floor_us"]  # the GEMM, then the pointwise kernel
+        host = self.p["host_gemm_us"] + self.p["host_launch_us"]
+        fwd_gemms, bwd_gemms = self.window_gemms_us(H, B, steps, dtype)
+        step = max(gpu, host)
+        terms = {"step (max of GPU and host)": step, "GPU: GEMM + pointwise": gpu,
+                 "host: mm_out + launch": host, "window GEMMs fwd": fwd_gemms,
+                 "window GEMMs bwd": bwd_gemms}
+        return step + fwd_gemms, 2 * step + fwd_gemms + bwd_gemms, terms
+
+    def persistent(self, H, B, dtype, plan, variant="ffma", steps=CHUNK):
+        """(forward us/step, forward+backward us/step, the terms) of the persistent kernels,
+        variant "ffma" (as built) or "mma" (16-bit tensor cores)."""
+        s, acc = BYTES[dtype], ACC_BYTES[dtype]
+        f, b = plan["forward"], plan["backward"]
+        G = 4 * H
+        l2 = self.p["l2_latency_clk"]
+        clk = defaultdict(float)  # forward terms, then backward ones, in clocks
+        # forward: per batch tile, stage h_{t-1}, multiply, sum the slices, store gates_h
+        for b0 in range(0, B, f["batch_tile"]):
+            rows = min(f["batch_tile"], B - b0)
+            clk["fwd: stage h_{t-1} from L2"] += (self.stage_clk(rows * H, f["threads"], s, l2)
+                                                  + self.p["sync_block_clk"])
+            if variant == "mma":
+                clk["fwd: product"] += self.mma_compute_clk(
+                    math.ceil(4 * f["units"] / 16), math.ceil(rows / 8), math.ceil(H / 16),
+                    f["threads"] // 32)
+            else:
+                clk["fwd: product"] += self.ffma_compute_clk(f, H, rows, s, dtype, False, H)
+                clk["fwd: k-slice sums"] += self.reduce_clk(f, 16, acc)
+            clk["fwd: product"] += self.p["sync_block_clk"]
+        clk["fwd: pointwise"] = self.pointwise_clk(B * f["units"], f["threads"], l2)
+        # backward: pointwise, barrier, then per batch tile and k chunk stage dG_t and multiply
+        clk["bwd: pointwise"] = self.pointwise_clk(B * b["units"], b["threads"], 1.5 * l2)
+        for b0 in range(0, B, b["batch_tile"]):
+            rows = min(b["batch_tile"], B - b0)
+            for k0 in range(0, G, b["k_chunk"]):
+                cols = min(b["k_chunk"], G - k0)
+                clk["bwd: stage dG_t from L2"] += (self.stage_clk(rows * cols, b["threads"], s, l2)
+                                                    + self.p["sync_block_clk"])
+                if variant == "mma":
+                    clk["bwd: product"] += self.mma_compute_clk(
+                        math.ceil(rows / 16), math.ceil(b["units"] / 8), math.ceil(cols / 16),
+                        b["threads"] // 32)
+                else:
+                    clk["bwd: product"] += self.ffma_compute_clk(b, cols, rows, s, dtype, True, G)
+                clk["bwd: product"] += self.p["sync_block_clk"]
+            if variant != "mma":
+                clk["bwd: k-slice sums"] += self.reduce_clk(b, 4, acc)
+        terms = {name: self.us(value) for name, value in clk.items()}
+        terms["fwd: grid barrier"] = terms["bwd: grid barrier"] = self.p["barrier_us"]
+        # once per launch: the launch, the host glue, W_hh's slice loaded with the staging loop
+        launch = self.p["coop_launch_us"] + self.p["persistent_host_us"]
+        terms["fwd: launch + W_hh load, amortised"] = (launch + self.us(self.stage_clk(
+            4 * f["units"] * H, f["threads"], s, self.p["hbm_latency_clk"]))) / steps
+        terms["bwd: launch + W_hh load, amortised"] = (launch + self.us(self.stage_clk(
+            b["units"] * G, b["threads"], s, self.p["hbm_latency_clk"]))) / steps
+        terms["fwd: window GEMMs"], terms["bwd: window GEMMs"] = self.window_gemms_us(
+            H, B, steps, dtype)
+        forward = sum(v for k, v in terms.items() if k.startswith("fwd"))
+        backward = sum(v for k, v in terms.items() if k.startswith("bwd"))
+        return forward, forward + backward, terms
+
+    def row(self, H, B, dtype, steps=CHUNK):
+        plan = self.plan_of(H, B, dtype)
+        out = {"H": H, "B": B, "dtype": dtype, "usable": plan["usable"], "reason": plan["reason"],
+               "plan": {k: plan["forward"][k] for k in ("blocks", "units", "threads", "batch_tile",
+                                                         "k_split")}}
+        out["plan_backward"] = {k: plan["backward"][k] for k in ("batch_tile", "k_split", "k_chunk")}
+        out["stepwise_fwd"], out["stepwise_fwdbwd"], out["stepwise_terms"] = self.stepwise(
+            H, B, dtype, steps)
+        for variant in ("ffma", "mma"):
+            if plan["usable"] and (variant == "ffma" or BYTES[dtype] == 2):
+                fwd, both, terms = self.persistent(H, B, dtype, plan, variant, steps)
+                out[f"{variant}_fwd"], out[f"{variant}_fwdbwd"], out[f"{variant}_terms"] = fwd, both, terms
+            else:
+                out[f"{variant}_fwd"] = out[f"{variant}_fwdbwd"] = None
+        return out
+
+
+# ---- shared-memory layout of tbptt/persistent.h, and banks --------------------------------------
+
+def padded_row(n, elem_bytes):
+    """tbptt/persistent.h padded_row: rows span an odd number of 4-byte banks."""
+    if elem_bytes >= 4:
+        return n | 1
+    even = (n + 1) // 2 * 2
+    return even + 2 if even % 4 == 0 else even
+
+
+def align16(nbytes):
+    return (nbytes + 15) // 16 * 16
+
+
+def bank_wavefronts(lane_addresses, elem_bytes):
+    """Wavefronts one warp-wide shared load takes: per bank, the distinct 4-byte words asked
+    for (one word to several lanes is a broadcast); 8-byte loads go as two half-warps."""
+    phases = ([lane_addresses[:16], lane_addresses[16:]] if elem_bytes == 8 else [lane_addresses])
+    total = 0
+    for phase in phases:
+        words_of_bank = defaultdict(set)
+        for address in phase:
+            if address is None:
+                continue
+            for word in range(address // 4, (address + elem_bytes - 1) // 4 + 1):
+                words_of_bank[word % 32].add(word)
+        if words_of_bank:
+            total += max(len(words) for words in words_of_bank.values())
+    return total
+
+
+# ---- the rule ------------------------------------------------------------------------------------
+
+def current_rules(path=REPO / "csrc" / "persistent_dispatch.cpp"):
+    """{dtype: (max_batch, max_batch_hidden, min_steps)} from persistent_rule's table."""
+    names = {"Float32": "float32", "Float64": "float64", "Float16": "float16", "BFloat16": "bfloat16"}
+    source = Path(path).read_text()
+    body = source[source.index("persistent_rule("):]
+    rules = {}
+    for kind, max_batch, max_bh, min_steps in re.findall(
+            r"\{StorageType::k(\w+),\s*(\d+),\s*(\d+),\s*(\d+)\}", body):
+        rules[names[kind]] = (int(max_batch), int(max_bh), int(min_steps))
+    if not rules:
+        raise RuntimeError(f"gpu_model: found no rule table in {path}")
+    return rules
+
+
+def derive_rule(model, dtype, variant, margin):
+    """Where the model predicts the persistent path (fwd+bwd per step) below `margin` times the
+    stepwise one, over the grid RULE_H x RULE_B of usable plans."""
+    shapes = []
+    for H in RULE_H:
+        for B in RULE_B:
+            plan = model.plan_of(H, B, dtype)
+            if not plan["usable"]:
+                continue
+            _, step, _ = model.stepwise(H, B, dtype)
+            _, persistent, _ = model.persistent(H, B, dtype, plan, variant)
+            shapes.append((H, B, persistent < margin * step, persistent / step))
+    wins = [(H, B) for H, B, win, _ in shapes if win]
+    losses = [(H, B) for H, B, win, _ in shapes if not win]
+    first_loss = min((H * B for H, B in losses), default=None)
+    # the largest B*H below which every shape wins
+    max_bh = max((H * B for H, B in wins if first_loss is None or H * B < first_loss), default=0)
+    max_batch = max((B for H, B in wins), default=0)
+    # the shortest chunk (= window) that pays for the launches, at every shape the B*H limit
+    # admits: the rule's L limit is the largest of them
+    min_steps, min_steps_shape = None, None
+    for H, B in wins:
+        if H * B > max_bh:
+            continue
+        plan = model.plan_of(H, B, dtype)
+        for steps in range(1, CHUNK + 1):
+            _, step, _ = model.stepwise(H, B, dtype, steps)
+            _, persistent, _ = model.persistent(H, B, dtype, plan, variant, steps)
+            if persistent < margin * step:
+                if min_steps is None or steps > min_steps:
+                    min_steps, min_steps_shape = steps, (H, B)
+                break
+    return {"shapes": shapes, "max_batch": max_batch, "max_batch_hidden": max_bh,
+            "first_loss_batch_hidden": first_loss, "min_steps": min_steps,
+            "min_steps_shape": min_steps_shape}
+
+
+# Other inputs under which the rule is derived again: how far the conclusion depends on the
+# assumptions. "optimistic"/"pessimistic" are for the persistent kernels as built; "staging
+# fixed" is a what-if, the staging of the study's design (16-byte loads, 4 in flight per
+# thread, little index math), not the code as it is.
+SCENARIOS = {
+    "optimistic for persistent": {"l2_latency_clk": 200, "staging_iteration_clk": 40,
+                                  "pipe_efficiency": 0.9, "barrier_us": 0.5,
+                                  "host_gemm_us": 6.0, "host_launch_us": 4.0},
+    "pessimistic for persistent": {"l2_latency_clk": 350, "staging_iteration_clk": 150,
+                                   "pipe_efficiency": 0.6, "barrier_us": 1.0,
+                                   "host_gemm_us": 3.0, "host_launch_us": 2.0},
+    "what-if: staging fixed": {"staging_ilp": 4, "staging_load_bytes": 16,
+                               "staging_iteration_clk": 20},
+}
+
+
+def with_inputs(inputs, changes):
+    out = dict(inputs)
+    for name, value in changes.items():
+        out[name] = dataclasses.replace(inputs[name], value=value, kind="scenario")
+    return out
+
+
+def compare_rule(derived, rule):
+    """Grid shapes the current rule sends to the persistent path where the model predicts a
+    loss, and shapes it keeps stepwise where the model predicts a win."""
+    max_batch, max_bh, _ = rule
+    admitted_losing = [(H, B) for H, B, win, _ in derived["shapes"]
+                       if B <= max_batch and H * B <= max_bh and not win]
+    rejected_winning = [(H, B) for H, B, win, _ in derived["shapes"]
+                        if not (B <= max_batch and H * B <= max_bh) and win]
+    return admitted_losing, rejected_winning
+
+
+# ---- printing ------------------------------------------------------------------------------------
+
+def fmt(value, width=7):
+    return f"{value:{width}.1f}" if value is not None else f"{'n/a':>{width}}"
+
+
+def load_measured_barrier(path, inputs):
+    """Replaces the assumed barrier by the median of the measured ones (exchange on)."""
+    data = json.loads(Path(path).read_text())
+    rows = [r for r in data["rows"] if r.get("exchange") and r.get("words_ok")]
+    if not rows:
+        return
+    values = sorted(r["us_per_barrier"] for r in rows)
+    inputs["barrier_us"] = Input(round(values[len(values) // 2], 3), "us", "measured",
+                                 f"bench/barrier_latency.py on {data['header'].get('device')}, "
+                                 f"blocks {sorted({r['blocks'] for r in rows})}, with exchange "
+                                 f"(median; {path})")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", default=None, help="write every prediction and input here")
+    parser.add_argument("--margin", type=float, default=0.8,
+                        help="persistent 'wins' below this fraction of the stepwise time")
+    parser.add_argument("--barrier-json", default=None,
+                        help="bench/barrier_latency.py output: its measured barrier replaces the assumed one")
+    parser.add_argument("--paths-json", default=None,
+                        help="bench/gpu_paths.py output: print the measured us/step next to the predicted")
+    args = parser.parse_args(argv)
+
+    from tbptt_cuda import emulation
+
+    inputs = default_inputs()
+    if args.barrier_json and Path(args.barrier_json).exists():
+        load_measured_barrier(args.barrier_json, inputs)
+    plans = {}
+
+    def plan_of(H, B, dtype):
+        if (H, B, dtype) not in plans:
+            import torch
+
+            plans[(H, B, dtype)] = emulation.plan(H, B, getattr(torch, dtype), sms=int(inputs["sms"].value))
+        return plans[(H, B, dtype)]
+
+    model = Model(inputs, plan_of)
+    print("PREDICTIONS of bench/gpu_model.py (a cost model; nothing below was measured by it): "
+          f"H100 SXM, one layer, I = H, chunk L = k2 = {CHUNK}; commit {git_commit()}")
+    print("\nInputs (kind: spec = datasheet; sass = read from nvcc's compiled kernels, no GPU; "
+          "measured = on a GPU, where stated; published = a third party's figure; "
+          "assumption = not measured):")
+    for name, item in inputs.items():
+        print(f"  {name:24s} {item.value:>8g} {item.unit:22s} {item.kind:11s} {item.source}")
+
+    rows = [model.row(H, B, dtype) for dtype in DTYPES for H in TABLE_H for B in TABLE_B]
+    print("\nPREDICTED us/step (ffma: the persistent kernels as built; mma: the 16-bit tensor-core "
+          "variant; cuDNN: published, fp16 H=768 B=16 only)")
+    print(f"{'dtype':9s} {'H':>5s} {'B':>4s} {'plan: P x u, thr, tile, ks':>27s} | "
+          f"{'fwd: step':>9s} {'ffma':>7s} {'mma':>7s} {'cuDNN':>7s} | "
+          f"{'f+b: step':>9s} {'ffma':>7s} {'mma':>7s} {'cuDNN':>7s} | {'ffma/step':>9s}")
+    for r in rows:
+        p = r["plan"]
+        plan = (f"{p['blocks']}x{p['units']}, {p['threads']}, {p['batch_tile']}, {p['k_split']}"
+                if r["usable"] else "no plan")
+        cudnn = r["H"] == 768 and r["B"] == 16 and BYTES[r["dtype"]] == 2
+        ratio = r["ffma_fwdbwd"] / r["stepwise_fwdbwd"] if r["ffma_fwdbwd"] else None
+        print(f"{r['dtype']:9s} {r['H']:5d} {r['B']:4d} {plan:>27s} | {fmt(r['stepwise_fwd'], 9)} "
+              f"{fmt(r['ffma_fwd'])} {fmt(r['mma_fwd'])} "
+              f"{fmt(inputs['cudnn_fwd_us'].value if cudnn else None)} | "
+              f"{fmt(r['stepwise_fwdbwd'], 9)} {fmt(r['ffma_fwdbwd'])} {fmt(r['mma_fwdbwd'])} "
+              f"{fmt(inputs['cudnn_fwdbwd_us'].value if cudnn else None)} | "
+              f"{(f'{ratio:9.2f}') if ratio else 'n/a':>9s}")
+    for r in rows:
+        if not r["usable"]:
+            print(f"  no persistent plan for {r['dtype']} H={r['H']} B={r['B']}: {r['reason']}")
+
+    reference = next(r for r in rows if r["dtype"] == "bfloat16" and r["H"] == 768 and r["B"] == 16)
+    print("\nPREDICTED terms at bfloat16 H=768 B=16 (us per step; the study's 5.7 predicted "
+          "~1.7 fwd and ~2.9 bwd for a design with vectorised, prefetched staging):")
+    for variant in ("ffma", "mma"):
+        terms = reference[f"{variant}_terms"]
+        print(f"  {variant}: " + "; ".join(f"{k} {v:.2f}" for k, v in terms.items()))
+
+    rules = current_rules()
+    derived = {}
+    print(f"\nRule (csrc/persistent_dispatch.cpp persistent_rule, parsed) vs the rule the "
+          f"PREDICTIONS imply (persistent fwd+bwd < {args.margin} x stepwise; grid H in "
+          f"{RULE_H}, B in {RULE_B}, usable plans only):")
+    for dtype in DTYPES + ("float16",):
+        model_dtype = "bfloat16" if dtype == "float16" else dtype
+        for variant in (("ffma", "mma") if BYTES[dtype] == 2 else ("ffma",)):
+            d = derive_rule(model, model_dtype, variant, args.margin)
+            derived[f"{dtype}/{variant}"] = {k: v for k, v in d.items() if k != "shapes"}
+            rule = rules.get(dtype)
+            admitted, rejected = compare_rule(d, rule) if rule else ([], [])
+            verdict = ("agrees" if not admitted and not rejected else
+                       f"DISAGREES: admits {len(admitted)} shapes predicted to lose "
+                       f"{admitted[:6]}{'...' if len(admitted) > 6 else ''}; rejects "
+                       f"{len(rejected)} predicted to win {rejected[:6]}"
+                       f"{'...' if len(rejected) > 6 else ''}")
+            label = "as built" if variant == "ffma" else "planned mma"
+            steps = (f"L >= {d['min_steps']} (at H, B = {d['min_steps_shape']})"
+                     if d["min_steps"] else "no L")
+            print(f"  {dtype:9s} {label:11s} rule: B <= {rule[0]}, B*H <= {rule[1]}, L >= {rule[2]}"
+                  f" | predicted: B <= {d['max_batch']}, B*H <= {d['max_batch_hidden']} (first "
+                  f"loss at B*H = {d['first_loss_batch_hidden']}), {steps} | "
+                  f"{verdict if variant == 'ffma' else '(for when it lands) ' + verdict}")
+
+    print("\nThe same derivation under other inputs (max B, max B*H; PREDICTIONS):")
+    scenario_results = {}
+    for name, changes in SCENARIOS.items():
+        other = Model(with_inputs(inputs, changes), plan_of)
+        cells = []
+        for dtype, variant in (("float32", "ffma"), ("bfloat16", "ffma"), ("bfloat16", "mma")):
+            d = derive_rule(other, dtype, variant, args.margin)
+            scenario_results[f"{name}/{dtype}/{variant}"] = {k: v for k, v in d.items() if k != "shapes"}
+            cells.append(f"{dtype} {variant}: B <= {d['max_batch']}, B*H <= {d['max_batch_hidden']}")
+        ref = other.row(768, 16, "bfloat16")
+        print(f"  {name:27s} ({', '.join(f'{k}={v}' for k, v in changes.items())})")
+        print(f"  {'':27s} {'; '.join(cells)}; bf16 H=768 B=16 fwd+bwd: stepwise "
+              f"{ref['stepwise_fwdbwd']:.1f}, ffma {ref['ffma_fwdbwd']:.1f}, mma {ref['mma_fwdbwd']:.1f}")
+
+    if args.paths_json and Path(args.paths_json).exists():
+        measured = json.loads(Path(args.paths_json).read_text())
+        print(f"\nMEASURED (bench/gpu_paths.py on {measured['header'].get('device')}) / PREDICTED, "
+              "forward+backward us/step:")
+        predicted = {(r["dtype"], r["H"], r["B"]): r for r in rows}
+        for m in measured["rows"]:
+            r = predicted.get((m["dtype"], m["H"], m["B"]))
+            if r is None:
+                continue
+            parts = []
+            for path, key in (("persistent", "ffma_fwdbwd"), ("stepwise", "stepwise_fwdbwd")):
+                got = m.get(f"{path}_fwdbwd_us")
+                parts.append(f"{path} {fmt(got)} / {fmt(r[key])}")
+            print(f"  {m['dtype']:9s} H={m['H']:5d} B={m['B']:3d}: " + "; ".join(parts))
+
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "kind": "PREDICTIONS", "commit": git_commit(),
+            "inputs": {k: dataclasses.asdict(v) for k, v in inputs.items()},
+            "rows": rows, "derived_rules": derived, "scenarios": scenario_results,
+            "current_rules": {k: list(v) for k, v in rules.items()}}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The GPU tools: the grid-barrier microbenchmark (csrc/cuda/barrier_bench.cuh) under the
+emulator and, where there is one, on the GPU; the cost model (bench/gpu_model.py); the CUDA
+paths' benchmark in its --smoke mode (bench/gpu_paths.py); scripts/gpu_check.sh's syntax."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tbptt_cuda
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+import barrier_latency  # noqa: E402
+import gpu_model  # noqa: E402
+
+EMULATED = pytest.mark.skipif(not tbptt_cuda.build_info()["cuda_emulation"],
+                              reason="built without the emulated kernels")
+
+
+def run_script(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---- the barrier microbenchmark ----------------------------------------------------------------
+
+@EMULATED
+@pytest.mark.emulated
+@pytest.mark.parametrize("rounds,exchange,seed", [(1, True, None), (6, True, 5), (4, False, None)])
+def test_emulated_barrier_bench_counts_its_grid_barriers_and_moves_the_words(rounds, exchange, seed):
+    blocks, threads = 3, 64
+    with tbptt_cuda.emulate_cuda(sms=3, seed=seed) as stats:
+        sink = barrier_latency.run_emulated(blocks, threads, rounds, exchange)
+    assert stats.per_kernel == {"barrier_bench": {"launches": 1, "block_barriers": 0,
+                                                  "grid_barriers": rounds, "warp_collectives": 0}}
+    expected = barrier_latency.expected_sink(blocks, threads, rounds, exchange)
+    assert sink.shape == (blocks, threads) and torch.equal(sink, expected)
+    if exchange:  # each thread read its neighbour block's words, not its own
+        assert not torch.equal(sink, expected.roll(1, dims=0))
+
+
+@EMULATED
+@pytest.mark.emulated
+def test_emulated_barrier_bench_refuses_a_grid_that_cannot_be_resident():
+    # 1024 threads of 32 registers: two blocks per SM, so three do not fit on one SM
+    with tbptt_cuda.emulate_cuda(sms=1):
+        with pytest.raises(RuntimeError, match=r"cudaErrorCooperativeLaunchTooLarge.*holds 2 "):
+            barrier_latency.run_emulated(3, 1024, 2)
+        assert barrier_latency.run_emulated(2, 1024, 2).shape == (2, 1024)
+
+
+@EMULATED
+def test_barrier_bench_checks_its_arguments():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        barrier_latency.run_emulated(2, 48, 1)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        barrier_latency.run_emulated(2, 64, 0)
+
+
+def test_cuda_barrier_latency_without_a_gpu_says_why():
+    if torch.cuda.is_available():
+        pytest.skip("there is a GPU here")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU|built without CUDA"):
+        tbptt_cuda._backend.load().cuda_barrier_latency(2, 64, 10)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("exchange", [False, True])
+def test_cuda_barrier_latency_on_the_gpu(exchange):
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    result = barrier_latency.measure(sms, 256, 500, exchange, repeats=5)
+    assert result["words_ok"], result
+    assert result["capacity"] >= sms
+    assert 0.0 < result["us_per_barrier"] < 50.0, result
+    assert result["total_us"] > result["launch_us"] > 0.0
+    with pytest.raises(RuntimeError, match="cannot all be resident"):
+        barrier_latency.measure(result["capacity"] + 1, 256, 10, exchange, repeats=1)
+
+
+# ---- the cost model -----------------------------------------------------------------------------
+
+def test_bank_wavefronts_counts_conflicts_and_broadcasts():
+    consecutive = [4 * lane for lane in range(32)]
+    assert gpu_model.bank_wavefronts(consecutive, 4) == 1
+    assert gpu_model.bank_wavefronts([0] * 32, 4) == 1  # one word: a broadcast
+    assert gpu_model.bank_wavefronts([128 * lane for lane in range(32)], 4) == 32  # one bank
+    assert gpu_model.bank_wavefronts([2 * lane for lane in range(32)], 2) == 1  # 16-bit pairs
+    assert gpu_model.bank_wavefronts([8 * lane for lane in range(32)], 8) == 2  # two half-warps
+    assert gpu_model.bank_wavefronts([None] * 31 + [0], 4) == 1
+    assert gpu_model.padded_row(768, 4) == 769 and gpu_model.padded_row(768, 2) == 770
+    assert gpu_model.padded_row(770, 2) == 770 and gpu_model.padded_row(3072, 8) == 3073
+
+
+def test_current_rules_are_parsed_from_the_source(tmp_path):
+    rules = gpu_model.current_rules()
+    assert set(rules) == {"float32", "float64", "float16", "bfloat16"}
+    assert all(len(r) == 3 and min(r) >= 1 for r in rules.values())
+    source = (REPO / "csrc" / "persistent_dispatch.cpp").read_text()
+    changed = re.sub(r"\{StorageType::kFloat32,\s*\d+,\s*\d+,\s*\d+\}",
+                     "{StorageType::kFloat32, 7, 77, 5}", source)
+    (tmp_path / "dispatch.cpp").write_text(changed)
+    assert gpu_model.current_rules(tmp_path / "dispatch.cpp")["float32"] == (7, 77, 5)
+
+
+@EMULATED
+def test_gpu_model_prints_labelled_predictions_for_every_shape(tmp_path):
+    out = run_script("bench/gpu_model.py", "--json", tmp_path / "model.json")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("PREDICTIONS") and "PREDICTED us/step" in text
+    assert "assumption" in text and "measured" in text and "published" in text
+    lines = text.splitlines()
+    for dtype in gpu_model.DTYPES:
+        for H in gpu_model.TABLE_H:
+            for B in gpu_model.TABLE_B:
+                assert sum(bool(re.match(rf"{dtype}\s+{H}\s+{B}\s+\S", line)) for line in lines) == 1, (
+                    dtype, H, B)
+        assert re.search(rf"^  {dtype}\s+as built\s+rule: B <= \d+, B\*H <= \d+, L >= \d+ \| "
+                         rf"predicted: .*\| (agrees|DISAGREES)", text, re.M), dtype
+    data = json.loads((tmp_path / "model.json").read_text())
+    assert data["kind"] == "PREDICTIONS" and len(data["rows"]) == 27
+    by_shape = {(r["dtype"], r["H"], r["B"]): r for r in data["rows"]}
+    row = by_shape[("bfloat16", 768, 16)]
+    assert row["usable"] and 0 < row["mma_fwdbwd"] < row["ffma_fwdbwd"]
+    assert row["stepwise_fwdbwd"] > row["stepwise_fwd"] > 0
+    assert by_shape[("float32", 768, 16)]["mma_fwd"] is None  # tensor cores: 16-bit only
+    assert not by_shape[("float64", 1024, 16)]["usable"]  # W_hh's slice does not fit
+    # more work per step costs more, on every path
+    for path in ("stepwise_fwdbwd", "ffma_fwdbwd"):
+        assert by_shape[("float32", 1024, 64)][path] > by_shape[("float32", 256, 1)][path]
+
+
+@EMULATED
+def test_gpu_model_takes_the_measured_barrier_and_the_measured_paths(tmp_path):
+    barrier = {"header": {"device": "test GPU"}, "rows": [
+        {"blocks": 132, "exchange": True, "words_ok": True, "us_per_barrier": 2.5},
+        {"blocks": 96, "exchange": False, "words_ok": True, "us_per_barrier": 0.1}]}
+    (tmp_path / "barrier.json").write_text(json.dumps(barrier))
+    paths = {"header": {"device": "test GPU"}, "rows": [
+        {"dtype": "float32", "H": 256, "B": 1, "persistent_fwdbwd_us": 12.25,
+         "stepwise_fwdbwd_us": 30.5}]}
+    (tmp_path / "paths.json").write_text(json.dumps(paths))
+    base = run_script("bench/gpu_model.py", "--json", tmp_path / "base.json")
+    out = run_script("bench/gpu_model.py", "--barrier-json", tmp_path / "barrier.json",
+                     "--paths-json", tmp_path / "paths.json", "--json", tmp_path / "model.json")
+    assert out.returncode == 0 and base.returncode == 0, out.stderr + base.stderr
+    assert re.search(r"barrier_us\s+2\.5 us\s+measured\s+bench/barrier_latency.py on test GPU", out.stdout)
+    assert "MEASURED (bench/gpu_paths.py on test GPU)" in out.stdout
+    assert re.search(r"float32\s+H=\s*256 B=\s*1: persistent\s+12\.2 /", out.stdout)
+    # two more microseconds per barrier, one barrier per step each way
+    rows = {(r["dtype"], r["H"], r["B"]): r for r in json.loads((tmp_path / "model.json").read_text())["rows"]}
+    base_rows = {(r["dtype"], r["H"], r["B"]): r for r in json.loads((tmp_path / "base.json").read_text())["rows"]}
+    key = ("bfloat16", 768, 16)
+    assert rows[key]["ffma_fwdbwd"] - base_rows[key]["ffma_fwdbwd"] == pytest.approx(2 * 1.8)
+
+
+# ---- the CUDA paths' benchmark ------------------------------------------------------------------
+
+@EMULATED
+def test_gpu_paths_smoke_runs_every_variant_under_emulation(tmp_path):
+    out = run_script("bench/gpu_paths.py", "--smoke", "--out", tmp_path / "paths.json")
+    assert out.returncode == 0, out.stderr
+    assert "MEANINGLESS" in out.stdout and "\n  n/a " not in out.stdout  # no variant failed
+    data = json.loads((tmp_path / "paths.json").read_text())
+    assert data["meaningless"] is True and data["steps"] == 4
+    assert [(r["dtype"], r["H"], r["B"]) for r in data["rows"]] == [("float32", 16, 2),
+                                                                      ("bfloat16", 16, 2)]
+    for row in data["rows"]:
+        for variant in ("persistent", "stepwise", "cudnn"):
+            assert row[f"{variant}_error"] is None
+            assert row[f"{variant}_fwdbwd_us"] > 0 and row[f"{variant}_fwd_us"] > 0
+        # each variant ran its own kernels: the persistent ones, the stepwise ones, none of ours
+        assert set(row["persistent_launches"]) == {"persistent_forward", "persistent_backward"}
+        assert set(row["stepwise_launches"]) == {"forward_step", "backward_step"}
+        assert row["cudnn_launches"] == {}
+        assert row["persistent_over_cudnn_fwdbwd"] == pytest.approx(
+            row["persistent_fwdbwd_us"] / row["cudnn_fwdbwd_us"])
+
+
+@EMULATED
+def test_gpu_paths_says_why_the_persistent_path_is_not_available(tmp_path):
+    # H=1024 float64: W_hh's slice does not fit a block on the simulated H100
+    out = run_script("bench/gpu_paths.py", "--smoke", "--dtypes", "float64", "--hidden", "1024",
+                     "--batch", "1", "--steps", "1", "--repeats", "1")
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"n/a persistent at float64 H=1024 B=1: no persistent plan: .*shared memory",
+                     out.stdout)
+
+
+# ---- scripts/gpu_check.sh -----------------------------------------------------------------------
+
+def test_gpu_check_script_parses_and_runs_its_steps_in_order(tmp_path):
+    script = REPO / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    order = ["setup.py build_ext --inplace", "pytest tests", "memcheck racecheck synccheck",
+             "bench/barrier_latency.py --blocks 96 128 0 --threads 256", "bench/gpu_paths.py",
+             "bench/gpu_model.py"]
+    positions = [text.find(s) for s in order]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), positions
+    broken = tmp_path / "broken.sh"  # the check itself can fail
+    broken.write_text(text.replace("fi\n", "", 1))
+    assert subprocess.run(["bash", "-n", str(broken)], capture_output=True).returncode != 0
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^gpu-check:\n\tbash scripts/gpu_check.sh", makefile, re.M)
+    assert re.search(r"^gpu-test: gpu-check$", makefile, re.M)
