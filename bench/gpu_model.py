@@ -86,15 +86,16 @@ def default_inputs():
                                  "block (2 warps per scheduler) sustains: load-to-use latency "
                                  "is not hidden"),
         "sync_block_clk": Input(40, "clk", A, "one __syncthreads with its stragglers"),
-        "staging_ilp": Input(1, "loads in flight/thread", C, "SASS of persistent_kernels.cu "
-                             "(nvcc 13.0 -O3 sm_90, commit ae78a43, cuobjdump): each staging "
-                             "iteration issues one 2- or 4-byte LDG whose value its STS uses"),
-        "staging_load_bytes": Input(0, "B/load", C, "bytes one staging load moves (0: one "
-                                    "element, 2 or 4 B): the same SASS has LDG.E.U16 / LDG.E, no "
-                                    "vector loads"),
-        "staging_iteration_clk": Input(100, "clk", A, "issue/ALU of one staging iteration besides "
-                                       "the load: 64-93 SASS instructions per element (64-bit "
-                                       "index math, i / len and i % len), counted in the same SASS"),
+        "staging_ilp": Input(4, "loads in flight/thread", C, "SASS of persistent_kernels.cu "
+                             "(nvcc 13.0 -O3 sm_90, stage_rows, cuobjdump): a thread issues "
+                             "kLoadsInFlight = 4 independent loads before the first STS"),
+        "staging_load_bytes": Input(16, "B/load", C, "bytes one staging load moves: the same "
+                                    "SASS has LDG.E.128 where rows are 16-byte aligned "
+                                    "(H a multiple of 4 for float32, 8 for 16-bit)"),
+        "staging_iteration_clk": Input(150, "clk", A, "issue/ALU of one group of 4 loads besides "
+                                       "their latency: ~38 SASS instructions per load (32-bit "
+                                       "index steps, the stores of its lanes), counted in the "
+                                       "same SASS"),
         "pointwise_alu_clk": Input(250, "clk", A, "one lstm_math.h element (5 transcendental "
                                    "functions, flags, ring addressing) after its loads"),
         "barrier_us": Input(0.7, "us", A, "one grid barrier of ~100-132 blocks "
@@ -273,7 +274,8 @@ class Model:
 
     def persistent(self, H, B, dtype, plan, variant="ffma", steps=CHUNK):
         """(forward us/step, forward+backward us/step, the terms) of the persistent kernels,
-        variant "ffma" (as built) or "mma" (16-bit tensor cores)."""
+        variant "ffma" (float32/float64 as built) or "mma" (float16/bfloat16 as built; the ffma
+        variant of a 16-bit dtype is kept to show what the tensor cores buy)."""
         s, acc = BYTES[dtype], ACC_BYTES[dtype]
         f, b = plan["forward"], plan["backward"]
         G = 4 * H
@@ -388,6 +390,12 @@ def current_rules(path=REPO / "csrc" / "persistent_dispatch.cpp"):
     return rules
 
 
+def built_variant(dtype):
+    """The persistent variant the kernels compile for a dtype (kTensorCores<T> in
+    csrc/cuda/persistent_kernels.cuh): tensor cores for the 16-bit types, FFMA otherwise."""
+    return "mma" if BYTES[dtype] == 2 else "ffma"
+
+
 def derive_rule(model, dtype, variant, margin):
     """Where the model predicts the persistent path (fwd+bwd per step) below `margin` times the
     stepwise one, over the grid RULE_H x RULE_B of usable plans."""
@@ -426,18 +434,18 @@ def derive_rule(model, dtype, variant, margin):
 
 
 # Other inputs under which the rule is derived again: how far the conclusion depends on the
-# assumptions. "optimistic"/"pessimistic" are for the persistent kernels as built; "staging
-# fixed" is a what-if, the staging of the study's design (16-byte loads, 4 in flight per
-# thread, little index math), not the code as it is.
+# assumptions. "optimistic"/"pessimistic" are for the persistent kernels as built; "before
+# stage_rows" is the staging of commit ae78a43 (one element per load, one load in flight, 64-bit
+# index math with a division), kept to show what the vectorised staging bought.
 SCENARIOS = {
-    "optimistic for persistent": {"l2_latency_clk": 200, "staging_iteration_clk": 40,
+    "optimistic for persistent": {"l2_latency_clk": 200, "staging_iteration_clk": 60,
                                   "pipe_efficiency": 0.9, "barrier_us": 0.5,
                                   "host_gemm_us": 6.0, "host_launch_us": 4.0},
-    "pessimistic for persistent": {"l2_latency_clk": 350, "staging_iteration_clk": 150,
+    "pessimistic for persistent": {"l2_latency_clk": 350, "staging_iteration_clk": 250,
                                    "pipe_efficiency": 0.6, "barrier_us": 1.0,
                                    "host_gemm_us": 3.0, "host_launch_us": 2.0},
-    "what-if: staging fixed": {"staging_ilp": 4, "staging_load_bytes": 16,
-                               "staging_iteration_clk": 20},
+    "before stage_rows (commit ae78a43)": {"staging_ilp": 1, "staging_load_bytes": 0,
+                                           "staging_iteration_clk": 100},
 }
 
 
@@ -513,23 +521,25 @@ def main(argv=None):
         print(f"  {name:24s} {item.value:>8g} {item.unit:22s} {item.kind:11s} {item.source}")
 
     rows = [model.row(H, B, dtype) for dtype in DTYPES for H in TABLE_H for B in TABLE_B]
-    print("\nPREDICTED us/step (ffma: the persistent kernels as built; mma: the 16-bit tensor-core "
-          "variant; cuDNN: published, fp16 H=768 B=16 only)")
+    print("\nPREDICTED us/step (ffma: the FFMA persistent kernels, built for float32/float64; mma: "
+          "the tensor-core variant, built for float16/bfloat16; cuDNN: published, fp16 H=768 B=16 "
+          "only; built/step: the built variant over stepwise)")
     print(f"{'dtype':9s} {'H':>5s} {'B':>4s} {'plan: P x u, thr, tile, ks':>27s} | "
           f"{'fwd: step':>9s} {'ffma':>7s} {'mma':>7s} {'cuDNN':>7s} | "
-          f"{'f+b: step':>9s} {'ffma':>7s} {'mma':>7s} {'cuDNN':>7s} | {'ffma/step':>9s}")
+          f"{'f+b: step':>9s} {'ffma':>7s} {'mma':>7s} {'cuDNN':>7s} | {'built/step':>10s}")
     for r in rows:
         p = r["plan"]
         plan = (f"{p['blocks']}x{p['units']}, {p['threads']}, {p['batch_tile']}, {p['k_split']}"
                 if r["usable"] else "no plan")
         cudnn = r["H"] == 768 and r["B"] == 16 and BYTES[r["dtype"]] == 2
-        ratio = r["ffma_fwdbwd"] / r["stepwise_fwdbwd"] if r["ffma_fwdbwd"] else None
+        built = r[f"{built_variant(r['dtype'])}_fwdbwd"]
+        ratio = built / r["stepwise_fwdbwd"] if built else None
         print(f"{r['dtype']:9s} {r['H']:5d} {r['B']:4d} {plan:>27s} | {fmt(r['stepwise_fwd'], 9)} "
               f"{fmt(r['ffma_fwd'])} {fmt(r['mma_fwd'])} "
               f"{fmt(inputs['cudnn_fwd_us'].value if cudnn else None)} | "
               f"{fmt(r['stepwise_fwdbwd'], 9)} {fmt(r['ffma_fwdbwd'])} {fmt(r['mma_fwdbwd'])} "
               f"{fmt(inputs['cudnn_fwdbwd_us'].value if cudnn else None)} | "
-              f"{(f'{ratio:9.2f}') if ratio else 'n/a':>9s}")
+              f"{(f'{ratio:10.2f}') if ratio else 'n/a':>10s}")
     for r in rows:
         if not r["usable"]:
             print(f"  no persistent plan for {r['dtype']} H={r['H']} B={r['B']}: {r['reason']}")
@@ -553,18 +563,22 @@ def main(argv=None):
             derived[f"{dtype}/{variant}"] = {k: v for k, v in d.items() if k != "shapes"}
             rule = rules.get(dtype)
             admitted, rejected = compare_rule(d, rule) if rule else ([], [])
+            limits = rule and (rule[0], rule[1]) == (d["max_batch"], d["max_batch_hidden"])
             verdict = ("agrees" if not admitted and not rejected else
+                       f"agrees (the derived limits; {len(rejected)} shapes past the first loss "
+                       f"predicted to win stay stepwise) {rejected[:6]}"
+                       f"{'...' if len(rejected) > 6 else ''}" if not admitted and limits else
                        f"DISAGREES: admits {len(admitted)} shapes predicted to lose "
                        f"{admitted[:6]}{'...' if len(admitted) > 6 else ''}; rejects "
                        f"{len(rejected)} predicted to win {rejected[:6]}"
                        f"{'...' if len(rejected) > 6 else ''}")
-            label = "as built" if variant == "ffma" else "planned mma"
+            label = f"{variant} built" if variant == built_variant(dtype) else f"{variant} what-if"
             steps = (f"L >= {d['min_steps']} (at H, B = {d['min_steps_shape']})"
                      if d["min_steps"] else "no L")
             print(f"  {dtype:9s} {label:11s} rule: B <= {rule[0]}, B*H <= {rule[1]}, L >= {rule[2]}"
                   f" | predicted: B <= {d['max_batch']}, B*H <= {d['max_batch_hidden']} (first "
                   f"loss at B*H = {d['first_loss_batch_hidden']}), {steps} | "
-                  f"{verdict if variant == 'ffma' else '(for when it lands) ' + verdict}")
+                  f"{verdict if variant == built_variant(dtype) else '(not built) ' + verdict}")
 
     print("\nThe same derivation under other inputs (max B, max B*H; PREDICTIONS):")
     scenario_results = {}
@@ -590,7 +604,8 @@ def main(argv=None):
             if r is None:
                 continue
             parts = []
-            for path, key in (("persistent", "ffma_fwdbwd"), ("stepwise", "stepwise_fwdbwd")):
+            built = f"{built_variant(m['dtype'])}_fwdbwd"
+            for path, key in (("persistent", built), ("stepwise", "stepwise_fwdbwd")):
                 got = m.get(f"{path}_fwdbwd_us")
                 parts.append(f"{path} {fmt(got)} / {fmt(r[key])}")
             print(f"  {m['dtype']:9s} H={m['H']:5d} B={m['B']:3d}: " + "; ".join(parts))

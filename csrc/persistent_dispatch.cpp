@@ -33,14 +33,19 @@ CudaPath cuda_path() { return static_cast<CudaPath>(cuda_path_setting.load(std::
 void set_cuda_path(CudaPath path) { cuda_path_setting.store(static_cast<int>(path), std::memory_order_relaxed); }
 
 const PersistentRule& persistent_rule(StorageType storage) {
-  // bench/gpu_model.py derives these limits (an H100 model; predictions until a GPU measures
-  // the crossover): where the model's persistent step is no longer faster than the stepwise
-  // one, with a margin for the model's error.
+  // The shapes where bench/gpu_model.py (a cost model of an H100 SXM: PREDICTIONS, no GPU has
+  // measured them) has the persistent kernels' forward+backward step below 0.8 x the stepwise
+  // path's, and the shortest chunk or window that pays for their launches. Retune from
+  // `make gpu-check` (it prints this table beside the measured crossover).
+  //   FFMA (float32, float64): the per-step recurrent product runs on the CUDA cores of one
+  //   block per SM, so it loses to cuBLAS once B*H passes a few hundred.
+  //   mma (16-bit): the tensor cores keep it ahead up to B*H = 1024.
+  // {storage, B at most, B*H at most, L at least}
   static const PersistentRule rules[] = {
-      {StorageType::kFloat32, 128, 16384, 2},
-      {StorageType::kFloat64, 128, 8192, 2},
-      {StorageType::kFloat16, 128, 16384, 2},
-      {StorageType::kBFloat16, 128, 16384, 2},
+      {StorageType::kFloat32, 64, 512, 11},
+      {StorageType::kFloat64, 32, 768, 37},
+      {StorageType::kFloat16, 256, 1024, 10},
+      {StorageType::kBFloat16, 256, 1024, 10},
   };
   for (const PersistentRule& rule : rules) {
     if (rule.storage == storage) return rule;
@@ -85,8 +90,10 @@ const PersistentPlan* PersistentPlans::choose(CudaPath path, int64_t device, Sto
 
 void PersistentPlans::launch_failed(CudaPath path, const PersistentPlan* plan, const char* kernel,
                                     int status) {
+  const PersistentPartition& part =
+      std::string(kernel) == "persistent_backward" ? plan->backward : plan->forward;
   TORCH_CHECK(path != CudaPath::kPersistent, "tbptt: the CUDA path is forced to 'persistent' and ",
-              "the launch of ", kernel, " (", plan->forward.blocks, " blocks) on ", device_name_,
+              "the launch of ", kernel, " (", part.blocks, " blocks) on ", device_name_,
               " failed: ", status_name_(status));
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -95,7 +102,7 @@ void PersistentPlans::launch_failed(CudaPath path, const PersistentPlan* plan, c
     }
   }
   TORCH_WARN("tbptt: the persistent kernel ", kernel, " could not be launched on ", device_name_,
-             " (", status_name_(status), ": ", plan->forward.blocks,
+             " (", status_name_(status), ": ", part.blocks,
              " co-resident blocks asked for; planned for ", plan->sms,
              " SMs). This shape runs the stepwise path from now on; results are the same.");
 }

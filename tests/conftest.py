@@ -17,9 +17,9 @@ _NO_EMULATION = pytest.mark.skipif(
     not _EMULATION, reason="built without the emulated kernels (TBPTT_NO_EMULATION=1)")
 
 # The backends: the CPU path; csrc/cuda's kernels run on CPU tensors by the SIMT emulator
-# (every commit, no GPU needed), on the path "auto" takes (the persistent kernels for these
-# small shapes, the stepwise ones for single steps) and forced stepwise; and the real GPU
-# (skipped without one).
+# (every commit, no GPU needed), each CUDA path forced ("emulated": the persistent kernels,
+# "emulated_stepwise": the per-step ones; "auto"'s choice between them has its own tests in
+# test_persistent.py); and the real GPU on the path "auto" takes (skipped without one).
 DEVICES = [
     "cpu",
     pytest.param("emulated", marks=[pytest.mark.emulated, _NO_EMULATION]),
@@ -32,12 +32,12 @@ DEVICES = [
 @pytest.fixture(params=DEVICES)
 def device(request):
     """The tensors' device. For "emulated" (and "emulated_stepwise"), CPU tensors inside
-    tbptt_cuda.emulate_cuda(path="auto" or "stepwise"); the test must then have launched our
-    kernels (unless marked no_kernels)."""
+    tbptt_cuda.emulate_cuda(path="persistent" or "stepwise"); the test must then have launched
+    our kernels (unless marked no_kernels)."""
     if not request.param.startswith("emulated"):
         yield torch.device(request.param)
         return
-    path = "stepwise" if request.param == "emulated_stepwise" else "auto"
+    path = "stepwise" if request.param == "emulated_stepwise" else "persistent"
     with tbptt_cuda.emulate_cuda(path=path) as stats:
         yield torch.device("cpu")
     if request.node.get_closest_marker("no_kernels") is None:

@@ -122,8 +122,10 @@ def test_gpu_model_prints_labelled_predictions_for_every_shape(tmp_path):
             for B in gpu_model.TABLE_B:
                 assert sum(bool(re.match(rf"{dtype}\s+{H}\s+{B}\s+\S", line)) for line in lines) == 1, (
                     dtype, H, B)
-        assert re.search(rf"^  {dtype}\s+as built\s+rule: B <= \d+, B\*H <= \d+, L >= \d+ \| "
-                         rf"predicted: .*\| (agrees|DISAGREES)", text, re.M), dtype
+        built = gpu_model.built_variant(dtype)  # mma for the 16-bit types, ffma otherwise
+        assert re.search(rf"^  {dtype}\s+{built} built\s+rule: B <= \d+, B\*H <= \d+, L >= \d+ "
+                         rf"\| predicted: .*\| (agrees|DISAGREES)", text, re.M), dtype
+    assert re.search(r"^  bfloat16\s+ffma what-if .*\| \(not built\) ", text, re.M)
     data = json.loads((tmp_path / "model.json").read_text())
     assert data["kind"] == "PREDICTIONS" and len(data["rows"]) == 27
     by_shape = {(r["dtype"], r["H"], r["B"]): r for r in data["rows"]}

@@ -196,17 +196,23 @@ def test_launches_per_chunk_do_not_grow_with_its_length(L):
 
 
 def test_auto_follows_the_rule_table():
-    def launched(H, B, L):
-        lstm = TruncatedLSTM(2, H, k2=L)
+    """auto takes the persistent kernels only inside persistent_rule's table
+    (csrc/persistent_dispatch.cpp; float32: B <= 64, B*H <= 512, L >= 11; 16-bit: B <= 256,
+    B*H <= 1024, L >= 10)."""
+    def launched(H, B, L, dtype=torch.float32):
+        lstm = TruncatedLSTM(2, H, k2=L, dtype=dtype)
         with emulate_cuda(sms=8) as stats:
-            out, _ = lstm(torch.randn(L, B, 2))
-            out.sum().backward()
+            out, _ = lstm(torch.randn(L, B, 2, dtype=dtype))
+            out.float().sum().backward()
         return set(stats.launches)
     persistent = {"persistent_forward", "persistent_backward"}
-    assert launched(16, 4, 3) == persistent
-    assert launched(16, 4, 1) == {"forward_step", "backward_step"}  # one step: no gain
-    assert launched(8, 129, 2) == {"forward_step", "backward_step"}  # B > 128
-    assert launched(130, 128, 2) == {"forward_step", "backward_step"}  # B*H > 16384
+    stepwise = {"forward_step", "backward_step"}
+    assert launched(16, 4, 11) == persistent
+    assert launched(16, 4, 10) == stepwise  # too few steps to pay for the launches
+    assert launched(4, 65, 11) == stepwise  # B > 64
+    assert launched(130, 4, 11) == stepwise  # B*H > 512
+    assert launched(32, 32, 10, torch.bfloat16) == persistent  # tensor cores: B*H <= 1024
+    assert launched(32, 33, 10, torch.bfloat16) == stepwise
 
 
 def test_plans_on_the_simulated_h100():
@@ -225,44 +231,50 @@ def test_plans_on_the_simulated_h100():
 
 
 def test_no_plan_falls_back_to_the_stepwise_path_with_the_same_results():
-    """On one simulated SM, W_hh of H = 130 does not fit a block: auto runs the stepwise path,
-    and a forced persistent path says why it cannot."""
-    assert not emulation.plan(130, 3, torch.float64, sms=1)["usable"]
-    auto, _, stats = _stream("auto", 1, 130, 3, 1, 0.0, 0.0, torch.float64, lengths=[3, 2])
+    """On one simulated SM, W_hh of H = 130 does not fit a block: auto runs the stepwise path
+    for a shape its rule admits (float32, B*H = 390, 12 steps), and a forced persistent path
+    says why it cannot."""
+    assert not emulation.plan(130, 3, torch.float32, sms=1)["usable"]
+    assert emulation.plan(130, 3, torch.float32, sms=8)["usable"]
+    auto, _, stats = _stream("auto", 1, 130, 3, 1, 0.0, 0.0, torch.float32,
+                             lengths=[12, 2], k2=12)
     assert set(stats.launches) == {"forward_step", "backward_step"}
-    fused, _, _ = _stream("persistent", 8, 130, 3, 1, 0.0, 0.0, torch.float64, lengths=[3, 2])
+    fused, _, _ = _stream("persistent", 8, 130, 3, 1, 0.0, 0.0, torch.float32,
+                        lengths=[12, 2], k2=12)
     for a_chunk, b_chunk in zip(auto, fused):
         for a, b in zip(a_chunk, b_chunk):
-            assert rel_err(a, b) <= TOLERANCE[torch.float64]
+            assert rel_err(a, b) <= TOLERANCE[torch.float32]
     with pytest.raises(RuntimeError, match=r"forced to 'persistent' but no persistent plan fits "
                                            r"H=130, B=3 .*shared memory"):
-        _stream("persistent", 1, 130, 3, 1, 0.0, 0.0, torch.float64, lengths=[3])
+        _stream("persistent", 1, 130, 3, 1, 0.0, 0.0, torch.float32, lengths=[3], k2=12)
 
 
 def test_a_failed_launch_warns_once_and_the_stepwise_path_gives_the_same_results():
     """A cooperative launch the device refuses (cudaErrorCooperativeLaunchTooLarge, as when MPS
     or another process holds SMs the plan counted on): warned once, the plan marked dead, the
-    same call and every later one run stepwise, with the same results."""
-    good, _, _ = _stream("persistent", 4, 24, 3, 2, 0.0, 0.2, torch.float64, lengths=[3, 4, 2])
+    same call and every later one run stepwise, with the same results (float32 and chunks of 11
+    and 12 steps: inside auto's rule)."""
+    good, _, _ = _stream("persistent", 4, 24, 3, 2, 0.0, 0.2, torch.float32,
+                         lengths=[11, 12, 2], k2=14)
     emulation.clear_plans()
     emulation.fail_launches("persistent_forward", 720)
     try:
         with pytest.warns(UserWarning, match=r"persistent_forward could not be launched .*"
                                              r"cudaErrorCooperativeLaunchTooLarge") as warned:
-            fell_back, _, stats = _stream("auto", 4, 24, 3, 2, 0.0, 0.2, torch.float64,
-                                          lengths=[3, 4, 2])
+            fell_back, _, stats = _stream("auto", 4, 24, 3, 2, 0.0, 0.2, torch.float32,
+                                          lengths=[11, 12, 2], k2=14)
         assert len([w for w in warned if "could not be launched" in str(w.message)]) == 1
         assert "persistent_forward" not in stats.launches
-        assert stats.launches["forward_step"] == 2 * (3 + 4 + 2)
+        assert stats.launches["forward_step"] == 2 * (11 + 12 + 2)
         with pytest.raises(RuntimeError, match=r"forced to 'persistent' and the launch of "
                                                r"persistent_forward .*failed"):
-            _stream("persistent", 4, 24, 3, 2, 0.0, 0.2, torch.float64, lengths=[3])
+            _stream("persistent", 4, 24, 3, 2, 0.0, 0.2, torch.float32, lengths=[3], k2=12)
     finally:
         emulation.fail_launches(None)
         emulation.clear_plans()
     for a_chunk, b_chunk in zip(good, fell_back):
         for a, b in zip(a_chunk, b_chunk):
-            assert rel_err(a, b) <= TOLERANCE[torch.float64]
+            assert rel_err(a, b) <= TOLERANCE[torch.float32]
 
 
 def test_cuda_path_setting_and_its_errors():

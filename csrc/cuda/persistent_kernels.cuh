@@ -40,6 +40,55 @@ SIMT_DEVICE T* offset_rows(void* base, int64_t rows, int64_t row_elems) {
 
 SIMT_DEVICE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// ---- staging global rows into shared memory -------------------------------------------------
+
+// 16 bytes of T: one vector load (LDG.128 under nvcc where the address is 16-byte aligned).
+template <typename T>
+struct alignas(16) Pack16 {
+  T value[16 / sizeof(T)];
+};
+
+constexpr int kLoadsInFlight = 4;  // independent loads a thread issues before it stores
+
+// dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < cols: every thread of the
+// block takes part (the caller synchronises after). 16-byte loads where src's rows allow them,
+// kLoadsInFlight of them in flight per thread (the L2 latency is paid once per group, not per
+// element), 32-bit index math.
+template <typename T>
+SIMT_DEVICE void stage_rows(const simt::SharedArray<T>& dst, int64_t dst_stride, const T* src,
+                            int64_t src_stride, int64_t rows, int64_t cols) {
+  constexpr int kLanes = static_cast<int>(16 / sizeof(T));
+  const int threads = static_cast<int>(simt::block_dim().x);
+  const bool vector = cols % kLanes == 0 && src_stride % kLanes == 0 &&
+                      reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  const int width = static_cast<int>(vector ? cols / kLanes : cols);  // loads per row
+  const int lanes = vector ? kLanes : 1;
+  // This thread's next load is at (row, column); a step of `threads` loads moves it on
+  // without a division.
+  int row = static_cast<int>(simt::thread_idx().x) / width;
+  int column = static_cast<int>(simt::thread_idx().x) % width;
+  while (row < rows) {
+    Pack16<T> loaded[kLoadsInFlight];
+    int at_row[kLoadsInFlight], at_column[kLoadsInFlight];
+    int count = 0;
+    for (; count < kLoadsInFlight && row < rows; ++count) {
+      const T* from = src + row * src_stride + column * lanes;
+      if (vector) {
+        loaded[count] = *reinterpret_cast<const Pack16<T>*>(from);
+      } else {
+        loaded[count].value[0] = *from;
+      }
+      at_row[count] = row;
+      at_column[count] = column;
+      for (column += threads; column >= width; column -= width) ++row;
+    }
+    for (int i = 0; i < count; ++i) {
+      const int64_t to = at_row[i] * dst_stride + at_column[i] * lanes;
+      for (int lane = 0; lane < lanes; ++lane) dst[to + lane] = loaded[i].value[lane];
+    }
+  }
+}
+
 // ---- FFMA products ------------------------------------------------------------------------
 
 // Where a thread works in an FFMA product (see PersistentPartition): slice `slice` of the
@@ -245,9 +294,7 @@ SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
     // gates_h[b, g H + unit0 + jj] = sum_k h_{t-1}[b, k] W_hh[g H + unit0 + jj, k]
     for (int64_t b0 = 0; b0 < B; b0 += tile) {
       const int64_t tile_rows = min64(tile, B - b0);
-      for (int64_t i = tid; i < tile_rows * H; i += threads) {
-        h_tile[(i / H) * ws + i % H] = h_prev[(b0 + i / H) * H + i % H];
-      }
+      stage_rows(h_tile, ws, h_prev + b0 * H, H, tile_rows, H);
       simt::sync_block();
       if constexpr (kTensorCores<T>) {
         forward_product_mma<T>(part, H, units, unit0, b0, tile_rows, ws, w, h_tile, partial, gates_h);
@@ -375,9 +422,9 @@ SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
         const int64_t cols = min64(chunk, G - k0);
         // tensor cores: whole k steps, the columns past G zero
         const int64_t staged = kTensorCores<T> ? round_up_to(cols, 16) : cols;
-        for (int64_t i = tid; i < tile_rows * staged; i += threads) {
-          const int64_t r = i / staged, c = i % staged;
-          dg_tile[r * ts + c] = c < cols ? dg[(b0 + r) * G + k0 + c] : convert<T>(acc_t(0));
+        stage_rows(dg_tile, ts, dg + b0 * G + k0, G, tile_rows, cols);
+        for (int64_t i = tid; i < tile_rows * (staged - cols); i += threads) {  // past G: zero
+          dg_tile[(i / (staged - cols)) * ts + cols + i % (staged - cols)] = convert<T>(acc_t(0));
         }
         simt::sync_block();
         if constexpr (kTensorCores<T>) {

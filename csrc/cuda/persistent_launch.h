@@ -13,11 +13,11 @@
 namespace tbptt {
 namespace SIMT_NS {
 
-// Registers per thread the kernels are compiled for at most (ptxas -v, sm_90: 99-171, the most
+// Registers per thread the kernels are compiled for at most (ptxas -v, sm_90: 110-203, the most
 // for float64; scripts/check_ptxas.py holds the nvcc build to them; the emulator's occupancy
-// uses them). 256 threads of 192 registers fit an SM's 64K once: one block per SM.
-constexpr simt::KernelSpec kPersistentForward{"persistent_forward", 192};
-constexpr simt::KernelSpec kPersistentBackward{"persistent_backward", 192};
+// uses them). 256 threads of 224 registers fit an SM's 64K once: one block per SM.
+constexpr simt::KernelSpec kPersistentForward{"persistent_forward", 224};
+constexpr simt::KernelSpec kPersistentBackward{"persistent_backward", 224};
 
 // Fewest hidden units per block (units are given out in multiples of it): fewer make blocks
 // too small to pay for their barrier.
