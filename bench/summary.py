@@ -407,6 +407,41 @@ def oracle_lines(rows):
     return out
 
 
+# The CPU per-step targets (test_bench_cpu_step.py): ours / peer at most, by schedule and H.
+CPU_STEP_TARGETS = {"BPTT(k,k)": lambda H: 1.2 if H <= 128 else 1.0,
+                    "TBPTT(k,2k)": lambda H: 0.9 if H <= 128 else 0.8,
+                    "BPTT(1,64)": lambda H: 0.7}
+
+
+def cpu_step_table(rows):
+    """The CPU per-step table: one row per (threads, H), one column per schedule, the ratio
+    ours / peer [IQR] with its target and verdict, and both times in us/step."""
+    cells = defaultdict(dict)
+    for r in rows:
+        if r["kind"] == "cpu_step":
+            cells[(r["threads"], r["H"])][r["table_schedule"]] = r
+    if not cells:
+        return None
+    schedules = list(CPU_STEP_TARGETS)
+    head = ["threads", "H"] + [f"{s} ours/{'nn.LSTM' if s == 'BPTT(k,k)' else 're-run'} "
+                               f"(ours / peer µs/step)" for s in schedules]
+    body = []
+    for (threads, H), by in sorted(cells.items()):
+        line = [str(threads), str(H)]
+        for sched in schedules:
+            r = by.get(sched)
+            if r is None or r.get("ratio") is None:
+                line.append("-")
+                continue
+            limit = CPU_STEP_TARGETS[sched](H)
+            verdict = "met" if r["ratio"] <= limit else "missed"
+            line.append(f"{fmt_ratio(r['ratio'], r.get('ratio_q25'), r.get('ratio_q75'))} "
+                        f"≤{limit:g}: {verdict} ({fmt_us(r['ours_us_per_step'])} / "
+                        f"{fmt_us(r['us_per_step'])})")
+        body.append(line)
+    return md_table(head, body)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="*", default=[str(REPO / "results" / "bench.json")])
@@ -452,6 +487,11 @@ def main(argv=None):
         if modes:
             import matplotlib.pyplot as plt
             parts += [f"plot: {p}" for p in modes_plot(modes, plt, out_dir)]
+    cpu_step = cpu_step_table(rows)
+    if cpu_step:
+        parts += ["", "**CPU per step** (float32, B=32, I=H, 64-step chunks, forward + backward; "
+                  "ratio = ours / peer, ratio of medians of interleaved runs [IQR]; target and "
+                  "verdict; ours / peer µs per step)", "", cpu_step]
     parts += ["", "**Time per timestep, forward + backward over the stream (median ± half "
               "IQR, µs); ratio = ours / peer, ratio of medians of interleaved runs "
               "[IQR of per-round ratios]; < 1 means ours is faster**", ""]

@@ -54,6 +54,10 @@ int64_t parallel_for_threads(int64_t tasks);
 int64_t fused_team_threads(int64_t hidden, int64_t batch);
 // Packed weights the fused layers have made so far (their cache's test hook).
 int64_t weight_packs_made();
+// Seconds the fused layers spent per phase since the last call (thread 0's pack, recurrent
+// product, element pass, barrier wait; each layer call's wall time), then turns the timing on
+// or off (bench/profile_cpu_step.py).
+std::map<std::string, double> fused_profile(bool enable);
 }
 // The grid-barrier microbenchmark's arguments (csrc/cuda/barrier_bench.cuh); raises on bad ones.
 inline void check_barrier_bench_args(int64_t blocks, int64_t threads, int64_t rounds) {

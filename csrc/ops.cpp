@@ -123,6 +123,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_fused_team_threads", &tbptt::cpu::fused_team_threads,
         "Threads of the fused CPU layers' team for a layer of H units and B rows.");
   m.def("cpu_weight_packs_made", &tbptt::cpu::weight_packs_made);
+  m.def("cpu_fused_profile", &tbptt::cpu::fused_profile, py::arg("enable"),
+        "Seconds per phase of the fused CPU layers since the last call; then timing on/off.");
   m.def("set_cpu_gemm", &tbptt::cpu::set_gemm_library,
         "Selects the CPU GEMM library: 'onednn' (float32 default) or 'aten' (MKL).");
   m.def(

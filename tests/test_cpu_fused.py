@@ -245,3 +245,30 @@ def test_cpu_path_setting_and_environment():
     env["TBPTT_CPU_PATH"] = "fast"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "TBPTT_CPU_PATH" in out.stderr
+
+
+@needs_fused
+def test_phase_timing_is_off_by_default_and_counts_each_phase_when_on():
+    """cpu_fused_profile (bench/profile_cpu_step.py's source): nothing counted while off; when
+    on, every phase of a fused forward and backward has run for some time, and the layers' wall
+    time covers thread 0's phases."""
+    lib = _backend.load()
+    lstm = TruncatedLSTM(8, 64, k2=6)
+    x = torch.randn(6, 4, 8)
+
+    def step():
+        out, _ = lstm(x)
+        out.sum().backward()
+    lib.cpu_fused_profile(False)
+    step()
+    assert all(v == 0 for v in lib.cpu_fused_profile(True).values())
+    step()
+    seen = lib.cpu_fused_profile(False)
+    assert set(seen) == {"pack", "recurrent_product", "element_pass", "barrier",
+                         "forward_layers", "backward_layers"}
+    assert all(seen[k] > 0 for k in ("recurrent_product", "element_pass", "forward_layers",
+                                     "backward_layers"))
+    inside = seen["pack"] + seen["recurrent_product"] + seen["element_pass"] + seen["barrier"]
+    assert inside <= seen["forward_layers"] + seen["backward_layers"]
+    step()
+    assert all(v == 0 for v in lib.cpu_fused_profile(False).values())

@@ -21,8 +21,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <list>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -50,6 +52,38 @@ constexpr int64_t kLeadPad = 16;    // floats on packed leading dimensions: rows
 constexpr double kMinFlopsPerThread = 1.0e6;
 
 std::atomic<bool> fused_enabled{true};
+
+// ---- opt-in phase timing (bench/profile_cpu_step.py) ---------------------------------------
+
+// Thread 0's time per phase (every thread runs the same schedule on its own blocks), and each
+// layer call's wall time. Off, a phase costs one relaxed load.
+enum Phase { kPack, kProduct, kElement, kBarrier, kForwardLayer, kBackwardLayer, kPhases };
+const char* const kPhaseNames[kPhases] = {"pack",    "recurrent_product", "element_pass",
+                                          "barrier", "forward_layers",    "backward_layers"};
+std::atomic<bool> profiling{false};
+std::atomic<int64_t> phase_ns[kPhases];
+
+class PhaseClock {
+ public:
+  explicit PhaseClock(bool on) : on_(on) {
+    if (on_) last_ = std::chrono::steady_clock::now();
+  }
+  // Adds the time since the last lap (or the start) to `phase`.
+  void lap(Phase phase) {
+    if (!on_) return;
+    const auto now = std::chrono::steady_clock::now();
+    phase_ns[phase].fetch_add(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now - last_).count(),
+        std::memory_order_relaxed);
+    last_ = now;
+  }
+
+ private:
+  bool on_;
+  std::chrono::steady_clock::time_point last_;
+};
+
+bool profiling_on() { return profiling.load(std::memory_order_relaxed); }
 
 // ---- packed weights, cached while the weight is unchanged --------------------------------
 
@@ -203,7 +237,10 @@ void product(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const
 
 bool forward_layer(PersistentForwardParams& p, at::ScalarType storage, const at::Tensor& w_hh) {
   const int64_t H = p.hidden, B = p.batch, G = 4 * H;
+  const bool timed = profiling_on();
+  PhaseClock layer_clock(timed), pack_clock(timed);
   const at::Tensor packed = packed_weight(w_hh, PackKind::kForward);  // [H, G + pad]
+  pack_clock.lap(kPack);
   const float* wp = packed.data_ptr<float>();
   const int64_t ldw = G + kLeadPad;
   const int64_t threads = team_size(H, B);
@@ -211,6 +248,7 @@ bool forward_layer(PersistentForwardParams& p, at::ScalarType storage, const at:
   run_team(threads, [&](int64_t t, int64_t n) {
     int64_t first = 0, last = 0;
     own_blocks(H, t, n, &first, &last);
+    PhaseClock clock(timed && t == 0);
     std::vector<float> tile(static_cast<size_t>(B * 4 * kUnitBlock));  // [B, 4U]
     for (int64_t s = 0; s < p.steps; ++s) {
       const float* h_prev = static_cast<const float*>(p.hidden_exchange) + (s & 1) * B * H;
@@ -230,6 +268,7 @@ bool forward_layer(PersistentForwardParams& p, at::ScalarType storage, const at:
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
         product(B, 4 * units, H, h_prev, H, wp + 4 * unit0, ldw, tile.data(), 4 * units);
+        clock.lap(kProduct);
         for (int64_t b = 0; b < B; ++b) {  // interleaved gates -> gates_h's gate-major columns
           for (int64_t g = 0; g < 4; ++g) {
             std::memcpy(gates_h + b * G + g * H + unit0, tile.data() + b * 4 * units + g * units,
@@ -237,17 +276,23 @@ bool forward_layer(PersistentForwardParams& p, at::ScalarType storage, const at:
           }
         }
         forward_units_float(step, unit0, unit0 + units);
+        clock.lap(kElement);
       }
       team_barrier(n);  // h_t of every unit written; slot s & 1 free again
+      clock.lap(kBarrier);
     }
   });
+  layer_clock.lap(kForwardLayer);
   (void)storage;
   return true;
 }
 
 bool backward_layer(PersistentBackwardParams& p, at::ScalarType storage, const at::Tensor& w_hh) {
   const int64_t H = p.hidden, B = p.batch, G = 4 * H, W = p.steps;
+  const bool timed = profiling_on();
+  PhaseClock layer_clock(timed), pack_clock(timed);
   const at::Tensor packed = packed_weight(w_hh, PackKind::kBackward);  // [G, H + pad]
+  pack_clock.lap(kPack);
   const float* wp = packed.data_ptr<float>();
   const int64_t ldw = H + kLeadPad;
   const int64_t threads = team_size(H, B);
@@ -255,6 +300,7 @@ bool backward_layer(PersistentBackwardParams& p, at::ScalarType storage, const a
   run_team(threads, [&](int64_t t, int64_t n) {
     int64_t first = 0, last = 0;
     own_blocks(H, t, n, &first, &last);
+    PhaseClock clock(timed && t == 0);
     for (int64_t j = W - 1; j >= 0; --j) {
       BackwardStepParams step;
       step.batch = B;
@@ -275,17 +321,21 @@ bool backward_layer(PersistentBackwardParams& p, at::ScalarType storage, const a
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
         backward_units_float(step, unit0, unit0 + units);
       }
+      clock.lap(kElement);
       team_barrier(n);  // dG_t of every unit written
+      clock.lap(kBarrier);
       // dL/dh_{t-1}[:, own] = dG_t @ W_hh[:, own]: read by this thread's next element pass only
       const float* dg = static_cast<const float*>(step.grad_gates);
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
         product(B, units, G, dg, G, wp + unit0, ldw, grad_hidden + unit0, H);
       }
+      clock.lap(kProduct);
       // No barrier: the next step's element pass on these units reads only what this thread
       // wrote, and the dG row it writes is not the one the others may still be reading.
     }
   });
+  layer_clock.lap(kBackwardLayer);
   (void)storage;
   return true;
 }
@@ -358,6 +408,13 @@ int64_t fused_team_threads(int64_t hidden, int64_t batch) {
 }
 
 int64_t weight_packs_made() { return packs_made.load(); }
+
+std::map<std::string, double> fused_profile(bool enable) {
+  std::map<std::string, double> seconds;
+  for (int i = 0; i < kPhases; ++i) seconds[kPhaseNames[i]] = phase_ns[i].exchange(0) * 1e-9;
+  profiling.store(enable);
+  return seconds;
+}
 
 }  // namespace cpu
 }  // namespace tbptt
