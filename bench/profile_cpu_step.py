@@ -5,13 +5,14 @@
 One stream of 4 chunks of 64 steps, B = 32, I = H, float32, forward + backward per chunk (BPTT(k,k);
 --k2 128 for TBPTT(k,2k)), on each CPU path (`tbptt_cuda._backend.set_cpu_path`), after one
 warm-up pass, under torch.profiler with shapes. Per step (total over the stream / its steps):
-  recurrent product  stepwise: the [B, *] GEMMs of every step (mkldnn linear / mm calls with B
-                     rows); fused: thread 0's brgemm time (cpu_fused_profile)
+  recurrent product  stepwise: the GEMMs of every step (mkldnn linear / mm calls with an operand
+                     of B rows); fused: thread 0's brgemm time (cpu_fused_profile)
   element pass       stepwise: the self time of the chunk_forward / window_backward ops (their
                      loop: the per-step pointwise pass); fused: thread 0's element pass
   barrier            fused only: thread 0's wait at the team barrier (load imbalance + sync)
   window GEMMs       the GEMMs over the whole chunk or window (input projection, dW_ih, dW_hh,
                      dx): the other GEMM calls
+  transposes         the operands those GEMMs need transposed (tbptt::transpose, copies)
   other              the rest (copies, allocation, autograd, Python, the pack of W_hh)
 Times under the profiler run a little slower than without it; the split is what to compare.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,14 +35,20 @@ import baselines as bl  # noqa: E402
 
 GEMM_OPS = ("mkldnn::_linear_pointwise", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 OUR_LOOPS = ("tbptt::chunk_forward", "tbptt::window_backward")
-COLUMNS = ("recurrent product", "element pass", "barrier", "window GEMMs", "other")
+COLUMNS = ("recurrent product", "element pass", "barrier", "window GEMMs", "transposes", "other")
 
 
-def split(case, path, backend):
-    """us per step of each column, and the total, for one path."""
+def split(case, path, backend, repeats=3):
+    """us per step of each column, and the total, for one path: the median of `repeats`
+    profiled passes, column by column."""
     backend.set_cpu_path(path)
     runner = bl.make_runner("ours", bl.Workload(case))
     runner.run()  # warm-up: packs, oneDNN primitives, allocator
+    passes = [one_pass(case, path, backend, runner) for _ in range(repeats)]
+    return {k: statistics.median(p[k] for p in passes) for k in passes[0]}
+
+
+def one_pass(case, path, backend, runner):
     backend.cpu_fused_profile(path == "auto")  # clear; time the fused phases on the next run
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()
@@ -51,11 +59,14 @@ def split(case, path, backend):
     for event in prof.events():
         shapes = event.input_shapes or []
         if event.name in GEMM_OPS:
-            first = shapes[0] if shapes and shapes[0] else []
-            per_step = len(first) == 2 and first[0] == case.B
+            # a step's product has an operand of B rows ([B, H] @ W, or W @ [B, H]^T in
+            # the transposed form gemm_cpu.cpp uses for tall weights); a window's has L*B
+            per_step = any(len(shape) == 2 and shape[0] == case.B for shape in shapes)
             parts["recurrent product" if per_step else "window GEMMs"] += event.self_cpu_time_total
         elif event.name in OUR_LOOPS:
             parts["element pass"] += event.self_cpu_time_total
+        elif event.name in ("tbptt::transpose", "aten::copy_"):
+            parts["transposes"] += event.self_cpu_time_total
     parts = {k: v * 1e-6 for k, v in parts.items()}  # profiler us -> s
     if path == "auto":  # the fused layers run inside our ops: their self time, split
         inside = parts["element pass"]

@@ -19,9 +19,10 @@ import torch
 import baselines as bl
 
 
-def _rounds(t_pair, full, device):
+def _rounds(t_pair, full, device, min_rounds=None):
     budget = (8.0 if full else 2.5) if device == "cpu" else (3.0 if full else 2.0)
     lo, hi = (3, 15) if device == "cpu" else (5, 25)
+    lo = max(lo, min_rounds or 0)
     r = int(budget / max(t_pair, 1e-9))
     r = max(lo, min(hi, r))
     return r | 1  # odd: a true median
@@ -31,7 +32,7 @@ def test_speed(benchmark, speed_case, variant, bench_full):
     time_against_ours(benchmark, speed_case, variant, bench_full, kind="speed")
 
 
-def time_against_ours(benchmark, case, variant, bench_full, kind):
+def time_against_ours(benchmark, case, variant, bench_full, kind, min_rounds=None):
     """Times `variant` over the case's stream, interleaved with ours (history "activations")
     on identical work; records us/step and the ratio ours / variant in extra_info."""
     if variant == "ours" and bl.ours_class() is None:
@@ -48,7 +49,7 @@ def time_against_ours(benchmark, case, variant, bench_full, kind):
     for r in ([ours] if ours else []) + [peer]:
         r.run()
         t_pair += timer(r.run)
-    rounds = _rounds(t_pair, bench_full, case.device)
+    rounds = _rounds(t_pair, bench_full, case.device, min_rounds)
 
     ours_t, peer_t = [], []
 

@@ -15,8 +15,10 @@ def set_cuda_path(path):
     """Which path runs the recurrence on a CUDA GPU, process-wide:
 
     - "auto" (default): the persistent kernels (one launch per layer per chunk and per window,
-      W_hh resident on chip) where the plan fits the GPU and the rule prefers them (small
-      B*H, a chunk or window of 2 steps or more), else the stepwise path;
+      W_hh resident on chip) where the plan fits the GPU and the rule prefers them, else the
+      stepwise path. The rule (csrc/persistent_dispatch.cpp, from bench/gpu_model.py's
+      predictions, to be retuned on a GPU): float32 B <= 64, B*H <= 512, chunks/windows of
+      11+ steps; float64 B <= 32, B*H <= 768, 37+; float16/bfloat16 B <= 256, B*H <= 1024, 10+;
     - "persistent": always; a RuntimeError where no plan fits the shape;
     - "stepwise": a GEMM and a fused pointwise kernel per step.
 

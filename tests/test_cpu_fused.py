@@ -272,3 +272,16 @@ def test_phase_timing_is_off_by_default_and_counts_each_phase_when_on():
     assert inside <= seen["forward_layers"] + seen["backward_layers"]
     step()
     assert all(v == 0 for v in lib.cpu_fused_profile(False).values())
+
+
+@needs_fused
+def test_fused_layers_up_to_512_units_the_stepwise_path_above():
+    """kMaxFusedHidden: W_hh over 4 MiB (H > 512) streams from memory on either path, where the
+    stepwise path measured faster; both sides of the limit are run."""
+    module = _backend.load()
+    for hidden, fused in ((512, True), (513, False)):
+        lstm = TruncatedLSTM(3, hidden, k2=2, dtype=torch.float32)
+        before = module.cpu_weight_packs_made()
+        out, _ = lstm(torch.randn(2, 2, 3))
+        out.sum().backward()
+        assert (module.cpu_weight_packs_made() > before) == fused, hidden

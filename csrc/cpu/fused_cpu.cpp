@@ -50,6 +50,10 @@ constexpr int64_t kLeadPad = 16;    // floats on packed leading dimensions: rows
 // A thread's share of a step's product must be at least this many flops to pay for the
 // barrier it adds (~1 us; brgemm runs ~100 GFLOP/s per core here).
 constexpr double kMinFlopsPerThread = 1.0e6;
+// Above this H (W_hh over 4 MiB) the per-step product streams W_hh from L3 or memory on either
+// path and the stepwise path's threaded element pass wins: at H = 1024, B = 32, 64-step chunks,
+// fused / stepwise = 1.02 on 2 threads and 1.11 on 1 (notes/cpu_fastpath.md).
+constexpr int64_t kMaxFusedHidden = 512;
 
 std::atomic<bool> fused_enabled{true};
 
@@ -343,10 +347,10 @@ bool backward_layer(PersistentBackwardParams& p, at::ScalarType storage, const a
 std::atomic<bool>& path_flag() { return fused_enabled; }
 
 bool takes(int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
-  (void)hidden;
   (void)batch;
   (void)steps;
-  return storage == at::kFloat && path_flag().load() && fused_unavailable_reason().empty();
+  return storage == at::kFloat && hidden <= kMaxFusedHidden && path_flag().load() &&
+         fused_unavailable_reason().empty();
 }
 
 }  // namespace

@@ -13,7 +13,7 @@
 namespace tbptt {
 namespace SIMT_NS {
 
-// Registers per thread the kernels are compiled for at most (ptxas -v, sm_90: 110-203, the most
+// Registers per thread the kernels are compiled for at most (ptxas -v, sm_90: 118-209, the most
 // for float64; scripts/check_ptxas.py holds the nvcc build to them; the emulator's occupancy
 // uses them). 256 threads of 224 registers fit an SM's 64K once: one block per SM.
 constexpr simt::KernelSpec kPersistentForward{"persistent_forward", 224};
