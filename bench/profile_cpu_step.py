@@ -38,14 +38,24 @@ OUR_LOOPS = ("tbptt::chunk_forward", "tbptt::window_backward")
 COLUMNS = ("recurrent product", "element pass", "barrier", "window GEMMs", "transposes", "other")
 
 
-def split(case, path, backend, repeats=3):
-    """us per step of each column, and the total, for one path: the median of `repeats`
-    profiled passes, column by column."""
-    backend.set_cpu_path(path)
-    runner = bl.make_runner("ours", bl.Workload(case))
-    runner.run()  # warm-up: packs, oneDNN primitives, allocator
-    passes = [one_pass(case, path, backend, runner) for _ in range(repeats)]
-    return {k: statistics.median(p[k] for p in passes) for k in passes[0]}
+PATHS = (("stepwise", "before (stepwise)"), ("auto", "after (auto)"))
+
+
+def split(case, backend, repeats=5):
+    """{path: us per step of each column, and the total}: the median of `repeats` profiled
+    passes per path, column by column, the paths' passes alternating."""
+    runners = {}
+    for path, _ in PATHS:
+        backend.set_cpu_path(path)
+        runners[path] = bl.make_runner("ours", bl.Workload(case))
+        runners[path].run()  # warm-up: packs, oneDNN primitives, allocator
+    passes = {path: [] for path, _ in PATHS}
+    for _ in range(repeats):
+        for path, _ in PATHS:
+            backend.set_cpu_path(path)
+            passes[path].append(one_pass(case, path, backend, runners[path]))
+    return {path: {k: statistics.median(p[k] for p in done) for k in done[0]}
+            for path, done in passes.items()}
 
 
 def one_pass(case, path, backend, runner):
@@ -68,7 +78,7 @@ def one_pass(case, path, backend, runner):
         elif event.name in ("tbptt::transpose", "aten::copy_"):
             parts["transposes"] += event.self_cpu_time_total
     parts = {k: v * 1e-6 for k, v in parts.items()}  # profiler us -> s
-    if path == "auto":  # the fused layers run inside our ops: their self time, split
+    if fused["forward_layers"] > 0:  # the fused layers ran inside our ops: their self time, split
         inside = parts["element pass"]
         parts["recurrent product"] += fused["recurrent_product"]
         parts["barrier"] = fused["barrier"]
@@ -78,6 +88,7 @@ def one_pass(case, path, backend, runner):
     parts["other"] += total - sum(parts.values())
     per_step = {k: v / case.n * 1e6 for k, v in parts.items()}
     per_step["total"] = total / case.n * 1e6
+    per_step["fused_ran"] = float(fused["forward_layers"] > 0)
     return per_step
 
 
@@ -104,8 +115,11 @@ def main(argv=None):
     try:
         for H in a.H:
             case = bl.Case("cpu", "f32", H, 32, 64, a.k2, 256)
-            for path, name in (("stepwise", "before (stepwise)"), ("auto", "after (fused)")):
-                per_step = split(case, path, backend)
+            by_path = split(case, backend)
+            for path, name in PATHS:
+                per_step = by_path[path]
+                if path == "auto":
+                    name += ": fused" if per_step["fused_ran"] > 0.5 else ": stepwise (H > 512)"
                 rows.append(dict(H=H, path=name, **per_step))
                 cells = [f"{per_step['total']:.1f}"] + [
                     f"{per_step[c]:.1f} ({per_step[c] / per_step['total']:.0%})" for c in COLUMNS]
