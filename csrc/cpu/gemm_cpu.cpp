@@ -9,9 +9,6 @@
 #include <ATen/record_function.h>
 
 #include <algorithm>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
 
 #include <atomic>
 #include <optional>
@@ -57,57 +54,23 @@ bool use_onednn(const at::Tensor& x) {
          onednn_reorder_op().has_value();
 }
 
-// One kTile x kTile tile (or less at the edges) of dst [C, R] = src [R, C]^T, rows
-// [r0, r1) and columns [c0, c1) of src.
-void transpose_tile_scalar(const float* src, float* dst, int64_t R, int64_t C, int64_t r0,
-                           int64_t r1, int64_t c0, int64_t c1) {
+// One tile (rows [r0, r1), columns [c0, c1) of src [R, C]) of dst [C, R] = src^T. Compiled once
+// per x86 level like lstm_cpu.cpp's row loops, no intrinsics (hand-written AVX2 8 x 8 blocks
+// measured ~12% faster on the transposes alone, ~1.5% of a step at H = 256: not worth the code).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+void transpose_tile(const float* src, float* dst, int64_t R, int64_t C, int64_t r0, int64_t r1,
+                    int64_t c0, int64_t c1) {
   for (int64_t c = c0; c < c1; ++c) {
     for (int64_t r = r0; r < r1; ++r) dst[c * R + r] = src[r * C + c];
   }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define TBPTT_TRANSPOSE_AVX2 1
-// The same with 8 x 8 blocks in AVX2 registers (unpack, shuffle, then swap 128-bit halves: the
-// classic 24-instruction transpose), the edges left to the scalar loop. Compiled for AVX2 and
-// called only where the CPU has it.
-__attribute__((target("avx2"))) void transpose_tile_avx2(const float* src, float* dst, int64_t R,
-                                                         int64_t C, int64_t r0, int64_t r1,
-                                                         int64_t c0, int64_t c1) {
-  const int64_t r8 = r0 + (r1 - r0) / 8 * 8, c8 = c0 + (c1 - c0) / 8 * 8;
-  for (int64_t r = r0; r < r8; r += 8) {
-    for (int64_t c = c0; c < c8; c += 8) {
-      __m256 row[8], pair[8], quad[8];
-      for (int i = 0; i < 8; ++i) row[i] = _mm256_loadu_ps(src + (r + i) * C + c);
-      for (int i = 0; i < 8; i += 2) {  // pair[i] = rows i, i+1 interleaved (low / high)
-        pair[i] = _mm256_unpacklo_ps(row[i], row[i + 1]);
-        pair[i + 1] = _mm256_unpackhi_ps(row[i], row[i + 1]);
-      }
-      for (int i = 0; i < 8; i += 4) {  // quad: 4 rows' elements of one column per 128 bits
-        quad[i] = _mm256_shuffle_ps(pair[i], pair[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        quad[i + 1] = _mm256_shuffle_ps(pair[i], pair[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        quad[i + 2] = _mm256_shuffle_ps(pair[i + 1], pair[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        quad[i + 3] = _mm256_shuffle_ps(pair[i + 1], pair[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-      }
-      for (int i = 0; i < 4; ++i) {  // column c + i: rows 0-3 from quad[i], 4-7 from quad[i + 4]
-        _mm256_storeu_ps(dst + (c + i) * R + r, _mm256_permute2f128_ps(quad[i], quad[i + 4], 0x20));
-        _mm256_storeu_ps(dst + (c + i + 4) * R + r,
-                         _mm256_permute2f128_ps(quad[i], quad[i + 4], 0x31));
-      }
-    }
-  }
-  transpose_tile_scalar(src, dst, R, C, r0, r1, c8, c1);  // the columns past the last 8
-  transpose_tile_scalar(src, dst, R, C, r8, r1, c0, c8);  // the rows past the last 8
-}
-#else
-#define TBPTT_TRANSPOSE_AVX2 0
-#endif
-
 // A dense copy of m^T for a matrix m [R, C] (any strides): [C, R]; no copy where m is itself a
-// transposed view of a dense matrix. A dense float32 m is transposed in 32 x 32 tiles (8 x 8
-// register blocks with AVX2), the threads taking bands of C: ATen's strided copy walks one side
-// a column at a time, 5-8x slower at the window sizes here (e.g. [2048, 512] at H = 128, 64
-// steps, B = 32).
+// transposed view of a dense matrix. A dense float32 m is transposed in 32 x 32 tiles, the
+// threads taking bands of C: ATen's strided copy walks one side a column at a time, 5-8x slower
+// at the window sizes here (e.g. [2048, 512] at H = 128, 64 steps, B = 32).
 at::Tensor transposed(const at::Tensor& m) {
   if (m.scalar_type() != at::kFloat || !m.is_contiguous() || m.dim() != 2) {
     return m.t().contiguous();
@@ -118,17 +81,13 @@ at::Tensor transposed(const at::Tensor& m) {
   at::Tensor out = at::empty({C, R}, m.options());
   const float* src = m.data_ptr<float>();  // [R, C]
   float* dst = out.data_ptr<float>();      // [C, R]
-#if TBPTT_TRANSPOSE_AVX2
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  const auto tile = avx2 ? transpose_tile_avx2 : transpose_tile_scalar;
-#else
-  const auto tile = transpose_tile_scalar;
-#endif
   const int64_t bands = (C + kTile - 1) / kTile;
   at::parallel_for(0, bands, 1, [&](int64_t first, int64_t last) {
     for (int64_t band = first; band < last; ++band) {
       const int64_t c0 = band * kTile, c1 = std::min(C, c0 + kTile);
-      for (int64_t r0 = 0; r0 < R; r0 += kTile) tile(src, dst, R, C, r0, std::min(R, r0 + kTile), c0, c1);
+      for (int64_t r0 = 0; r0 < R; r0 += kTile) {
+        transpose_tile(src, dst, R, C, r0, std::min(R, r0 + kTile), c0, c1);
+      }
     }
   });
   return out;
