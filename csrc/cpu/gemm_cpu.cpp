@@ -68,6 +68,10 @@ void transpose_tile(const float* src, float* dst, int64_t R, int64_t C, int64_t 
   }
 }
 
+// Elements a transpose task moves at least: small operands (tests, tiny layers) stay on one
+// thread instead of paying a fork.
+constexpr int64_t kTransposeGrainElements = 32768;
+
 // A dense copy of m^T for a matrix m [R, C] (any strides): [C, R]; no copy where m is itself a
 // transposed view of a dense matrix. A dense float32 m is transposed in 32 x 32 tiles, the
 // threads taking bands of C: ATen's strided copy walks one side a column at a time, 5-8x slower
@@ -83,7 +87,9 @@ at::Tensor transposed(const at::Tensor& m) {
   const float* src = m.data_ptr<float>();  // [R, C]
   float* dst = out.data_ptr<float>();      // [C, R]
   const int64_t bands = (C + kTile - 1) / kTile;
-  at::parallel_for(0, bands, 1, [&](int64_t first, int64_t last) {
+  const int64_t band_elements = kTile * std::max<int64_t>(R, 1);
+  const int64_t grain = std::max<int64_t>(1, kTransposeGrainElements / band_elements);
+  at::parallel_for(0, bands, grain, [&](int64_t first, int64_t last) {
     for (int64_t band = first; band < last; ++band) {
       const int64_t c0 = band * kTile, c1 = std::min(C, c0 + kTile);
       for (int64_t r0 = 0; r0 < R; r0 += kTile) {
