@@ -91,10 +91,11 @@ BarrierTiming barrier_latency(int64_t blocks, int64_t threads, int64_t rounds, b
 namespace emulated {
 const DeviceBackend& backend();
 bool active();
-// enabled; seed < 0: the deterministic schedule, else a random one from that seed; sms <= 0:
-// the H100's 132; path: the CUDA path the emulated backend takes. A different SM count is a
-// different simulated device: the plans are made again.
-void configure(bool enabled, int64_t seed, int64_t sms, CudaPath path);
+// enabled; seed < 0: the deterministic schedule, else a random one from that seed; device: a
+// preset's name (simt::emu::device_preset: "H100", "A100", ...; raises on another); sms > 0:
+// that many of its SMs instead of all; path: the CUDA path the emulated backend takes. Another
+// device or SM count is a different simulated device: the plans are made again.
+void configure(bool enabled, int64_t seed, const std::string& device, int64_t sms, CudaPath path);
 PersistentPlans& persistent_plans();
 // Launches of kernels named `kernel` fail with `status` (a cudaError_t value) until called
 // with an empty name: the fallback's test hook.

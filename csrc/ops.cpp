@@ -143,6 +143,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "set_cuda_path", [](const std::string& path) { tbptt::set_cuda_path(tbptt::parse_cuda_path(path)); },
       "Which CUDA path runs the recurrence: 'auto', 'persistent' or 'stepwise'.");
+  m.def("unsupported_capability_message", &tbptt::unsupported_capability_message,
+        pybind11::arg("capability"), pybind11::arg("device_name"),
+        "Empty where a GPU of compute capability major*10+minor runs the kernels, else the "
+        "error the CUDA backend raises.");
   m.def("cuda_path", [] { return std::string(tbptt::cuda_path_name(tbptt::cuda_path())); });
   m.def(
       "persistent_plan",
@@ -177,6 +181,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         out["usable"] = plan.usable;
         out["reason"] = plan.reason;
         out["sms"] = plan.sms;
+        out["capability"] = plan.capability;
+        out["family"] = std::string(tbptt::arch_family_name(tbptt::arch_family(plan.capability)));
+        const tbptt::PersistentRule& rule = tbptt::persistent_rule(plan.capability, types.at(dtype));
+        out["rule"] = std::map<std::string, int64_t>{{"max_batch", rule.max_batch},
+                                                     {"max_batch_hidden", rule.max_batch_hidden},
+                                                     {"min_steps", rule.min_steps}};
         out["forward"] = partition(plan.forward);
         out["backward"] = partition(plan.backward);
         return out;
@@ -215,13 +225,35 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef TBPTT_WITH_EMULATION
   m.def(
       "set_emulation",
-      [](bool enabled, int64_t seed, int64_t sms, const std::string& path) {
-        tbptt::emulated::configure(enabled, seed, sms, tbptt::parse_cuda_path(path));
+      [](bool enabled, int64_t seed, const std::string& device, int64_t sms, const std::string& path) {
+        tbptt::emulated::configure(enabled, seed, device, sms, tbptt::parse_cuda_path(path));
       },
-      pybind11::arg("enabled"), pybind11::arg("seed"), pybind11::arg("sms"),
-      pybind11::arg("path") = "auto",
+      pybind11::arg("enabled"), pybind11::arg("seed"), pybind11::arg("device"),
+      pybind11::arg("sms"), pybind11::arg("path") = "auto",
       "Routes CPU tensors through the emulated CUDA kernels (seed < 0: deterministic "
-      "schedule; sms <= 0: 132; path: auto, persistent or stepwise).");
+      "schedule; device: a preset's name; sms <= 0: all of the device's; path: auto, "
+      "persistent or stepwise).");
+  m.def(
+      "emulated_devices",
+      [] {
+        pybind11::dict out;
+        for (const std::string& name : simt::emu::device_preset_names()) {
+          const simt::emu::DeviceModel& d = *simt::emu::device_preset(name);
+          pybind11::dict limits;
+          limits["capability"] = d.major * 10 + d.minor;
+          limits["sms"] = d.sms;
+          limits["registers_per_sm"] = d.registers_per_sm;
+          limits["shared_bytes_per_sm"] = d.shared_bytes_per_sm;
+          limits["shared_bytes_per_block_optin"] = d.shared_bytes_per_block_optin;
+          limits["threads_per_sm"] = d.threads_per_sm;
+          limits["blocks_per_sm"] = d.blocks_per_sm;
+          limits["threads_per_block"] = d.threads_per_block;
+          out[pybind11::str(name)] = limits;
+        }
+        return out;
+      },
+      "The devices the emulator models, by name: their published limits.");
+  m.def("emulated_device", [] { return std::string(simt::emu::config().device.name); });
   m.def("emulator_fail_launches", &tbptt::emulated::fail_launches,
         "Launches of the named kernel fail with this cudaError_t value ('' : none).");
   m.def("emulator_clear_plans", [] { tbptt::emulated::persistent_plans().clear(); });

@@ -32,23 +32,58 @@ std::atomic<int> cuda_path_setting{static_cast<int>(CudaPath::kAuto)};
 CudaPath cuda_path() { return static_cast<CudaPath>(cuda_path_setting.load(std::memory_order_relaxed)); }
 void set_cuda_path(CudaPath path) { cuda_path_setting.store(static_cast<int>(path), std::memory_order_relaxed); }
 
-const PersistentRule& persistent_rule(StorageType storage) {
-  // The shapes where bench/gpu_model.py (a cost model of an H100 SXM: PREDICTIONS, no GPU has
-  // measured them) has the persistent kernels' forward+backward step below 0.8 x the stepwise
-  // path's, and the shortest chunk or window that pays for their launches. Retune from
-  // `make gpu-check` (it prints this table beside the measured crossover).
+ArchFamily arch_family(int64_t capability) {
+  if (capability >= 90) return ArchFamily::kHopper;
+  if (capability == 80) return ArchFamily::kAmpere;
+  return ArchFamily::kAmpereAda;
+}
+
+const char* arch_family_name(ArchFamily family) {
+  switch (family) {
+    case ArchFamily::kAmpere: return "sm_80";
+    case ArchFamily::kAmpereAda: return "sm_86/sm_89";
+    case ArchFamily::kHopper: return "sm_90";
+  }
+  return "?";
+}
+
+std::string unsupported_capability_message(int64_t capability, const std::string& device_name) {
+  if (capability >= kMinCapability) return "";
+  return "tbptt: " + device_name + " has compute capability " + std::to_string(capability / 10) +
+         "." + std::to_string(capability % 10) + "; tbptt_cuda's CUDA kernels need 8.0 or newer "
+         "(Ampere, Ada, Hopper: A100, A10, RTX 30/40, L4, H100). Run the module on the CPU "
+         "(.cpu() and CPU tensors) instead.";
+}
+
+const PersistentRule& persistent_rule(int64_t capability, StorageType storage) {
+  // Per family, the shapes where bench/gpu_model.py (a cost model of the family's reference
+  // GPU: `--device H100 | A100 | L4`; PREDICTIONS, no GPU has measured them) has the
+  // persistent kernels' forward+backward step below 0.8 x the stepwise path's, and the
+  // shortest chunk or window that pays for their launches. Retune from `make gpu-check` (it
+  // prints this table beside the measured crossover).
   //   FFMA (float32, float64): the per-step recurrent product runs on the CUDA cores of one
   //   block per SM, so it loses to cuBLAS once B*H passes a few hundred.
-  //   mma (16-bit): the tensor cores keep it ahead up to B*H = 1024.
-  // {storage, B at most, B*H at most, L at least}
+  //   mma (16-bit): the tensor cores keep it ahead up to B*H = 1024 or so.
+  // {family, storage, B at most, B*H at most, L at least}
+  using F = ArchFamily;
+  using S = StorageType;
   static const PersistentRule rules[] = {
-      {StorageType::kFloat32, 64, 512, 11},
-      {StorageType::kFloat64, 32, 768, 37},
-      {StorageType::kFloat16, 256, 1024, 10},
-      {StorageType::kBFloat16, 256, 1024, 10},
+      {F::kHopper, S::kFloat32, 64, 512, 11},
+      {F::kHopper, S::kFloat64, 32, 768, 37},
+      {F::kHopper, S::kFloat16, 256, 1024, 10},
+      {F::kHopper, S::kBFloat16, 256, 1024, 10},
+      {F::kAmpere, S::kFloat32, 64, 512, 11},
+      {F::kAmpere, S::kFloat64, 32, 768, 37},
+      {F::kAmpere, S::kFloat16, 256, 1024, 10},
+      {F::kAmpere, S::kBFloat16, 256, 1024, 10},
+      {F::kAmpereAda, S::kFloat32, 64, 512, 11},
+      {F::kAmpereAda, S::kFloat64, 32, 768, 37},
+      {F::kAmpereAda, S::kFloat16, 256, 1024, 10},
+      {F::kAmpereAda, S::kBFloat16, 256, 1024, 10},
   };
+  const ArchFamily family = arch_family(capability);
   for (const PersistentRule& rule : rules) {
-    if (rule.storage == storage) return rule;
+    if (rule.family == family && rule.storage == storage) return rule;
   }
   return rules[0];
 }
@@ -71,13 +106,13 @@ const PersistentPlan* PersistentPlans::choose(CudaPath path, int64_t device, Sto
                                               int64_t hidden, int64_t batch, int64_t steps) {
   if (path == CudaPath::kStepwise) return nullptr;
   std::lock_guard<std::mutex> lock(mutex_);
+  Entry& found = entry(device, storage, hidden, batch);  // the plan knows the device's family
   if (path == CudaPath::kAuto) {
-    const PersistentRule& rule = persistent_rule(storage);
+    const PersistentRule& rule = persistent_rule(found.plan.capability, storage);
     if (batch > rule.max_batch || batch * hidden > rule.max_batch_hidden || steps < rule.min_steps) {
       return nullptr;
     }
   }
-  Entry& found = entry(device, storage, hidden, batch);
   if (!found.plan.usable) {
     TORCH_CHECK(path != CudaPath::kPersistent, "tbptt: the CUDA path is forced to 'persistent' but ",
                 "no persistent plan fits H=", hidden, ", B=", batch, " on ", device_name_, " ",

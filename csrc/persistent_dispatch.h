@@ -26,10 +26,30 @@ const char* cuda_path_name(CudaPath path);
 CudaPath cuda_path();
 void set_cuda_path(CudaPath path);
 
-// When "auto" takes the persistent path (given a usable plan): one row per storage type. The
-// figures come from bench/gpu_model.py's cost model of an H100 (a prediction until measured
-// on a GPU: scripts/gpu_check.sh prints both paths side by side to retune them).
+// The GPU families the rule table tells apart, by compute capability: what sets the persistent
+// kernels' speed against cuBLAS differs between them (shared memory per SM, threads per SM,
+// FP64 and tensor-core rates, SM count).
+enum class ArchFamily : int {
+  kAmpere = 0,    // 8.0: A100, A30 (164 KiB shared memory per SM, 2048 threads, full-rate FP64)
+  kAmpereAda = 1, // 8.6, 8.7, 8.9: A10, RTX 30/40, L4, L40 (100 KiB, 1536 threads, FP64 1/64)
+  kHopper = 2,    // 9.0 and newer: H100, H200 (228 KiB, 2048 threads); newer GPUs run the PTX
+};
+ArchFamily arch_family(int64_t capability);  // capability: major * 10 + minor
+const char* arch_family_name(ArchFamily family);
+
+// The kernels need compute capability 8.0 (mma.sync m16n8k16 on bfloat16, cooperative launch
+// with the shared memory the plans ask for); the build's default architectures start there.
+constexpr int64_t kMinCapability = 80;
+// Empty where a GPU of this capability runs our kernels, else the error to raise (naming the
+// device, its capability and what to do instead).
+std::string unsupported_capability_message(int64_t capability, const std::string& device_name);
+
+// When "auto" takes the persistent path (given a usable plan): one row per family and storage
+// type. The figures come from bench/gpu_model.py's cost model of each family's reference GPU
+// (a prediction until measured on a GPU: scripts/gpu_check.sh prints both paths side by side
+// to retune them).
 struct PersistentRule {
+  ArchFamily family;
   StorageType storage;
   int64_t max_batch;         // B at most (cuDNN's persistent RNNs stop at 128 too)
   int64_t max_batch_hidden;  // B * H at most: each SM takes in ~B H T bytes of h per step and
@@ -37,7 +57,7 @@ struct PersistentRule {
   int64_t min_steps;         // L (forward) or W (backward) at least: a single step gains nothing
                              // from keeping W_hh resident
 };
-const PersistentRule& persistent_rule(StorageType storage);
+const PersistentRule& persistent_rule(int64_t capability, StorageType storage);
 
 // Plans cached per (device, storage type, H, B) for one build of the kernels (CUDA or the
 // emulator). Thread-safe.

@@ -10,7 +10,10 @@ import shutil
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(PACKAGE_DIR)
 CSRC = os.path.join(ROOT, "csrc")
-DEFAULT_ARCH_LIST = "9.0+PTX"
+# The default TORCH_CUDA_ARCH_LIST: cubins for Ampere (A100: 8.0; A10, RTX 30: 8.6), Ada (L4,
+# RTX 40: 8.9) and Hopper (H100, H200: 9.0), and 9.0 PTX that newer GPUs JIT-compile. The
+# kernels need 8.0 (mma.sync m16n8k16 on bfloat16); older GPUs get a clear error at first use.
+DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
 _CONFIG_FILE = os.path.join(PACKAGE_DIR, "_build_config.py")
 
 
@@ -104,3 +107,78 @@ def write_build_config(with_cuda):
         f.write("# Written by the build; not tracked.\n")
         f.write(f"CUDA = {with_cuda!r}\nCUDA_ARCHS = {archs!r}\n")
         f.write(f"CUDA_EMULATION = {want_emulation()!r}\n")
+
+
+def arch_list_targets(arch_list=None):
+    """(cubin architectures, PTX architectures) of a TORCH_CUDA_ARCH_LIST, as integers
+    major * 10 + minor: "8.0;8.6;8.9;9.0+PTX" -> ([80, 86, 89, 90], [90])."""
+    arch_list = DEFAULT_ARCH_LIST if arch_list is None else arch_list
+    cubins, ptx = [], []
+    for item in arch_list.replace(",", ";").replace(" ", ";").split(";"):
+        if not item:
+            continue
+        version = item.split("+")[0]
+        major, minor = version.split(".")
+        value = int(major) * 10 + int(minor)
+        cubins.append(value)
+        if item.endswith("+PTX"):
+            ptx.append(value)
+    return cubins, ptx
+
+
+def gencode_flags(arch_list=None):
+    """nvcc -gencode flags of an arch list, as torch.utils.cpp_extension writes them."""
+    cubins, ptx = arch_list_targets(arch_list)
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in cubins]
+    flags += [f"-gencode=arch=compute_{a},code=compute_{a}" for a in ptx]
+    return flags
+
+
+_FATBIN_MAGIC = 0xBA55ED50
+
+
+def cuda_binary_archs(path):
+    """What a compiled object or shared library carries for the GPU: {"sm": sorted cubin
+    architectures, "ptx": sorted PTX architectures} (major * 10 + minor), read from its ELF
+    section .nv_fatbin (the same list as `cuobjdump --list-elf / --list-ptx`, without the
+    toolkit's binary). Empty lists where there is no such section."""
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        raise ValueError(f"{path}: not a 64-bit ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def section(index):  # (name offset, file offset, size)
+        base = shoff + index * shentsize
+        name, = struct.unpack_from("<I", data, base)
+        offset, size = struct.unpack_from("<QQ", data, base + 0x18)
+        return name, offset, size
+
+    _, names_at, _ = section(shstrndx)
+    fatbin = b""
+    for i in range(shnum):
+        name, offset, size = section(i)
+        if data[names_at + name:data.index(b"\0", names_at + name)] == b".nv_fatbin":
+            fatbin = data[offset:offset + size]
+    sm, ptx = set(), set()
+    at = 0
+    # Fat binaries one after another (one per CUDA translation unit), each 8-byte aligned:
+    # header {u32 magic, u16 version, u16 header size, u64 payload size}, then entries
+    # {u16 kind (1 PTX, 2 ELF cubin), u16 version, u32 header size, u64 payload size, ...,
+    # u32 architecture at byte 28}.
+    while at + 16 <= len(fatbin):
+        magic, _, header, total = struct.unpack_from("<IHHQ", fatbin, at)
+        if magic != _FATBIN_MAGIC:
+            at += 8
+            continue
+        entry, end = at + header, at + header + total
+        while entry + 32 <= end:
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", fatbin, entry)
+            arch, = struct.unpack_from("<I", fatbin, entry + 28)
+            (ptx if kind == 1 else sm).add(arch)
+            entry += entry_header + payload
+        at = end
+    return {"sm": sorted(sm), "ptx": sorted(ptx)}

@@ -82,29 +82,38 @@ class emulate_cuda:  # noqa: N801  (used as a context manager, like torch.no_gra
         seed: None for the deterministic schedule (blocks and threads in order); an integer
             for a randomised interleaving from that seed. Correct kernels give bit-identical
             results under every schedule.
-        sms: SMs of the simulated device (None: an H100's 132). Fewer SMs make a large
-            cooperative grid fail to fit, as on a smaller or shared GPU.
+        sms: SMs of the simulated device in use (None: all of the device's). Fewer SMs make a
+            large cooperative grid fail to fit, as on a smaller or shared GPU.
+        device: the GPU simulated, by name: "H100" (default), "A100", "A10", "RTX4090" or
+            "L4" (``tbptt_cuda.emulation.devices()`` lists their published limits: SMs,
+            shared memory per SM and per block, threads and blocks per SM, compute
+            capability). The persistent plan, its shared-memory fit, the co-residency check
+            and auto's rule (per architecture family) follow that device.
 
     Yields an EmulationStats. Nested blocks restore the outer settings on exit.
     """
 
     _stack = []
 
-    def __init__(self, path="auto", seed=None, sms=None):
+    def __init__(self, path="auto", seed=None, sms=None, device="H100"):
         if path not in _PATHS:
             raise ValueError(f"emulate_cuda: path must be one of {_PATHS}, got {path!r}")
+        if not isinstance(device, str) or (_backend.load().compiled_with_emulation()
+                                           and device not in devices()):
+            raise ValueError(f"emulate_cuda: device must be one of {tuple(devices())}, "
+                             f"got {device!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
                                  or seed < 0):
             raise ValueError(f"emulate_cuda: seed must be None or an integer >= 0, got {seed!r}")
         if sms is not None and (isinstance(sms, bool) or not isinstance(sms, numbers.Integral)
                                 or sms < 1):
             raise ValueError(f"emulate_cuda: sms must be None or an integer >= 1, got {sms!r}")
-        self.path, self.seed, self.sms = path, seed, sms
+        self.path, self.seed, self.sms, self.device = path, seed, sms, device
         self.stats = EmulationStats()
 
     def _apply(self):
         module = _backend.load()
-        module.set_emulation(True, -1 if self.seed is None else int(self.seed),
+        module.set_emulation(True, -1 if self.seed is None else int(self.seed), self.device,
                              0 if self.sms is None else int(self.sms), self.path)
 
     def __enter__(self):
@@ -124,7 +133,7 @@ class emulate_cuda:  # noqa: N801  (used as a context manager, like torch.no_gra
         if emulate_cuda._stack:
             emulate_cuda._stack[-1]._apply()
         else:
-            _backend.load().set_emulation(False, -1, 0, "auto")
+            _backend.load().set_emulation(False, -1, "H100", 0, "auto")
         return False
 
 
@@ -134,20 +143,32 @@ def active():
     return module.compiled_with_emulation() and module.emulation_active()
 
 
-def plan(hidden, batch, dtype=None, sms=None):
+def devices():
+    """The GPUs the emulator can simulate (``emulate_cuda(device=...)``), by name: their
+    published limits (capability as major * 10 + minor, sms, registers_per_sm,
+    shared_bytes_per_sm, shared_bytes_per_block_optin, threads_per_sm, blocks_per_sm,
+    threads_per_block)."""
+    return dict(_backend.load().emulated_devices())
+
+
+def plan(hidden, batch, dtype=None, sms=None, device=None):
     """The persistent kernels' plan for one layer of ``hidden`` units and ``batch`` rows on the
-    simulated device of ``sms`` SMs (None: the one in use, or an H100's 132): a dict with
-    usable, reason, sms, and the forward / backward partitions (blocks, units, threads,
-    batch_tile, k_split, k_chunk, shared_bytes)."""
+    simulated ``device`` (a name of ``devices()``) with ``sms`` of its SMs (None for both: the
+    device in use inside ``emulate_cuda``, else a whole H100): a dict with usable, reason,
+    sms, capability, family (the rule table's row: "sm_80", "sm_86/sm_89" or "sm_90"), rule
+    (auto's limits for this family and dtype: max_batch, max_batch_hidden, min_steps), and the
+    forward / backward partitions (blocks, units, threads, batch_tile, k_split, k_chunk,
+    shared_bytes)."""
     import torch
 
     dtype = torch.float32 if dtype is None else dtype
     name = str(dtype).replace("torch.", "")
     module = _backend.load()
     if emulate_cuda._stack:
-        if sms is None or sms == emulate_cuda._stack[-1].sms:
+        current = emulate_cuda._stack[-1]
+        if (sms is None or sms == current.sms) and (device is None or device == current.device):
             return module.persistent_plan("emulated", int(hidden), int(batch), name)
-    with emulate_cuda(sms=sms):
+    with emulate_cuda(sms=sms, device=device or "H100"):
         return module.persistent_plan("emulated", int(hidden), int(batch), name)
 
 

@@ -1,7 +1,11 @@
 // CUDA glue: binds the pointwise kernels, the persistent kernels and ATen's cuBLAS GEMMs into
 // the shared driver as the CUDA backend, launching on PyTorch's current stream and checking
 // every launch.
+#include <cuda_runtime.h>
 #include <c10/cuda/CUDAException.h>
+
+#include <atomic>
+#include <string>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -48,7 +52,22 @@ PersistentPlans& persistent_plans() {
   return plans;
 }
 
+// Raises, once per op on a device older than the kernels' oldest architecture (sm_80), the
+// error that names it, instead of CUDA's "no kernel image is available" at the first launch.
+void check_device_supported() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int8_t> verdicts[kMaxDevices] = {};  // 0 unknown, 1 supported, -1 not
+  const int device = c10::cuda::current_device();
+  if (device < kMaxDevices && verdicts[device].load(std::memory_order_relaxed) == 1) return;
+  cudaDeviceProp props{};
+  C10_CUDA_CHECK(cudaGetDeviceProperties(&props, device));
+  const std::string message = unsupported_capability_message(props.major * 10 + props.minor, props.name);
+  if (device < kMaxDevices) verdicts[device].store(message.empty() ? 1 : -1, std::memory_order_relaxed);
+  TORCH_CHECK(message.empty(), message);
+}
+
 const DeviceBackend& backend() {
+  check_device_supported();
   // GEMMs: ATen's, i.e. cuBLAS on the current stream (TF32 as torch.backends allows).
   static const DeviceBackend cuda_backend{{forward_step, backward_step}, aten_gemm::gemm(),
                                           persistent_backend<launchers>()};

@@ -124,10 +124,12 @@ simt::Status plan_persistent(int64_t hidden, int64_t batch, StorageType storage,
   bool cooperative = false;
   simt::Status status = simt::device_supports_cooperative_launch(&cooperative);
   if (status != simt::kSuccess) return status;
-  int sms = 0, shared_limit = 0;
+  int sms = 0, shared_limit = 0, major = 0, minor = 0;
   if ((status = simt::device_sm_count(&sms)) != simt::kSuccess) return status;
   if ((status = simt::device_max_shared_bytes_optin(&shared_limit)) != simt::kSuccess) return status;
+  if ((status = simt::device_compute_capability(&major, &minor)) != simt::kSuccess) return status;
   plan->sms = sms;
+  plan->capability = major * 10 + minor;
   if (!cooperative) {
     plan->reason = "the device does not support cooperative launches";
     return simt::kSuccess;

@@ -3,6 +3,8 @@
 // ops.cpp binds it to the CPU dispatch key while tbptt_cuda.emulate_cuda() is active.
 #include <ATen/ATen.h>
 
+#include <c10/util/StringUtil.h>
+
 #include <atomic>
 #include <vector>
 
@@ -49,13 +51,19 @@ const PersistentLaunchers& launchers() {
 
 bool active() { return active_flag.load(std::memory_order_relaxed); }
 
-void configure(bool enabled, int64_t seed, int64_t sms, CudaPath path) {
+void configure(bool enabled, int64_t seed, const std::string& device, int64_t sms, CudaPath path) {
   simt::emu::Config config = simt::emu::config();
   config.order = seed < 0 ? simt::emu::Order::kForward : simt::emu::Order::kRandom;
   config.seed = seed < 0 ? 0 : static_cast<uint64_t>(seed);
-  const int device_sms = sms > 0 ? static_cast<int>(sms) : simt::emu::DeviceModel{}.sms;
-  if (device_sms != config.device.sms) persistent_plans().clear();  // another device
-  config.device.sms = device_sms;
+  const simt::emu::DeviceModel* preset = simt::emu::device_preset(device);
+  TORCH_CHECK_VALUE(preset != nullptr, "emulate_cuda: device must be one of ",
+                    c10::Join(", ", simt::emu::device_preset_names()), ", got '", device, "'");
+  simt::emu::DeviceModel model = *preset;
+  if (sms > 0) model.sms = static_cast<int>(sms);  // a part of the GPU (MPS, a smaller SKU)
+  if (std::string(model.name) != config.device.name || model.sms != config.device.sms) {
+    persistent_plans().clear();  // another device
+  }
+  config.device = model;
   simt::emu::set_config(config);
   path_setting.store(static_cast<int>(path), std::memory_order_relaxed);
   active_flag.store(enabled, std::memory_order_relaxed);

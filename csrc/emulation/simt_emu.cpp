@@ -1015,6 +1015,54 @@ struct LaunchCleanup {
 
 // ---- public entry points ----------------------------------------------------------------------
 
+namespace {
+
+// Per compute capability (CUDA C++ Programming Guide, "Technical Specifications per Compute
+// Capability"): 64K registers per SM everywhere; 8.0 and 9.0 hold 2048 threads and 32 blocks
+// per SM, 8.6 1536 and 16, 8.9 1536 and 24; shared memory per SM / per block after opt-in:
+// 8.0 164 / 163 KiB, 8.6 and 8.9 100 / 99 KiB, 9.0 228 / 227 KiB (the difference is the 1 KiB
+// the hardware reserves per block). SM counts from the products' datasheets.
+DeviceModel make_preset(const char* name, int major, int minor, int sms) {
+  DeviceModel d;
+  d.name = name;
+  d.major = major;
+  d.minor = minor;
+  d.sms = sms;
+  const int capability = major * 10 + minor;
+  const int shared_kib = capability == 90 ? 228 : capability == 80 ? 164 : 100;
+  d.shared_bytes_per_sm = shared_kib * 1024;
+  d.shared_bytes_per_block_optin = (shared_kib - 1) * 1024;
+  d.threads_per_sm = capability == 90 || capability == 80 ? 2048 : 1536;
+  d.blocks_per_sm = capability == 86 ? 16 : capability == 89 ? 24 : 32;
+  return d;
+}
+
+const std::vector<DeviceModel>& presets() {
+  static const std::vector<DeviceModel> table = {
+      make_preset("H100", 9, 0, 132),     // H100 SXM5 (the H200 has the same SMs and limits)
+      make_preset("A100", 8, 0, 108),     // A100 SXM4 / PCIe
+      make_preset("A10", 8, 6, 72),       // A10 / A10G (the RTX 30 series is 8.6 too)
+      make_preset("RTX4090", 8, 9, 128),  // GeForce RTX 4090
+      make_preset("L4", 8, 9, 58),
+  };
+  return table;
+}
+
+}  // namespace
+
+const DeviceModel* device_preset(const std::string& name) {
+  for (const DeviceModel& d : presets()) {
+    if (name == d.name) return &d;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> device_preset_names() {
+  std::vector<std::string> names;
+  for (const DeviceModel& d : presets()) names.push_back(d.name);
+  return names;
+}
+
 Config config() {
   std::lock_guard<std::mutex> lock(settings_mutex());
   return settings();

@@ -19,6 +19,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "emulation/simt_half.h"
 
@@ -61,8 +62,10 @@ class KernelError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The simulated device (an H100 SXM's limits by default).
+// The simulated device (an H100 SXM's limits by default; device_preset() has the others).
 struct DeviceModel {
+  const char* name = "H100";
+  int major = 9, minor = 0;                  // compute capability
   int sms = 132;
   int registers_per_sm = 65536;
   int shared_bytes_per_sm = 233472;          // 228 KiB
@@ -73,6 +76,13 @@ struct DeviceModel {
   int threads_per_block = 1024;
   bool cooperative_launch = true;
 };
+
+// The published limits of the GPUs users train on (CUDA C++ Programming Guide, "Compute
+// Capabilities" table, and each product's datasheet for the SM count), by name: "H100" (SXM5),
+// "A100" (SXM4), "A10", "RTX4090", "L4". nullptr for any other name.
+const DeviceModel* device_preset(const std::string& name);
+// The presets' names, in the order above.
+std::vector<std::string> device_preset_names();
 
 enum class Order { kForward, kReverse, kRandom };
 
@@ -448,6 +458,11 @@ inline Status device_max_shared_bytes_optin(int* bytes) {
 }
 inline Status device_supports_cooperative_launch(bool* supported) {
   *supported = emu::config().device.cooperative_launch;
+  return kSuccess;
+}
+inline Status device_compute_capability(int* major, int* minor) {
+  *major = emu::config().device.major;
+  *minor = emu::config().device.minor;
   return kSuccess;
 }
 

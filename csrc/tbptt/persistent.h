@@ -116,6 +116,7 @@ struct PersistentPlan {
   bool usable = false;        // both kernels fit; else `reason` says why not
   std::string reason;
   int64_t sms = 0;            // SMs the device reported when planned
+  int64_t capability = 0;     // its compute capability, major * 10 + minor (90: H100)
   PersistentPartition forward, backward;
 };
 

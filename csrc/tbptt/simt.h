@@ -15,7 +15,7 @@
 //   host side    launch / launch_cooperative(KernelSpec, kernel, grid, block, smem, stream,
 //                params...), set_max_dynamic_shared_bytes, max_active_blocks_per_sm,
 //                kernel_uses_local_memory, device_sm_count, device_max_shared_bytes_optin,
-//                device_supports_cooperative_launch, status_name
+//                device_supports_cooperative_launch, device_compute_capability, status_name
 //
 // Kernel code must not use (the emulator cannot see or model it, or nvcc-only syntax):
 //   - threadIdx / blockIdx / __syncthreads / __shfl_*_sync & co. directly: use simt::;
@@ -232,6 +232,16 @@ inline Status device_supports_cooperative_launch(bool* supported) {
   Status status = cudaGetDevice(&device);
   if (status == cudaSuccess) status = cudaDeviceGetAttribute(&value, cudaDevAttrCooperativeLaunch, device);
   *supported = status == cudaSuccess && value != 0;
+  return status;
+}
+
+// The current device's compute capability (8.0: A100; 8.6: A10, RTX 30; 8.9: L4, RTX 40;
+// 9.0: H100, H200).
+inline Status device_compute_capability(int* major, int* minor) {
+  int device = 0;
+  Status status = cudaGetDevice(&device);
+  if (status == cudaSuccess) status = cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, device);
+  if (status == cudaSuccess) status = cudaDeviceGetAttribute(minor, cudaDevAttrComputeCapabilityMinor, device);
   return status;
 }
 
