@@ -69,6 +69,7 @@ def build_info():
         "torch_cuda": torch.version.cuda,
         "cuda": _backend.compiled_with_cuda(),
         "cuda_archs": _backend.cuda_archs(),
+        "cuda_binaries": _backend.cuda_binaries(),
         "cuda_emulation": _backend.compiled_with_emulation(),
         "cuda_available": torch.cuda.is_available(),
         "built_just_in_time": _backend.built_just_in_time(),

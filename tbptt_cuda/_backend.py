@@ -160,6 +160,17 @@ def cpu_fused_reason():
     return module.cpu_fused_unavailable_reason()
 
 
+def cuda_binaries():
+    """The GPU code the loaded extension carries: {"sm": [80, 86, ...], "ptx": [90]} (compute
+    capabilities with a cubin; PTX that newer GPUs compile at load), read from its fat binary;
+    empty lists without CUDA."""
+    from . import _build
+
+    if not compiled_with_cuda():
+        return {"sm": [], "ptx": []}
+    return _build.cuda_binary_archs(load().__file__)
+
+
 def cuda_archs():
     load()
     try:
