@@ -1,29 +1,34 @@
-"""A cost model of the CUDA paths on an H100 SXM. Every figure it prints is a PREDICTION:
-nothing here runs on a GPU.
+"""A cost model of the CUDA paths on one GPU: an H100 SXM by default, or the GPU --device names
+(A100, A10, RTX4090, L4: the emulator's presets, tbptt_cuda.emulation.devices()). Every figure
+it prints is a PREDICTION: nothing here runs on a GPU.
 
 For one layer with I = H, a chunk of L steps and a window of k2 = L steps, it predicts us/step
 of
   - the stepwise path: per step a cuBLAS GEMM and our pointwise kernel, forward and again
     backward, each launched by the host (csrc/lstm_driver.cpp);
   - the persistent kernels as they are (csrc/cuda/persistent_kernels.cuh: FFMA for every
-    dtype), from the partition their plan picks on a simulated 132-SM H100
-    (tbptt_cuda.emulation.plan): the grid barrier, the staging of h_{t-1} (forward) and dG_t
-    (backward) from L2 as the staging loops issue it, the shared-memory wavefronts (bank
-    conflicts included) and FMA issue of the register tiles, the k-slice reduction, the
-    pointwise element and the window GEMMs, amortised;
+    dtype), from the partition their plan picks on the simulated device (its SM count and
+    shared memory: tbptt_cuda.emulation.plan(..., device=NAME)): the grid barrier, the staging
+    of h_{t-1} (forward) and dG_t (backward) from L2 as the staging loops issue it, the
+    shared-memory wavefronts (bank conflicts included) and FMA issue of the register tiles, the
+    k-slice reduction, the pointwise element and the window GEMMs, amortised;
   - the tensor-core variant for 16-bit (mma.sync m16n8k16, fp32 accumulation; forward: A = 16
     rows of the W_hh slice, B = 16 k x 8 batch rows of h_{t-1}; backward: A = 16 batch rows x
     16 k of dG_t, B = 16 k x 8 units of W_hh columns), with the same staging;
-next to cuDNN's published figure (DESIGN.md section 8). From the predictions it derives where
-the persistent path stops winning (B*H, B, and the chunk length) and prints that next to the
-rule table in csrc/persistent_dispatch.cpp (parsed from the source), saying whether they agree.
+next to cuDNN's published figure where there is one (H100 only: DESIGN.md section 8). From the
+predictions it derives where the persistent path stops winning (B*H, B, and the chunk length)
+and prints that next to the row of the device's architecture family in the rule table of
+csrc/persistent_dispatch.cpp (parsed from the source), saying whether they agree. With
+--device all (or --cpp-table) it ends with the derived rows of every family, from the family's
+reference device (sm_80: A100, sm_86/sm_89: L4, sm_90: H100), ready to paste into that table.
 
 Every input is listed with its source; "assumption" marks what no measurement backs. With
 --barrier-json (bench/barrier_latency.py's output) the measured grid barrier replaces the
 assumed one; with --paths-json (bench/gpu_paths.py's output) the measured us/step are printed
 next to the predicted ones. scripts/gpu_check.sh does both.
 
-    python bench/gpu_model.py [--json results/gpu_model.json] [--margin 0.8]
+    python bench/gpu_model.py [--device H100|A100|A10|RTX4090|L4|all] [--cpp-table]
+                              [--json results/gpu_model.json] [--margin 0.8]
                               [--barrier-json F] [--paths-json F]
 """
 from __future__ import annotations
@@ -60,8 +65,8 @@ class Input:
     source: str
 
 
-def default_inputs():
-    """The model's inputs, each with where it comes from."""
+def h100_inputs():
+    """The model's inputs for the H100 SXM, each with where it comes from."""
     A, S, C = "assumption", "spec", "sass"
     return {
         "sms": Input(132, "SMs", S, "H100 SXM5 (NVIDIA H100 whitepaper)"),
@@ -73,6 +78,9 @@ def default_inputs():
         "l2_latency_clk": Input(270, "clk", A, "L2 hit latency (an L40 probe: 222-339 clk by SM, "
                                 "arXiv 2606.22588; the H100's far L2 partition may be slower)"),
         "hbm_latency_clk": Input(550, "clk", A, "HBM3 load latency (no H100 measurement at hand)"),
+        "l2_mbytes": Input(50, "MB", S, "L2 capacity (H100 SXM5: 50 MB, NVIDIA H100 whitepaper): "
+                           "a stepwise GEMM whose weights do not fit streams them from DRAM"),
+        "dram_gbps": Input(3350, "GB/s", S, "HBM3 bandwidth (H100 SXM5 datasheet: 3.35 TB/s)"),
         "smem_bytes_per_clk": Input(128, "B/clk/SM", S, "32 banks x 4 B per clock: one wavefront "
                                     "(CUDA C++ Programming Guide, shared memory)"),
         "smem_latency_clk": Input(30, "clk", A, "shared-memory load latency"),
@@ -122,11 +130,226 @@ def default_inputs():
     }
 
 
+# ---- the devices ---------------------------------------------------------------------------------
+# Each device is the emulator's preset of that name (tbptt_cuda.emulation.devices(): SM count,
+# shared memory, threads and blocks per SM, compute capability); the model's inputs are the
+# H100's (h100_inputs) with the ones below replaced. Peaks are the vendor's datasheet or
+# whitepaper figures; per-SM-per-clock rates are those peaks over SMs x the boost clock they are
+# quoted at (the products are written out so they can be checked). What no published figure backs
+# is an "assumption", said so.
+
+DEVICE_NAMES = ("H100", "A100", "A10", "RTX4090", "L4")
+DEVICE_LABELS = {"H100": "H100 SXM", "A100": "A100 SXM4", "A10": "A10 (GA102)",
+                 "RTX4090": "GeForce RTX 4090 (AD102)", "L4": "L4 (AD104)"}
+FAMILIES = ("sm_80", "sm_86/sm_89", "sm_90")  # csrc/persistent_dispatch.cpp arch_family_name
+FAMILY_ENUM = {"sm_80": "kAmpere", "sm_86/sm_89": "kAmpereAda", "sm_90": "kHopper"}
+FAMILY_REFERENCE = {"sm_80": "A100", "sm_86/sm_89": "L4", "sm_90": "H100"}
+STORAGE_ENUM = {"float32": "kFloat32", "float64": "kFloat64", "float16": "kFloat16",
+                "bfloat16": "kBFloat16"}
+
+
+def family_of_capability(capability):
+    """csrc/persistent_dispatch.cpp arch_family: the rule table's row for a compute capability."""
+    if capability >= 90:
+        return "sm_90"
+    if capability == 80:
+        return "sm_80"
+    return "sm_86/sm_89"
+
+
+def _device_overrides():
+    A, S, P = "assumption", "spec", "published"
+    ga10x_l2 = ("L2 -> SM intake: no per-clock figure for {die} found; taken as ~2/3 of the "
+                "A100's even share (47 B/clk/SM), a guess (the 'L2 intake halved' scenario below "
+                "shows how much the rule depends on it)")
+    staging = ("the same source compiled for {arch}: the sm_90 SASS has {what}; the {arch} SASS "
+               "was not read (no cuobjdump here), assumed the same")
+    no_cudnn = "no published cuDNN nn.LSTM figure for this GPU at hand"
+    common = {
+        "staging_ilp": Input(4, "loads in flight/thread", A, staging.format(
+            arch="{arch}", what="kLoadsInFlight = 4 independent loads before the first STS")),
+        "staging_load_bytes": Input(16, "B/load", A, staging.format(
+            arch="{arch}", what="LDG.E.128 where rows are 16-byte aligned")),
+        "barrier_us": Input(0.7, "us", A, "one grid barrier (research/gpu_persistent.md 3: 0.73 us "
+                            "on an RTX 3090 (GA102, 82 SMs), MegaQwen) until "
+                            "bench/barrier_latency.py measures it on this GPU"),
+        "cudnn_fwd_us": Input(None, "us/step", "n/a", no_cudnn),
+        "cudnn_fwdbwd_us": Input(None, "us/step", "n/a", no_cudnn),
+    }
+    ada_or_ampere = {
+        "fp64_fma_per_clk": Input(2, "lanes/clk/SM", S, "{whitepaper}: 2 FP64 units per SM "
+                                  "(1/64 of the FP32 rate)"),
+        "fp32_fma_per_clk": Input(128, "lanes/clk/SM", S, "{whitepaper}: 128 FP32 units per SM, "
+                                  "64 of them shared with INT32"),
+        "hbm_latency_clk": Input(550, "clk", A, "GDDR load latency (no measurement at hand; the "
+                                 "H100's figure)"),
+    }
+    devices = {
+        "A100": {
+            "sms": Input(108, "SMs", S, "A100 SXM4 (NVIDIA A100 whitepaper: 108 of GA100's 128 SMs)"),
+            "clock_ghz": Input(1.41, "GHz", A, "sustained SM clock under load: the 1410 MHz boost "
+                               "clock the A100's peaks are quoted at (A100 whitepaper); not "
+                               "measured, a 400 W A100 usually holds it"),
+            "l2_bytes_per_clk_sm": Input(47, "B/clk/SM", S, "L2 -> SM intake: 5120 B/clk L2 read "
+                                         "bandwidth (A100 whitepaper; 2.3x V100's 2048 B/clk at "
+                                         "1410 vs 1530 MHz) shared evenly by 108 SMs (the even "
+                                         "share is the model's)"),
+            "l2_latency_clk": Input(270, "clk", A, "L2 hit latency: the H100's figure; GA100's L2 "
+                                    "has a near and a far partition, far hits ~1.75x slower "
+                                    "(GTC 2021 S33322, 'Dissecting the Ampere GPU architecture "
+                                    "through microbenchmarking'); no cycle count at hand"),
+            "hbm_latency_clk": Input(550, "clk", A, "HBM2e load latency (no A100 measurement at "
+                                     "hand; the H100's figure)"),
+            "l2_mbytes": Input(40, "MB", S, "L2 capacity (A100 whitepaper: 40 MB in two partitions; "
+                               "lines may be held in both)"),
+            "dram_gbps": Input(2039, "GB/s", S, "HBM2e bandwidth (A100 SXM4 80GB datasheet; the "
+                               "40GB part: 1555 GB/s)"),
+            "fp32_fma_per_clk": Input(64, "lanes/clk/SM", S, "64 FP32 units per SM (A100 whitepaper)"),
+            "fp64_fma_per_clk": Input(32, "lanes/clk/SM", S, "32 FP64 units per SM (A100 whitepaper; "
+                                      "the FFMA kernels do not use the FP64 tensor cores)"),
+            "mma_macs_per_clk": Input(1024, "MAC/clk/SM", S, "mma.sync m16n8k16 16-bit, fp32 "
+                                      "accumulation: 4 tensor cores x 256 dense FP16/FP32 FMA per "
+                                      "clock (A100 whitepaper; 312 TFLOPS = 108 x 1024 x 2 x "
+                                      "1.41 GHz); mma.sync is GA100's own tensor-core "
+                                      "instruction, no wgmma to lose to"),
+            "gemm_tflops_float32": Input(7.8, "TFLOPS", A, "skinny SGEMM without TF32 (torch's "
+                                         "default) at ~40% of the 19.5 TFLOPS FP32 peak (A100 "
+                                         "datasheet)"),
+            "gemm_tflops_float64": Input(7.8, "TFLOPS", A, "DGEMM at ~40% of the 19.5 TFLOPS FP64 "
+                                         "tensor-core peak (A100 datasheet)"),
+            "gemm_tflops_bfloat16": Input(94, "TFLOPS", A, "skinny 16-bit GEMM at ~30% of the 312 "
+                                          "TFLOPS dense peak (A100 datasheet)"),
+        },
+        "A10": {
+            "sms": Input(72, "SMs", S, "A10 (GA102; NVIDIA A10 datasheet: 9216 CUDA cores = 72 SMs "
+                         "x 128)"),
+            "clock_ghz": Input(1.695, "GHz", A, "sustained SM clock under load: the 1695 MHz boost "
+                               "clock the datasheet's 31.2 TFLOPS FP32 implies (72 x 128 x 2 x "
+                               "1.695 GHz); a 150 W part may sustain less, not measured"),
+            "l2_bytes_per_clk_sm": Input(32, "B/clk/SM", A, ga10x_l2.format(die="GA102")),
+            "l2_latency_clk": Input(270, "clk", A, "L2 hit latency: the H100's figure (no GA102 "
+                                    "cycle count at hand)"),
+            "l2_mbytes": Input(6, "MB", S, "L2 capacity (GA102 whitepaper: 6 MB)"),
+            "dram_gbps": Input(600, "GB/s", S, "GDDR6 bandwidth (A10 datasheet)"),
+            "mma_macs_per_clk": Input(512, "MAC/clk/SM", S, "mma.sync 16-bit, fp32 accumulation: "
+                                      "A10 datasheet BF16 125 TFLOPS dense (250 with sparsity) = "
+                                      "72 x 512 x 2 x 1.695 GHz; full rate with fp32 accumulation "
+                                      "on this data-centre part"),
+            "gemm_tflops_float32": Input(12.5, "TFLOPS", A, "skinny SGEMM without TF32 at ~40% of "
+                                         "the 31.2 TFLOPS FP32 peak (A10 datasheet)"),
+            "gemm_tflops_float64": Input(0.2, "TFLOPS", A, "DGEMM at ~40% of ~0.49 TFLOPS (FP64 at "
+                                         "1/64 of FP32; no tensor-core FP64 on GA102)"),
+            "gemm_tflops_bfloat16": Input(37.5, "TFLOPS", A, "skinny 16-bit GEMM at ~30% of the "
+                                          "125 TFLOPS dense peak (A10 datasheet)"),
+        },
+        "RTX4090": {
+            "sms": Input(128, "SMs", S, "GeForce RTX 4090 (AD102, 128 of 144 SMs; NVIDIA Ada "
+                         "Lovelace whitepaper)"),
+            "clock_ghz": Input(2.52, "GHz", A, "sustained SM clock under load: the 2520 MHz boost "
+                               "clock (Ada whitepaper; 82.6 TFLOPS FP32 = 128 x 128 x 2 x "
+                               "2.52 GHz); GeForce cards often run above it, not measured"),
+            "l2_bytes_per_clk_sm": Input(32, "B/clk/SM", A, ga10x_l2.format(die="AD102")),
+            "l2_latency_clk": Input(279, "clk", P, "L2 hit latency of an L40 (AD102, the same "
+                                    "die): 222-339 clk by SM, ~279 typical (arXiv 2606.22588)"),
+            "l2_mbytes": Input(72, "MB", S, "L2 capacity (Ada whitepaper: 72 MB on the RTX 4090)"),
+            "dram_gbps": Input(1008, "GB/s", S, "GDDR6X bandwidth (Ada whitepaper)"),
+            "mma_macs_per_clk": Input(256, "MAC/clk/SM", S, "mma.sync 16-bit, fp32 accumulation: "
+                                      "Ada whitepaper, RTX 4090 FP16/BF16 tensor with FP32 "
+                                      "accumulate 165.2 TFLOPS dense = 128 x 256 x 2 x 2.52 GHz "
+                                      "(GeForce: half the FP16-accumulate rate; the kernels "
+                                      "accumulate in fp32)"),
+            "gemm_tflops_float32": Input(33, "TFLOPS", A, "skinny SGEMM without TF32 at ~40% of "
+                                         "the 82.6 TFLOPS FP32 peak (Ada whitepaper)"),
+            "gemm_tflops_float64": Input(0.52, "TFLOPS", A, "DGEMM at ~40% of 1.29 TFLOPS (FP64 "
+                                         "at 1/64 of FP32)"),
+            "gemm_tflops_bfloat16": Input(50, "TFLOPS", A, "skinny 16-bit GEMM at ~30% of the "
+                                          "165.2 TFLOPS dense fp32-accumulate peak (Ada whitepaper)"),
+        },
+        "L4": {
+            "sms": Input(58, "SMs", S, "L4 (AD104; NVIDIA L4 datasheet: 7424 CUDA cores = 58 SMs x "
+                         "128; 30.3 TFLOPS FP32 = 58 x 128 x 2 x 2.04 GHz)"),
+            "clock_ghz": Input(2.04, "GHz", A, "sustained SM clock under load: the 2040 MHz boost "
+                               "clock; at 72 W the L4 is expected to sustain less under a full "
+                               "load (the 'clock at 80%' scenario below), not measured"),
+            "l2_bytes_per_clk_sm": Input(32, "B/clk/SM", A, ga10x_l2.format(die="AD104")),
+            "l2_latency_clk": Input(270, "clk", A, "L2 hit latency: an L40 (AD102) spans 222-339 "
+                                    "clk by SM, ~279 typical (arXiv 2606.22588); the smaller "
+                                    "AD104 may be faster"),
+            "l2_mbytes": Input(48, "MB", S, "L2 capacity (L4 datasheet / Ada whitepaper: 48 MB)"),
+            "dram_gbps": Input(300, "GB/s", S, "GDDR6 bandwidth (L4 datasheet)"),
+            "mma_macs_per_clk": Input(512, "MAC/clk/SM", S, "mma.sync 16-bit, fp32 accumulation: "
+                                      "L4 datasheet BF16 242 TFLOPS with sparsity, 121 dense = 58 "
+                                      "x 512 x 2 x 2.04 GHz"),
+            "gemm_tflops_float32": Input(12.1, "TFLOPS", A, "skinny SGEMM without TF32 at ~40% of "
+                                         "the 30.3 TFLOPS FP32 peak (L4 datasheet)"),
+            "gemm_tflops_float64": Input(0.19, "TFLOPS", A, "DGEMM at ~40% of ~0.47 TFLOPS (FP64 "
+                                         "at 1/64 of FP32)"),
+            "gemm_tflops_bfloat16": Input(36, "TFLOPS", A, "skinny 16-bit GEMM at ~30% of the 121 "
+                                          "TFLOPS dense peak (L4 datasheet)"),
+        },
+    }
+    arch = {"A100": "sm_80", "A10": "sm_86", "RTX4090": "sm_89", "L4": "sm_89"}
+    whitepaper = {"A10": "GA102 whitepaper", "RTX4090": "Ada whitepaper", "L4": "Ada whitepaper"}
+    for name, changes in devices.items():
+        extra = dict(common)
+        if name != "A100":
+            extra.update({k: dataclasses.replace(v, source=v.source.format(whitepaper=whitepaper[name]))
+                          for k, v in ada_or_ampere.items()})
+        extra = {k: dataclasses.replace(v, source=v.source.replace("{arch}", arch[name]))
+                 for k, v in extra.items()}
+        devices[name] = {**extra, **changes}
+    return devices
+
+
+DEVICE_INPUTS = _device_overrides()
+
+# Scenarios of the inputs particular to a device (besides SCENARIOS, which every device gets).
+DEVICE_SCENARIOS = {
+    "A10": {"L2 intake halved": {"l2_bytes_per_clk_sm": 16},
+            "clock at 80% (150 W)": {"clock_ghz": 1.36}},
+    "RTX4090": {"L2 intake halved": {"l2_bytes_per_clk_sm": 16}},
+    "L4": {"L2 intake halved": {"l2_bytes_per_clk_sm": 16},
+           "clock at 80% (72 W)": {"clock_ghz": 1.63}},
+}
+
+
+def default_inputs(device="H100"):
+    """The model's inputs for `device` (a name of DEVICE_NAMES), each with where it comes from:
+    the H100's, with the device's own replacing them; those it keeps from the H100 say so."""
+    inputs = h100_inputs()
+    if device == "H100":
+        return inputs
+    changes = DEVICE_INPUTS[device]
+    out = {}
+    for name, item in inputs.items():
+        if name in changes:
+            out[name] = changes[name]
+        else:
+            why = KEPT.get(name, "no figure for this GPU at hand")
+            out[name] = dataclasses.replace(item, source=f"{item.source} [kept from the H100 model: {why}]")
+    return out
+
+
+# Why an input keeps the H100's value on the other devices.
+KEPT = {
+    "smem_bytes_per_clk": "the same on sm_80 to sm_90",
+    "issue_per_clk": "the same on sm_80 to sm_90",
+    "coop_launch_us": "driver and host time, not the GPU's",
+    "persistent_host_us": "host time, not the GPU's",
+    "host_gemm_us": "host time, not the GPU's",
+    "host_launch_us": "host time, not the GPU's",
+    "kernel_floor_us": "mostly launch latency, not the GPU's speed",
+}
+
+
+_TILE_CACHE = {}
+
+
 class Model:
     def __init__(self, inputs, plan_of):
         self.p = {k: v.value for k, v in inputs.items()}
         self.plan_of = plan_of  # (H, B, dtype) -> the plan dict of tbptt_cuda.emulation.plan
-        self._tile_cache = {}
+        self._tile_cache = _TILE_CACHE  # the tiles' geometry depends on no input: shared
 
     def us(self, clk):
         return clk / (self.p["clock_ghz"] * 1e3)
@@ -242,10 +465,13 @@ class Model:
 
     def gemm_us(self, flops, weight_bytes, dtype):
         """One cuBLAS GEMM on the GPU: its floor, its FLOPs at the sustained rate, or its
-        weights streamed from L2, whichever is largest."""
+        weights streamed from L2 (from DRAM where they do not fit the L2), whichever is
+        largest."""
         rate = self.p["gemm_tflops_" + ("bfloat16" if BYTES[dtype] == 2 else dtype)] * 1e6
         l2_bytes_per_us = (self.p["l2_bytes_per_clk_sm"] * self.p["sms"]
                            * self.p["clock_ghz"] * 1e3)
+        if weight_bytes > self.p["l2_mbytes"] * 1e6:
+            l2_bytes_per_us = min(l2_bytes_per_us, self.p["dram_gbps"] * 1e3)
         return max(self.p["kernel_floor_us"], flops / rate, weight_bytes / l2_bytes_per_us)
 
     def window_gemms_us(self, H, B, steps, dtype):
@@ -377,16 +603,26 @@ def bank_wavefronts(lane_addresses, elem_bytes):
 # ---- the rule ------------------------------------------------------------------------------------
 
 def current_rules(path=REPO / "csrc" / "persistent_dispatch.cpp"):
-    """{dtype: (max_batch, max_batch_hidden, min_steps)} from persistent_rule's table."""
+    """{family: {dtype: (max_batch, max_batch_hidden, min_steps)}} from persistent_rule's table
+    (rows `{F::kHopper, S::kFloat32, 64, 512, 11},`; ArchFamily:: and StorageType:: spelled out
+    are read too); family: "sm_80", "sm_86/sm_89" or "sm_90" (arch_family_name)."""
     names = {"Float32": "float32", "Float64": "float64", "Float16": "float16", "BFloat16": "bfloat16"}
+    families = {enum[1:]: family for family, enum in FAMILY_ENUM.items()}
     source = Path(path).read_text()
-    body = source[source.index("persistent_rule("):]
+    start = source.find("persistent_rule(")
+    body = source[start:] if start >= 0 else ""
     rules = {}
-    for kind, max_batch, max_bh, min_steps in re.findall(
-            r"\{StorageType::k(\w+),\s*(\d+),\s*(\d+),\s*(\d+)\}", body):
-        rules[names[kind]] = (int(max_batch), int(max_bh), int(min_steps))
+    for family, kind, max_batch, max_bh, min_steps in re.findall(
+            r"\{\s*(?:F|ArchFamily)::k(\w+),\s*(?:S|StorageType)::k(\w+),\s*(\d+),\s*(\d+),"
+            r"\s*(\d+)\s*\}", body):
+        if family not in families or kind not in names:
+            raise RuntimeError(f"gpu_model: unknown family or storage type in the rule table of "
+                               f"{path}: k{family}, k{kind}")
+        rules.setdefault(families[family], {})[names[kind]] = (int(max_batch), int(max_bh),
+                                                               int(min_steps))
     if not rules:
-        raise RuntimeError(f"gpu_model: found no rule table in {path}")
+        raise RuntimeError(f"gpu_model: found no rule table in {path} (rows like "
+                           "'{F::kHopper, S::kFloat32, 64, 512, 11},' after persistent_rule()")
     return rules
 
 
@@ -414,12 +650,18 @@ def derive_rule(model, dtype, variant, margin):
     # the largest B*H below which every shape wins
     max_bh = max((H * B for H, B in wins if first_loss is None or H * B < first_loss), default=0)
     max_batch = max((B for H, B in wins), default=0)
-    # the shortest chunk (= window) that pays for the launches, at every shape the B*H limit
-    # admits: the rule's L limit is the largest of them
+    min_steps, min_steps_shape = min_steps_of(model, dtype, variant, margin,
+                                              [(H, B) for H, B in wins if H * B <= max_bh])
+    return {"shapes": shapes, "max_batch": max_batch, "max_batch_hidden": max_bh,
+            "first_loss_batch_hidden": first_loss, "min_steps": min_steps,
+            "min_steps_shape": min_steps_shape}
+
+
+def min_steps_of(model, dtype, variant, margin, shapes):
+    """The shortest chunk (= window) that pays for the launches, at every one of `shapes`
+    (winning at L = CHUNK): the rule's L limit is the largest of them, and where it is."""
     min_steps, min_steps_shape = None, None
-    for H, B in wins:
-        if H * B > max_bh:
-            continue
+    for H, B in shapes:
         plan = model.plan_of(H, B, dtype)
         for steps in range(1, CHUNK + 1):
             _, step, _ = model.stepwise(H, B, dtype, steps)
@@ -428,7 +670,31 @@ def derive_rule(model, dtype, variant, margin):
                 if min_steps is None or steps > min_steps:
                     min_steps, min_steps_shape = steps, (H, B)
                 break
-    return {"shapes": shapes, "max_batch": max_batch, "max_batch_hidden": max_bh,
+    return min_steps, min_steps_shape
+
+
+def derive_family_rule(models, derivations, dtype, variant, margin):
+    """derive_rule over several devices of one family at once: a shape wins where it is
+    predicted to win on every device that has a plan for it; the L limit is the largest any
+    of them needs. models, derivations: per device, derive_rule's output with its shapes."""
+    outcomes = defaultdict(list)
+    for d in derivations:
+        for H, B, win, _ in d["shapes"]:
+            outcomes[(H, B)].append(win)
+    wins = [shape for shape, won in outcomes.items() if all(won)]
+    losses = [shape for shape, won in outcomes.items() if not all(won)]
+    first_loss = min((H * B for H, B in losses), default=None)
+    max_bh = max((H * B for H, B in wins if first_loss is None or H * B < first_loss), default=0)
+    max_batch = max((B for H, B in wins), default=0)
+    min_steps, min_steps_shape = None, None
+    for model, d in zip(models, derivations):
+        usable = {(H, B) for H, B, _, _ in d["shapes"]}
+        steps, shape = min_steps_of(model, dtype, variant, margin,
+                                    [s for s in wins if s[0] * s[1] <= max_bh and s in usable])
+        if steps is not None and (min_steps is None or steps > min_steps):
+            min_steps, min_steps_shape = steps, shape
+    return {"shapes": [(H, B, all(won), None) for (H, B), won in outcomes.items()],
+            "max_batch": max_batch, "max_batch_hidden": max_bh,
             "first_loss_batch_hidden": first_loss, "min_steps": min_steps,
             "min_steps_shape": min_steps_shape}
 
@@ -486,44 +752,181 @@ def load_measured_barrier(path, inputs):
                                  f"(median; {path})")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", default=None, help="write every prediction and input here")
-    parser.add_argument("--margin", type=float, default=0.8,
-                        help="persistent 'wins' below this fraction of the stepwise time")
-    parser.add_argument("--barrier-json", default=None,
-                        help="bench/barrier_latency.py output: its measured barrier replaces the assumed one")
-    parser.add_argument("--paths-json", default=None,
-                        help="bench/gpu_paths.py output: print the measured us/step next to the predicted")
-    args = parser.parse_args(argv)
+def device_of_name(text):
+    """The preset a GPU's name (nvidia-smi, torch) is, or None: "NVIDIA A100-SXM4-80GB" ->
+    "A100", "NVIDIA GeForce RTX 4090" -> "RTX4090", "NVIDIA L4" -> "L4" (not an L40)."""
+    patterns = (("H100", r"H100"), ("A100", r"A100"), ("A10", r"\bA10G?\b"),
+                ("RTX4090", r"RTX\s*4090"), ("L4", r"\bL4\b"))
+    for name, pattern in patterns:
+        if re.search(pattern, text or "", re.I):
+            return name
+    return None
 
+
+def parse_device(text):
+    """--device: a preset name (any case) or "all"."""
+    for name in DEVICE_NAMES + ("all",):
+        if text.lower() == name.lower():
+            return name
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}: choose from "
+                                     f"{', '.join(DEVICE_NAMES)} or all")
+
+
+def build_model(device, barrier_json=None):
+    """(Model, inputs) of `device`, plans from the emulator's preset of that name."""
     from tbptt_cuda import emulation
 
-    inputs = default_inputs()
-    if args.barrier_json and Path(args.barrier_json).exists():
-        load_measured_barrier(args.barrier_json, inputs)
+    inputs = default_inputs(device)
+    if barrier_json:
+        load_measured_barrier(barrier_json, inputs)
     plans = {}
 
     def plan_of(H, B, dtype):
         if (H, B, dtype) not in plans:
             import torch
 
-            plans[(H, B, dtype)] = emulation.plan(H, B, getattr(torch, dtype), sms=int(inputs["sms"].value))
+            plans[(H, B, dtype)] = emulation.plan(H, B, getattr(torch, dtype),
+                                                  sms=int(inputs["sms"].value), device=device)
         return plans[(H, B, dtype)]
 
-    model = Model(inputs, plan_of)
+    return Model(inputs, plan_of), inputs
+
+
+def built_rules(model, margin):
+    """{dtype: derive_rule of the variant built for it} (float16 as bfloat16: same sizes)."""
+    out = {}
+    for dtype in STORAGE_ENUM:
+        model_dtype = "bfloat16" if dtype == "float16" else dtype
+        out[dtype] = derive_rule(model, model_dtype, built_variant(dtype), margin)
+    return out
+
+
+def rule_of(derived):
+    """(max_batch, max_batch_hidden, min_steps) of a derivation, as the C++ table has it: where
+    no shape is predicted to win, (0, 0, 0) (B <= 0: auto never takes the persistent path)."""
+    if not derived["max_batch"]:
+        return (0, 0, 0)
+    return (derived["max_batch"], derived["max_batch_hidden"], derived["min_steps"])
+
+
+def cpp_rows(rules, notes=None):
+    """The C++ rows of persistent_rule's table: rules {family: {dtype: (B, B*H, L)}}."""
+    lines = []
+    for family in ("sm_90", "sm_80", "sm_86/sm_89"):
+        for dtype, rule in rules.get(family, {}).items():
+            row = (f"{{F::{FAMILY_ENUM[family]}, S::{STORAGE_ENUM[dtype]}, {rule[0]}, {rule[1]}, "
+                   f"{rule[2]}}},")
+            note = (notes or {}).get((family, dtype), "")
+            lines.append(f"      {row:48s}{'  // ' + note if note else ''}".rstrip())
+    return lines
+
+
+def family_rule_tables(models, derived, margin):
+    """(reference, family-wide): {family: {dtype: (B, B*H, L)}} from the reference device of
+    each family, and from every modelled device of the family together (derive_family_rule),
+    with their notes. models, derived: per device name (derived: built_rules' output)."""
+    reference, family_wide, notes = {}, {}, {}
+    for family in FAMILIES:
+        members = [name for name in DEVICE_NAMES
+                   if family_of_capability(DEVICE_CAPABILITY[name]) == family and name in derived]
+        ref = FAMILY_REFERENCE[family]
+        if ref not in derived:
+            continue
+        reference[family], family_wide[family] = {}, {}
+        for dtype in STORAGE_ENUM:
+            d = derived[ref][dtype]
+            reference[family][dtype] = rule_of(d)
+            if not d["shapes"]:
+                notes[(family, dtype)] = f"{ref}: no usable plan on the grid: auto stays stepwise"
+            elif not d["max_batch"]:
+                notes[(family, dtype)] = f"{ref}: no shape predicted to win: auto stays stepwise"
+            model_dtype = "bfloat16" if dtype == "float16" else dtype
+            wide = derive_family_rule([models[m] for m in members], [derived[m][dtype] for m in members],
+                                      model_dtype, built_variant(dtype), margin)
+            family_wide[family][dtype] = rule_of(wide)
+    return reference, family_wide, notes
+
+
+def print_cpp_table(models, derived, margin):
+    """Prints the rule table of csrc/persistent_dispatch.cpp persistent_rule derived from each
+    family's reference device, how the family's other devices fare under it, and the table
+    derived from every modelled device of each family together; returns both tables."""
+    reference, family_wide, notes = family_rule_tables(models, derived, margin)
+    print(f"\nDerived rule table (PREDICTIONS: persistent fwd+bwd < {margin} x stepwise, the "
+          f"variant built for each dtype, float16 as bfloat16; reference device per family: "
+          f"{', '.join(f'{f} <- {d}' for f, d in FAMILY_REFERENCE.items())}), for "
+          "csrc/persistent_dispatch.cpp persistent_rule:")
+    print("  // {family, storage, B at most, B*H at most, L at least}")
+    print("\n".join(cpp_rows(reference, notes)))
+    print("The family's other devices under the reference device's rule (their own derived rule "
+          "B/B*H/L; grid shapes the reference rule admits that they predict to lose, and rejects "
+          "that they predict to win):")
+    others = []
+    for name in DEVICE_NAMES:
+        family = family_of_capability(DEVICE_CAPABILITY[name])
+        if name == FAMILY_REFERENCE[family] or name not in derived or family not in reference:
+            continue
+        others.append(name)
+        cells = []
+        for dtype in STORAGE_ENUM:
+            d = derived[name][dtype]
+            own, ref = rule_of(d), reference[family][dtype]
+            admitted, rejected = compare_rule(d, ref)
+            verdict = ("the same rule" if own == ref else f"own {own[0]}/{own[1]}/{own[2]}") + (
+                f", admits {len(admitted)} losing {admitted[:4]}{'...' if len(admitted) > 4 else ''}"
+                f", rejects {len(rejected)} winning" if admitted or rejected else
+                ", no grid shape misplaced")
+            cells.append(f"{dtype} {verdict}")
+        print(f"  {name} ({family}, reference {FAMILY_REFERENCE[family]}):\n    " + ";\n    ".join(cells))
+    if not others:
+        print("  (none modelled)")
+    differs = [f for f in family_wide if family_wide[f] != reference[f]]
+    members = {f: [n for n in DEVICE_NAMES if n in derived
+                   and family_of_capability(DEVICE_CAPABILITY[n]) == f] for f in FAMILIES}
+    print("Derived from every modelled device of the family together (a shape wins where every "
+          "device with a plan for it predicts a win; L: the largest any needs): "
+          + "; ".join(f"{f} over {', '.join(members[f])}" for f in FAMILIES if f in family_wide)
+          + (f"; differs from the reference rows for {', '.join(differs)}:" if differs else
+             "; the same as the reference rows."))
+    if differs:
+        print("\n".join(cpp_rows({f: family_wide[f] for f in differs})))
+    return reference, family_wide
+
+
+DEVICE_CAPABILITY = {}
+
+
+def report_device(device, args, barrier_json=None, note=None):
+    """Prints the model's inputs, predictions and rule comparison for one device (`note` under
+    its header); returns what --json writes for it, the model and the derived rules of the
+    variants built."""
+    from tbptt_cuda import emulation
+
+    preset = emulation.devices()[device]
+    family = family_of_capability(preset["capability"])
+    model, inputs = build_model(device, barrier_json)
     print("PREDICTIONS of bench/gpu_model.py (a cost model; nothing below was measured by it): "
-          f"H100 SXM, one layer, I = H, chunk L = k2 = {CHUNK}; commit {git_commit()}")
+          f"{DEVICE_LABELS[device]}, one layer, I = H, chunk L = k2 = {CHUNK}; commit {git_commit()}")
+    print(f"Device {device} (the emulator's preset): compute capability "
+          f"{preset['capability'] // 10}.{preset['capability'] % 10}, {preset['sms']} SMs, "
+          f"{preset['shared_bytes_per_sm']} B shared memory per SM "
+          f"({preset['shared_bytes_per_block_optin']} per block), {preset['threads_per_sm']} "
+          f"threads per SM; rule table family {family}")
+    if note:
+        print(note)
     print("\nInputs (kind: spec = datasheet; sass = read from nvcc's compiled kernels, no GPU; "
           "measured = on a GPU, where stated; published = a third party's figure; "
           "assumption = not measured):")
     for name, item in inputs.items():
-        print(f"  {name:24s} {item.value:>8g} {item.unit:22s} {item.kind:11s} {item.source}")
+        value = f"{item.value:>8g}" if item.value is not None else f"{'n/a':>8s}"
+        print(f"  {name:24s} {value} {item.unit:22s} {item.kind:11s} {item.source}")
 
     rows = [model.row(H, B, dtype) for dtype in DTYPES for H in TABLE_H for B in TABLE_B]
+    cudnn_fwd, cudnn_fwdbwd = inputs["cudnn_fwd_us"].value, inputs["cudnn_fwdbwd_us"].value
     print("\nPREDICTED us/step (ffma: the FFMA persistent kernels, built for float32/float64; mma: "
           "the tensor-core variant, built for float16/bfloat16; cuDNN: published, fp16 H=768 B=16 "
-          "only; built/step: the built variant over stepwise)")
+          f"only{'' if cudnn_fwd is not None else ', none for this GPU'}; built/step: the built "
+          "variant over stepwise)")
     print(f"{'dtype':9s} {'H':>5s} {'B':>4s} {'plan: P x u, thr, tile, ks':>27s} | "
           f"{'fwd: step':>9s} {'ffma':>7s} {'mma':>7s} {'cuDNN':>7s} | "
           f"{'f+b: step':>9s} {'ffma':>7s} {'mma':>7s} {'cuDNN':>7s} | {'built/step':>10s}")
@@ -536,35 +939,44 @@ def main(argv=None):
         ratio = built / r["stepwise_fwdbwd"] if built else None
         print(f"{r['dtype']:9s} {r['H']:5d} {r['B']:4d} {plan:>27s} | {fmt(r['stepwise_fwd'], 9)} "
               f"{fmt(r['ffma_fwd'])} {fmt(r['mma_fwd'])} "
-              f"{fmt(inputs['cudnn_fwd_us'].value if cudnn else None)} | "
+              f"{fmt(cudnn_fwd if cudnn else None)} | "
               f"{fmt(r['stepwise_fwdbwd'], 9)} {fmt(r['ffma_fwdbwd'])} {fmt(r['mma_fwdbwd'])} "
-              f"{fmt(inputs['cudnn_fwdbwd_us'].value if cudnn else None)} | "
+              f"{fmt(cudnn_fwdbwd if cudnn else None)} | "
               f"{(f'{ratio:10.2f}') if ratio else 'n/a':>10s}")
     for r in rows:
         if not r["usable"]:
             print(f"  no persistent plan for {r['dtype']} H={r['H']} B={r['B']}: {r['reason']}")
 
     reference = next(r for r in rows if r["dtype"] == "bfloat16" and r["H"] == 768 and r["B"] == 16)
-    print("\nPREDICTED terms at bfloat16 H=768 B=16 (us per step; the study's 5.7 predicted "
-          "~1.7 fwd and ~2.9 bwd for a design with vectorised, prefetched staging):")
-    for variant in ("ffma", "mma"):
-        terms = reference[f"{variant}_terms"]
-        print(f"  {variant}: " + "; ".join(f"{k} {v:.2f}" for k, v in terms.items()))
+    if reference["usable"]:
+        print("\nPREDICTED terms at bfloat16 H=768 B=16 (us per step; the study's 5.7 predicted "
+              "~1.7 fwd and ~2.9 bwd on an H100 for a design with vectorised, prefetched staging):"
+              if device != "H100" else
+              "\nPREDICTED terms at bfloat16 H=768 B=16 (us per step; the study's 5.7 predicted "
+              "~1.7 fwd and ~2.9 bwd for a design with vectorised, prefetched staging):")
+        for variant in ("ffma", "mma"):
+            terms = reference[f"{variant}_terms"]
+            print(f"  {variant}: " + "; ".join(f"{k} {v:.2f}" for k, v in terms.items()))
 
     rules = current_rules()
+    family_rules = rules.get(family, {})
     derived = {}
-    print(f"\nRule (csrc/persistent_dispatch.cpp persistent_rule, parsed) vs the rule the "
-          f"PREDICTIONS imply (persistent fwd+bwd < {args.margin} x stepwise; grid H in "
-          f"{RULE_H}, B in {RULE_B}, usable plans only):")
+    print(f"\nRule (csrc/persistent_dispatch.cpp persistent_rule, parsed; the {family} rows) vs "
+          f"the rule the PREDICTIONS imply (persistent fwd+bwd < {args.margin} x stepwise; grid "
+          f"H in {RULE_H}, B in {RULE_B}, usable plans only):")
+    built_derived = {}  # dtype: the derivation of the variant built for it, shapes included
     for dtype in DTYPES + ("float16",):
         model_dtype = "bfloat16" if dtype == "float16" else dtype
         for variant in (("ffma", "mma") if BYTES[dtype] == 2 else ("ffma",)):
             d = derive_rule(model, model_dtype, variant, args.margin)
             derived[f"{dtype}/{variant}"] = {k: v for k, v in d.items() if k != "shapes"}
-            rule = rules.get(dtype)
+            if variant == built_variant(dtype):
+                built_derived[dtype] = d
+            rule = family_rules.get(dtype)
             admitted, rejected = compare_rule(d, rule) if rule else ([], [])
             limits = rule and (rule[0], rule[1]) == (d["max_batch"], d["max_batch_hidden"])
-            verdict = ("agrees" if not admitted and not rejected else
+            verdict = ("no row for this family and dtype in the table" if not rule else
+                       "agrees" if not admitted and not rejected else
                        f"agrees (the derived limits; {len(rejected)} shapes past the first loss "
                        f"predicted to win stay stepwise) {rejected[:6]}"
                        f"{'...' if len(rejected) > 6 else ''}" if not admitted and limits else
@@ -575,24 +987,33 @@ def main(argv=None):
             label = f"{variant} built" if variant == built_variant(dtype) else f"{variant} what-if"
             steps = (f"L >= {d['min_steps']} (at H, B = {d['min_steps_shape']})"
                      if d["min_steps"] else "no L")
-            print(f"  {dtype:9s} {label:11s} rule: B <= {rule[0]}, B*H <= {rule[1]}, L >= {rule[2]}"
+            if not d["shapes"]:
+                steps += " (no usable plan on the grid)"
+            elif not d["max_batch"]:
+                steps += " (no shape predicted to win)"
+            current = (f"rule: B <= {rule[0]}, B*H <= {rule[1]}, L >= {rule[2]}" if rule else
+                       "rule: none")
+            print(f"  {dtype:9s} {label:11s} {current}"
                   f" | predicted: B <= {d['max_batch']}, B*H <= {d['max_batch_hidden']} (first "
                   f"loss at B*H = {d['first_loss_batch_hidden']}), {steps} | "
                   f"{verdict if variant == built_variant(dtype) else '(not built) ' + verdict}")
 
     print("\nThe same derivation under other inputs (max B, max B*H; PREDICTIONS):")
     scenario_results = {}
-    for name, changes in SCENARIOS.items():
-        other = Model(with_inputs(inputs, changes), plan_of)
+    scenarios = {**SCENARIOS, **DEVICE_SCENARIOS.get(device, {})}
+    for name, changes in scenarios.items():
+        other = Model(with_inputs(inputs, changes), model.plan_of)
         cells = []
         for dtype, variant in (("float32", "ffma"), ("bfloat16", "ffma"), ("bfloat16", "mma")):
             d = derive_rule(other, dtype, variant, args.margin)
             scenario_results[f"{name}/{dtype}/{variant}"] = {k: v for k, v in d.items() if k != "shapes"}
             cells.append(f"{dtype} {variant}: B <= {d['max_batch']}, B*H <= {d['max_batch_hidden']}")
         ref = other.row(768, 16, "bfloat16")
+        tail = (f"; bf16 H=768 B=16 fwd+bwd: stepwise {ref['stepwise_fwdbwd']:.1f}, ffma "
+                f"{ref['ffma_fwdbwd']:.1f}, mma {ref['mma_fwdbwd']:.1f}" if ref["usable"] else
+                f"; bf16 H=768 B=16: no plan, stepwise {ref['stepwise_fwdbwd']:.1f}")
         print(f"  {name:27s} ({', '.join(f'{k}={v}' for k, v in changes.items())})")
-        print(f"  {'':27s} {'; '.join(cells)}; bf16 H=768 B=16 fwd+bwd: stepwise "
-              f"{ref['stepwise_fwdbwd']:.1f}, ffma {ref['ffma_fwdbwd']:.1f}, mma {ref['mma_fwdbwd']:.1f}")
+        print(f"  {'':27s} {'; '.join(cells)}{tail}")
 
     if args.paths_json and Path(args.paths_json).exists():
         measured = json.loads(Path(args.paths_json).read_text())
@@ -610,13 +1031,86 @@ def main(argv=None):
                 parts.append(f"{path} {fmt(got)} / {fmt(r[key])}")
             print(f"  {m['dtype']:9s} H={m['H']:5d} B={m['B']:3d}: " + "; ".join(parts))
 
+    report = {"device": device, "family": family, "preset": preset,
+              "inputs": {k: dataclasses.asdict(v) for k, v in inputs.items()},
+              "rows": rows, "derived_rules": derived, "scenarios": scenario_results,
+              "current_rules": {k: list(v) for k, v in family_rules.items()},
+              "rule_row": {dtype: list(rule_of(built_derived[dtype])) for dtype in STORAGE_ENUM}}
+    return report, model, {dtype: built_derived[dtype] for dtype in STORAGE_ENUM}
+
+
+def measured_device(paths):
+    """The preset the measurements in these JSON files (their header's device) were taken on,
+    the GPU's name as written, or (None, None)."""
+    for path in paths:
+        if path and Path(path).exists():
+            name = json.loads(Path(path).read_text()).get("header", {}).get("device")
+            if name:
+                return device_of_name(name), name
+    return None, None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", type=parse_device, default=None,
+                        metavar="{" + ",".join(DEVICE_NAMES) + ",all}",
+                        help="the GPU modelled (the emulator's preset of that name), or all of "
+                             "them in turn followed by the derived rule table (default: the GPU "
+                             "--barrier-json/--paths-json were measured on where it is one of "
+                             "them, else H100)")
+    parser.add_argument("--cpp-table", action="store_true",
+                        help="end with the derived rule table of every family (runs the "
+                             "reference devices' derivations; --device all prints it anyway)")
+    parser.add_argument("--json", default=None, help="write every prediction and input here")
+    parser.add_argument("--margin", type=float, default=0.8,
+                        help="persistent 'wins' below this fraction of the stepwise time")
+    parser.add_argument("--barrier-json", default=None,
+                        help="bench/barrier_latency.py output: its measured barrier replaces the assumed one")
+    parser.add_argument("--paths-json", default=None,
+                        help="bench/gpu_paths.py output: print the measured us/step next to the predicted")
+    args = parser.parse_args(argv)
+
+    from tbptt_cuda import emulation
+
+    DEVICE_CAPABILITY.update({name: emulation.devices()[name]["capability"] for name in DEVICE_NAMES})
+    barrier = args.barrier_json if args.barrier_json and Path(args.barrier_json).exists() else None
+    measured_on, measured_name = measured_device([barrier, args.paths_json])
+    if args.device is None:  # scripts/gpu_check.sh: model the GPU it measured
+        args.device = measured_on or "H100"
+    devices = DEVICE_NAMES if args.device == "all" else (args.device,)
+    reports, models, derived = {}, {}, {}
+    for index, device in enumerate(devices):
+        if index:
+            print("\n" + "=" * 100 + "\n")
+        note = None
+        if measured_name and measured_on != device:
+            note = (f"NOTE: the measurements given (--barrier-json/--paths-json) come from "
+                    f"{measured_name}, not the {device} modelled here"
+                    + (f"; bench/gpu_model.py --device {measured_on} models that GPU"
+                       if measured_on else ""))
+        # with --device all, a measured barrier replaces the assumed one of its own device only
+        use_barrier = barrier if (len(devices) == 1 or measured_on == device) else None
+        reports[device], models[device], derived[device] = report_device(device, args, use_barrier,
+                                                                         note)
+
+    tables = None
+    if args.device == "all" or args.cpp_table:
+        for device in DEVICE_NAMES:
+            if device not in models:  # the devices not reported on, with the inputs assumed
+                models[device], _ = build_model(device, barrier if measured_on == device else None)
+                derived[device] = built_rules(models[device], args.margin)
+        tables = print_cpp_table(models, derived, args.margin)
+
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "kind": "PREDICTIONS", "commit": git_commit(),
-            "inputs": {k: dataclasses.asdict(v) for k, v in inputs.items()},
-            "rows": rows, "derived_rules": derived, "scenarios": scenario_results,
-            "current_rules": {k: list(v) for k, v in rules.items()}}, indent=1, default=str))
+        if len(devices) == 1:
+            out = {"kind": "PREDICTIONS", "commit": git_commit(), **reports[devices[0]]}
+        else:
+            out = {"kind": "PREDICTIONS", "commit": git_commit(), "devices": reports}
+        if tables is not None:
+            for key, table in zip(("family_rules", "family_rules_all_devices"), tables):
+                out[key] = {f: {d: list(r) for d, r in rows.items()} for f, rows in table.items()}
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
     return 0
 
 

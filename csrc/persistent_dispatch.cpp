@@ -56,14 +56,17 @@ std::string unsupported_capability_message(int64_t capability, const std::string
 }
 
 const PersistentRule& persistent_rule(int64_t capability, StorageType storage) {
-  // Per family, the shapes where bench/gpu_model.py (a cost model of the family's reference
-  // GPU: `--device H100 | A100 | L4`; PREDICTIONS, no GPU has measured them) has the
+  // Per family, the shapes where bench/gpu_model.py (a cost model: PREDICTIONS, no GPU has
+  // measured them; `python bench/gpu_model.py --device all` prints these rows) has the
   // persistent kernels' forward+backward step below 0.8 x the stepwise path's, and the
-  // shortest chunk or window that pays for their launches. Retune from `make gpu-check` (it
-  // prints this table beside the measured crossover).
+  // shortest chunk or window that pays for their launches. sm_90 from the H100 model, sm_80
+  // from the A100's; sm_86/sm_89 where every one of the A10, RTX 4090 and L4 models that has a
+  // plan predicts a win (the L4 alone would admit shapes the A10 loses). Retune from
+  // `make gpu-check` (it prints this table beside the measured crossover).
   //   FFMA (float32, float64): the per-step recurrent product runs on the CUDA cores of one
-  //   block per SM, so it loses to cuBLAS once B*H passes a few hundred.
-  //   mma (16-bit): the tensor cores keep it ahead up to B*H = 1024 or so.
+  //   block per SM, so it loses to cuBLAS once B*H passes a few hundred (FP64 on the 8.6/8.9
+  //   parts runs at 1/64 rate on either path: the launches decide, and only narrow layers win).
+  //   mma (16-bit): the tensor cores keep it ahead up to B*H = 512-1024.
   // {family, storage, B at most, B*H at most, L at least}
   using F = ArchFamily;
   using S = StorageType;
@@ -72,14 +75,14 @@ const PersistentRule& persistent_rule(int64_t capability, StorageType storage) {
       {F::kHopper, S::kFloat64, 32, 768, 37},
       {F::kHopper, S::kFloat16, 256, 1024, 10},
       {F::kHopper, S::kBFloat16, 256, 1024, 10},
-      {F::kAmpere, S::kFloat32, 64, 512, 11},
-      {F::kAmpere, S::kFloat64, 32, 768, 37},
-      {F::kAmpere, S::kFloat16, 256, 1024, 10},
-      {F::kAmpere, S::kBFloat16, 256, 1024, 10},
-      {F::kAmpereAda, S::kFloat32, 64, 512, 11},
-      {F::kAmpereAda, S::kFloat64, 32, 768, 37},
-      {F::kAmpereAda, S::kFloat16, 256, 1024, 10},
-      {F::kAmpereAda, S::kBFloat16, 256, 1024, 10},
+      {F::kAmpere, S::kFloat32, 64, 384, 11},
+      {F::kAmpere, S::kFloat64, 32, 512, 28},
+      {F::kAmpere, S::kFloat16, 128, 768, 10},
+      {F::kAmpere, S::kBFloat16, 128, 768, 10},
+      {F::kAmpereAda, S::kFloat32, 64, 768, 33},
+      {F::kAmpereAda, S::kFloat64, 4, 128, 9},
+      {F::kAmpereAda, S::kFloat16, 128, 512, 9},
+      {F::kAmpereAda, S::kBFloat16, 128, 512, 9},
   };
   const ArchFamily family = arch_family(capability);
   for (const PersistentRule& rule : rules) {

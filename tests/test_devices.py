@@ -135,11 +135,11 @@ def test_a_different_partition_changes_only_the_rounding():
 
 
 def test_where_a_device_has_no_plan_auto_runs_stepwise_with_the_same_results():
-    """float32 H=512 B=1 over 11 steps is inside every family's rule; its W_hh slice fits a
+    """float32 H=512 B=1 over 33 steps is inside the sm_86/sm_89 rule; its W_hh slice fits a
     block on the A10 (72 SMs, 8 units each) but not on the L4 (58 SMs, 12 units: over 99 KiB).
     auto takes the persistent kernels on the A10 and falls back on the L4, where it equals the
     stepwise path bit for bit; the forced persistent path says why it cannot run there."""
-    H, B, L = 512, 1, 11
+    H, B, L = 512, 1, 33
     for device in ("A10", "L4"):
         rule = emulation.plan(H, B, device=device)["rule"]
         assert B <= rule["max_batch"] and B * H <= rule["max_batch_hidden"]

@@ -100,13 +100,116 @@ def test_bank_wavefronts_counts_conflicts_and_broadcasts():
 
 def test_current_rules_are_parsed_from_the_source(tmp_path):
     rules = gpu_model.current_rules()
-    assert set(rules) == {"float32", "float64", "float16", "bfloat16"}
-    assert all(len(r) == 3 and min(r) >= 1 for r in rules.values())
+    assert set(rules) == {"sm_80", "sm_86/sm_89", "sm_90"}
+    for family, rows in rules.items():
+        assert set(rows) == {"float32", "float64", "float16", "bfloat16"}, family
+        assert all(len(r) == 3 and min(r) >= 0 for r in rows.values()), family
+    # one row changed in the real source: only that family and dtype change
     source = (REPO / "csrc" / "persistent_dispatch.cpp").read_text()
-    changed = re.sub(r"\{StorageType::kFloat32,\s*\d+,\s*\d+,\s*\d+\}",
-                     "{StorageType::kFloat32, 7, 77, 5}", source)
+    changed, count = re.subn(r"\{F::kAmpere, S::kFloat32,\s*\d+,\s*\d+,\s*\d+\}",
+                             "{F::kAmpere, S::kFloat32, 7, 77, 5}", source)
+    assert count == 1
     (tmp_path / "dispatch.cpp").write_text(changed)
-    assert gpu_model.current_rules(tmp_path / "dispatch.cpp")["float32"] == (7, 77, 5)
+    parsed = gpu_model.current_rules(tmp_path / "dispatch.cpp")
+    assert parsed["sm_80"]["float32"] == (7, 77, 5)
+    assert parsed["sm_80"]["bfloat16"] == rules["sm_80"]["bfloat16"]
+    assert parsed["sm_86/sm_89"] == rules["sm_86/sm_89"] and parsed["sm_90"] == rules["sm_90"]
+    # a table of its own, the enums spelled out or not
+    (tmp_path / "custom.cpp").write_text(
+        "const PersistentRule& persistent_rule(int64_t capability, StorageType storage) {\n"
+        "  static const PersistentRule rules[] = {\n"
+        "      {F::kHopper, S::kFloat32, 64, 512, 11},\n"
+        "      { ArchFamily::kAmpereAda, StorageType::kBFloat16, 0, 0, 0 },\n"
+        "      {F::kAmpere, S::kFloat64, 32, 768, 37},\n  };\n}\n")
+    assert gpu_model.current_rules(tmp_path / "custom.cpp") == {
+        "sm_90": {"float32": (64, 512, 11)}, "sm_86/sm_89": {"bfloat16": (0, 0, 0)},
+        "sm_80": {"float64": (32, 768, 37)}}
+    # the table of before the families is not read as one
+    (tmp_path / "old.cpp").write_text("persistent_rule(StorageType storage) {\n"
+                                      "  {StorageType::kFloat32, 64, 512, 11},\n}\n")
+    with pytest.raises(RuntimeError, match="found no rule table"):
+        gpu_model.current_rules(tmp_path / "old.cpp")
+
+
+def test_derived_rules_print_as_cpp_rows_the_parser_reads_back(tmp_path):
+    no_wins = {"shapes": [(64, 1, False, 2.0)], "max_batch": 0, "max_batch_hidden": 0,
+               "min_steps": None}
+    assert gpu_model.rule_of(no_wins) == (0, 0, 0)  # B <= 0: auto never takes it
+    wins = dict(no_wins, max_batch=32, max_batch_hidden=768, min_steps=12)
+    assert gpu_model.rule_of(wins) == (32, 768, 12)
+    rules = {"sm_90": {"float32": (64, 512, 11), "bfloat16": (256, 1024, 10)},
+             "sm_80": {"float64": (32, 512, 28)}, "sm_86/sm_89": {"float64": (0, 0, 0)}}
+    rows = gpu_model.cpp_rows(rules, {("sm_86/sm_89", "float64"): "L4: no usable plan"})
+    assert rows[0].strip() == "{F::kHopper, S::kFloat32, 64, 512, 11},"
+    assert re.fullmatch(r"\s+\{F::kAmpereAda, S::kFloat64, 0, 0, 0\},\s+// L4: no usable plan", rows[-1])
+    (tmp_path / "table.cpp").write_text("persistent_rule(int64_t c, StorageType s) {\n"
+                                        + "\n".join(rows) + "\n}\n")
+    assert gpu_model.current_rules(tmp_path / "table.cpp") == rules
+
+
+def test_a_family_rule_takes_a_shape_only_where_every_device_wins():
+    class Fake:  # stepwise 10 us/step; persistent 5 + 40 / steps: wins (< 8) from 14 steps on
+        def plan_of(self, H, B, dtype):
+            return None
+
+        def stepwise(self, H, B, dtype, steps=64):
+            return 5.0, 10.0, {}
+
+        def persistent(self, H, B, dtype, plan, variant="ffma", steps=64):
+            return 3.0, 5.0 + 40.0 / steps, {}
+
+    big = {"shapes": [(64, 1, True, .5), (64, 2, True, .5), (128, 1, True, .5), (64, 4, True, .5)]}
+    small = {"shapes": [(64, 1, True, .5), (128, 1, False, 1.2)]}  # no plan at B = 2, 4
+    d = gpu_model.derive_family_rule([Fake(), Fake()], [big, small], "float32", "ffma", 0.8)
+    # (128, 1) loses on one device: B*H stops below 128; (64, 4) wins wherever it has a plan
+    assert (d["first_loss_batch_hidden"], d["max_batch_hidden"], d["max_batch"]) == (128, 64, 4)
+    assert d["min_steps"] == 14 and d["min_steps_shape"] == (64, 1)
+    none = gpu_model.derive_family_rule([Fake()], [{"shapes": []}], "float64", "ffma", 0.8)
+    assert gpu_model.rule_of(none) == (0, 0, 0)
+
+
+def test_gpu_model_names_its_devices_and_refuses_others(capsys):
+    assert gpu_model.parse_device("a100") == "A100" and gpu_model.parse_device("ALL") == "all"
+    with pytest.raises(SystemExit) as exit_:
+        gpu_model.main(["--device", "V100"])
+    assert exit_.value.code == 2
+    assert "unknown device 'V100': choose from H100, A100, A10, RTX4090, L4 or all" in capsys.readouterr().err
+    names = {"NVIDIA A100-SXM4-80GB": "A100", "NVIDIA H100 80GB HBM3": "H100", "NVIDIA A10G": "A10",
+             "NVIDIA A10": "A10", "NVIDIA GeForce RTX 4090": "RTX4090", "NVIDIA L4": "L4",
+             "NVIDIA L40": None, "test GPU": None}
+    assert {name: gpu_model.device_of_name(name) for name in names} == names
+    # every preset of the emulator is a device of the model, in the family its capability says
+    assert set(tbptt_cuda.emulation.devices()) == set(gpu_model.DEVICE_NAMES)
+    assert {d: gpu_model.family_of_capability(p["capability"])
+            for d, p in tbptt_cuda.emulation.devices().items()} == {
+        "H100": "sm_90", "A100": "sm_80", "A10": "sm_86/sm_89", "RTX4090": "sm_86/sm_89",
+        "L4": "sm_86/sm_89"}
+
+
+@EMULATED
+def test_gpu_model_predicts_for_the_a100(tmp_path, capsys):
+    assert gpu_model.main(["--device", "A100", "--json", str(tmp_path / "a100.json")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("PREDICTIONS") and "A100 SXM4, one layer" in text
+    assert re.search(r"^Device A100 .*compute capability 8\.0, 108 SMs, 167936 B .*family sm_80$",
+                     text, re.M)
+    assert re.search(r"^  sms\s+108 SMs\s+spec\s+A100", text, re.M)
+    assert re.search(r"^  fp32_fma_per_clk\s+64 lanes/clk/SM\s+spec", text, re.M)
+    assert re.search(r"^  cudnn_fwd_us\s+n/a ", text, re.M)  # published for the H100 only
+    assert "the sm_80 rows" in text
+    for dtype in gpu_model.DTYPES + ("float16",):
+        built = gpu_model.built_variant(dtype)
+        assert re.search(rf"^  {dtype}\s+{built} built\s+rule: B <= \d+, B\*H <= \d+, L >= \d+ "
+                         rf"\| predicted: B <= \d+, .*\| (agrees|DISAGREES)", text, re.M), dtype
+    data = json.loads((tmp_path / "a100.json").read_text())
+    assert (data["device"], data["family"], data["preset"]["sms"]) == ("A100", "sm_80", 108)
+    assert data["inputs"]["sms"]["value"] == 108 and data["inputs"]["clock_ghz"]["kind"] == "assumption"
+    assert data["current_rules"] == {k: list(v) for k, v in gpu_model.current_rules()["sm_80"].items()}
+    assert set(data["rule_row"]) == {"float32", "float64", "float16", "bfloat16"}
+    by_shape = {(r["dtype"], r["H"], r["B"]): r for r in data["rows"]}
+    assert not by_shape[("float32", 1024, 16)]["usable"]  # 164 KiB: W_hh's slice does not fit
+    assert by_shape[("float32", 1024, 16)]["stepwise_fwdbwd"] > 0
+    assert by_shape[("bfloat16", 768, 16)]["mma_fwdbwd"] < by_shape[("bfloat16", 768, 16)]["ffma_fwdbwd"]
 
 
 @EMULATED
@@ -161,6 +264,48 @@ def test_gpu_model_takes_the_measured_barrier_and_the_measured_paths(tmp_path):
     base_rows = {(r["dtype"], r["H"], r["B"]): r for r in json.loads((tmp_path / "base.json").read_text())["rows"]}
     key = ("bfloat16", 768, 16)
     assert rows[key]["ffma_fwdbwd"] - base_rows[key]["ffma_fwdbwd"] == pytest.approx(2 * 1.8)
+
+
+@EMULATED
+def test_gpu_model_models_the_gpu_its_measurements_come_from(tmp_path, capsys):
+    barrier = {"header": {"device": "NVIDIA A100-SXM4-80GB"}, "rows": [
+        {"blocks": 108, "exchange": True, "words_ok": True, "us_per_barrier": 1.25}]}
+    (tmp_path / "barrier.json").write_text(json.dumps(barrier))
+    assert gpu_model.main(["--barrier-json", str(tmp_path / "barrier.json")]) == 0
+    text = capsys.readouterr().out
+    assert "A100 SXM4, one layer" in text and "NOTE" not in text
+    assert re.search(r"barrier_us\s+1\.25 us\s+measured\s+bench/barrier_latency.py on NVIDIA A100", text)
+    assert gpu_model.main(["--barrier-json", str(tmp_path / "barrier.json"), "--device", "H100"]) == 0
+    text = capsys.readouterr().out
+    assert "H100 SXM, one layer" in text
+    assert "NOTE: the measurements given (--barrier-json/--paths-json) come from NVIDIA " \
+           "A100-SXM4-80GB, not the H100 modelled here; bench/gpu_model.py --device A100" in text
+
+
+@EMULATED
+def test_gpu_model_over_all_devices_ends_with_the_rule_table_of_each_family(tmp_path, capsys):
+    assert gpu_model.main(["--device", "all", "--json", str(tmp_path / "all.json")]) == 0
+    text = capsys.readouterr().out
+    headers = re.findall(r"^PREDICTIONS of .*?: (.*?), one layer", text, re.M)
+    assert headers == [gpu_model.DEVICE_LABELS[d] for d in gpu_model.DEVICE_NAMES]
+    table = text[text.index("Derived rule table"):]
+    rows = re.findall(r"^      (\{F::k\w+, S::k\w+, \d+, \d+, \d+\},)", table, re.M)
+    assert len(rows) >= 12  # 3 families x 4 storage types, then the family-wide rows that differ
+    (tmp_path / "table.cpp").write_text("persistent_rule(int64_t c, StorageType s) {\n"
+                                        + "\n".join(rows[:12]) + "\n}\n")
+    parsed = gpu_model.current_rules(tmp_path / "table.cpp")
+    data = json.loads((tmp_path / "all.json").read_text())
+    assert set(data["devices"]) == set(gpu_model.DEVICE_NAMES)
+    for family, reference in gpu_model.FAMILY_REFERENCE.items():
+        # each family's rows are its reference device's derived rule, as that device's run says
+        assert parsed[family] == {k: tuple(v) for k, v in data["devices"][reference]["rule_row"].items()}
+        assert data["family_rules"][family] == data["devices"][reference]["rule_row"]
+    assert re.search(r"^  A10 \(sm_86/sm_89, reference L4\):", table, re.M)
+    assert re.search(r"^  RTX4090 \(sm_86/sm_89, reference L4\):", table, re.M)
+    assert "Derived from every modelled device of the family together" in table
+    # the H100's rows are what its run derives (and what it derived before the device presets)
+    assert data["family_rules"]["sm_90"]["float32"] == [64, 512, 11]
+    assert data["family_rules"]["sm_90"]["bfloat16"] == [256, 1024, 10]
 
 
 # ---- the CUDA paths' benchmark ------------------------------------------------------------------
