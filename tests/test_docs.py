@@ -194,6 +194,8 @@ def _commands(block):
                 line = line[2:].strip()
             elif not line or line.startswith("#"):
                 continue
+            elif line.startswith("$ "):
+                line = line[2:].strip()
             first = block.line + offset
         if line.endswith("\\"):
             pending += line[:-1] + " "
@@ -364,7 +366,7 @@ def test_shell_command(block, line, command):
         shown = "python " + " ".join(argv)
         assert rc == 0, f"{where}: `{shown}` exited {rc}:\n{out}"
         for option in options:
-            assert re.search(rf"{re.escape(option)}\b", out), \
+            assert re.search(rf"{re.escape(option)}(?![\w-])", out), \
                 f"{where}: `{command}` uses {option}, which `{shown}` does not list:\n{out}"
 
 
