@@ -25,6 +25,7 @@ import functools
 import io
 import os
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -336,24 +337,43 @@ def _check_python(words, args, where):
     return [(tuple(target + positional + ["--help"]), tuple(options))]
 
 
+def _help_in_process(argv):
+    """`python -m tbptt_cuda... --help` run in this process (torch is already imported here):
+    (exit status, output)."""
+    module, args = argv[1], list(argv[2:])
+    output, saved = io.StringIO(), sys.argv
+    sys.argv = [f"python -m {module}"] + args
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+        status = 0
+    except SystemExit as done:
+        status = 0 if done.code is None else done.code if isinstance(done.code, int) else 1
+        if isinstance(done.code, str):
+            output.write(done.code)
+    finally:
+        sys.argv = saved
+    return status, output.getvalue()
+
+
 @functools.lru_cache(maxsize=None)
 def help_outputs():
-    """Runs every distinct `--help` probe of the pages, a few at a time: {argv: (rc, output)}."""
+    """Runs every distinct `--help` probe of the pages: our modules in this process, scripts in
+    subprocesses a few at a time. {argv: (exit status, output)}."""
     probes = set()
     for block, line, command in SHELL_COMMANDS:
         with contextlib.suppress(AssertionError, StopIteration, ValueError):
             probes.update(argv for argv, _ in check_command(command, f"{_rel(block.page)}:{line}"))
     env = dict(os.environ, MPLBACKEND="Agg",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    results, running, pending = {}, {}, sorted(probes)
-    while pending or running:
-        while pending and len(running) < 3:
-            argv = pending.pop()
-            running[argv] = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True,
-                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        argv = next(iter(running))
-        out, _ = running[argv].communicate(timeout=120)
-        results[argv] = (running.pop(argv).returncode, out)
+    scripts = sorted(argv for argv in probes if argv[0] != "-m")
+    running = {argv: subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for argv in scripts}
+    results = {argv: _help_in_process(argv) for argv in sorted(probes) if argv[0] == "-m"}
+    for argv, process in running.items():
+        out, _ = process.communicate(timeout=120)
+        results[argv] = (process.returncode, out)
     return results
 
 
