@@ -5,14 +5,15 @@
   A failure names the page and the line of the block (tracebacks point into the .md file).
   A ```text block right after a python block, preceded by the line
   ``<!-- docs-test: output -->``, is that block's output: its lines must appear, in order, in
-  what the block printed ("..." lines skip any number of lines).
+  what the block printed ("..." lines skip any number of lines). A page whose examples use the
+  emulator is skipped in a build without it (TBPTT_NO_EMULATION=1).
 - ```console blocks: the lines starting with "$ " are commands (the rest is output, ignored);
   ```bash / ```sh blocks: every line that is not a comment is a command. Commands are checked,
   not run: `make X` needs a target X in the Makefile; `python -m tbptt_cuda...` a module file
-  of this checkout (a package: its __main__.py); `python path.py` a script that exists; where the program
-  parses arguments, `... --help` (with the command's leading positional words, e.g. a demo's
-  subcommand) must exit 0 and list every --option the command uses; `python -m pytest PATHS`
-  paths that exist; `bash script` a script that exists; VAR=value prefixes a variable that the
+  of this checkout (a package: its __main__.py); `python path.py` a script that exists; where
+  the program parses arguments, `... --help` (with the command's leading positional words,
+  e.g. a demo's subcommand) must exit 0 and list every --option the command uses (our modules
+  run in this process, scripts in subprocesses); `python -m pytest PATHS` paths that exist; `bash script` a script that exists; VAR=value prefixes a variable that the
   project's sources read (or one of EXTERNAL_ENV). Any other command must be one of
   EXTERNAL_COMMANDS, written out in full (and each of those must still be used by a page).
 - ```text and ``` (no language) blocks: output and tables, not executed.
@@ -121,7 +122,8 @@ def test_output_markers_follow_python_blocks():
         blocks = blocks_of(page)
         for k, block in enumerate(blocks):
             if block.marker == OUTPUT_MARKER:
-                assert block.lang in TEXT, f"{block.where}: the output marker precedes a ```{block.lang} block"
+                assert block.lang in TEXT, \
+                    f"{block.where}: the output marker precedes a ```{block.lang} block"
                 assert k > 0 and blocks[k - 1].lang in PYTHON, \
                     f"{block.where}: an output block must follow a python block"
 
@@ -149,6 +151,12 @@ def _expect_output(block, expected, printed):
 
 @pytest.mark.parametrize("page", PYTHON_PAGES, ids=_rel)
 def test_python_blocks_run(page, tmp_path, monkeypatch):
+    import tbptt_cuda
+
+    if not tbptt_cuda.build_info()["cuda_emulation"] and any(
+            "emulat" in b.text for b in blocks_of(page) if b.lang in PYTHON):
+        pytest.skip("built without the emulated kernels (TBPTT_NO_EMULATION=1); this page's "
+                    "examples run the CUDA kernels under the emulator")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     threads = torch.get_num_threads()
@@ -441,7 +449,7 @@ _LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)"
 
 
 def _links(page):
-    for number, line in enumerate(_prose(page), start=1):
+    for line in _prose(page):
         for match in _LINK.finditer(line):
             yield next(g for g in match.groups() if g)
 
