@@ -13,8 +13,9 @@
   of this checkout (a package: its __main__.py); `python path.py` a script that exists; where
   the program parses arguments, `... --help` (with the command's leading positional words,
   e.g. a demo's subcommand) must exit 0 and list every --option the command uses (our modules
-  run in this process, scripts in subprocesses); `python -m pytest PATHS` paths that exist; `bash script` a script that exists; VAR=value prefixes a variable that the
-  project's sources read (or one of EXTERNAL_ENV). Any other command must be one of
+  run in this process, scripts in subprocesses); `python -m pytest PATHS` paths that exist;
+  `bash script` a script that exists; VAR=value prefixes a variable that the project's sources
+  read (or one of EXTERNAL_ENV). Any other command must be one of
   EXTERNAL_COMMANDS, written out in full (and each of those must still be used by a page).
 - ```text and ``` (no language) blocks: output and tables, not executed.
 - Any other language fails, so that no new kind of block slips through unchecked.
