@@ -33,6 +33,7 @@ def _pyproject():
         return tomllib.load(f)
 
 
+@pytest.mark.filterwarnings("ignore:Support for `\\[tool.setuptools\\]`")  # older setuptools call it beta
 def test_version_has_one_source():
     project = _pyproject()
     assert "version" not in project["project"], "pyproject.toml must not repeat the version"
