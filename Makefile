@@ -10,12 +10,12 @@ TORCH_SPEC ?= torch==2.11.0
 export MAX_JOBS ?= 2
 CSRC := $(shell find csrc -type f)
 
-.PHONY: setup run test bench info gpu-check gpu-test emulator-check ptxas-check clean
+.PHONY: setup run test bench info gpu-check gpu-test emulator-check ptxas-check dist clean
 
 $(VENV)/.deps:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy ninja setuptools wheel tqdm pytest pytest-benchmark matplotlib
+	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy ninja setuptools wheel build tqdm pytest pytest-benchmark matplotlib
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml tbptt_cuda/_build.py $(CSRC)
@@ -53,6 +53,15 @@ gpu-check:
 	bash scripts/gpu_check.sh
 
 gpu-test: gpu-check
+
+# The sdist and the wheel into dist/: tbptt_cuda-<version>.tar.gz and a wheel built from that
+# sdist (so a missing source fails here). --no-isolation: the extension compiles against this
+# venv's torch; an isolated build would have pip install a torch of its own. The wheel compiles
+# the extension (the default build: CUDA and the emulator where nvcc is present; minutes).
+# A venv made before `build` joined the deps line gets it here.
+dist: $(VENV)/.deps
+	$(PY) -c "import build" 2>/dev/null || $(PY) -m pip install -q build
+	$(PY) -m build --no-isolation --outdir dist .
 
 clean:
 	rm -rf build $(VENV) tbptt_cuda/_C*.so tbptt_cuda/_build_config.py *.egg-info

@@ -4,7 +4,7 @@ from .artbp import ARTBP
 from .emulation import EmulationStats, emulate_cuda
 from .module import LSTMState, TruncatedLSTM
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one source of the version (pyproject.toml reads it)
 __all__ = ["TruncatedLSTM", "LSTMState", "ARTBP", "build_info", "emulate_cuda", "EmulationStats",
            "set_cuda_path", "cuda_path", "cuda_plan"]
 

@@ -3,11 +3,12 @@ available backend (CPU; the CUDA kernels under the SIMT emulator; CUDA where a G
 against the plain-PyTorch reference."""
 import contextlib
 import json
+import os
 import sys
 
 import torch
 
-from . import TruncatedLSTM, build_info, emulate_cuda
+from . import TruncatedLSTM, __version__, build_info, emulate_cuda
 from .reference import ReferenceStream
 
 
@@ -45,8 +46,15 @@ def _check(device, dtype, k2, chunks):
     return worst
 
 
+def location_line():
+    """'tbptt_cuda <version> at <package folder>': which copy was imported (a checkout or an
+    installed package)."""
+    return f"tbptt_cuda {__version__} at {os.path.dirname(os.path.abspath(__file__))}"
+
+
 def main():
     info = build_info()
+    print(location_line())
     print(json.dumps(info, indent=2))
     backends = [("cpu", "cpu", False)]
     if info["cuda_emulation"]:

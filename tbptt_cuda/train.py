@@ -19,15 +19,53 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Tuple, Union
+from typing import IO, Callable, Iterable, List, Optional, Tuple, Union
 
 import torch
+from tqdm import autonotebook as _tqdm_autonotebook
+from tqdm import std as _tqdm_std
 from tqdm.auto import tqdm
 
-__all__ = ["train_tbptt", "evaluate", "TrainResult", "EvalResult", "history_nbytes", "set_k2"]
+__all__ = ["train_tbptt", "evaluate", "TrainResult", "EvalResult", "history_nbytes", "set_k2",
+           "PROGRESS_MODES", "progress_mode"]
+
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+LINES_PER_RUN = 20      # "lines" mode with no period given and a known length: about this many lines
+LINES_EVERY_SECONDS = 10.0  # ... and with an unknown length: one line this often
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
+
+
+def progress_mode(progress: Union[bool, str, None] = "auto", file: Optional[IO[str]] = None) -> str:
+    """What ``progress`` means here and now: "bar", "lines" or "none".
+
+    ``True`` is "auto", ``False``/``None`` "none". "auto" picks the tqdm bar in a notebook, and
+    where ``file`` (the bar's stream) is a terminal — when no ``file`` is given, where both
+    stderr (tqdm's stream) and stdout are terminals, so ``python train.py > log`` logs plain
+    lines; elsewhere "lines": one plain line every few updates, no carriage returns.
+    """
+    if progress is True:
+        progress = "auto"
+    elif progress is False or progress is None:
+        progress = "none"
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"progress must be True, False or one of {PROGRESS_MODES}, got {progress!r}")
+    if progress != "auto":
+        return progress
+    if _tqdm_autonotebook.tqdm is not _tqdm_std.tqdm:  # a Jupyter kernel: tqdm draws a widget
+        return "bar"
+    if file is not None:
+        return "bar" if _isatty(file) else "lines"
+    return "bar" if _isatty(sys.stderr) and _isatty(sys.stdout) else "lines"
 
 
 def history_nbytes(state) -> int:
@@ -197,10 +235,11 @@ def train_tbptt(model: torch.nn.Module,
                 eval_every_seconds: Optional[float] = None,
                 eval_max_chunks: Optional[int] = None,
                 cycle: bool = False,
-                progress: bool = True,
+                progress: Union[bool, str] = "auto",
                 log_every: Optional[int] = None,
                 log_every_seconds: Optional[float] = None,
                 log: Optional[Callable[[str], None]] = None,
+                progress_file: Optional[IO[str]] = None,
                 on_update: Optional[Callable[[int, float, object], None]] = None,
                 desc: str = "train") -> TrainResult:
     """Train with TBPTT(k1, k2): one update per chunk, the state carried, never detached.
@@ -221,9 +260,20 @@ def train_tbptt(model: torch.nn.Module,
         eval_max_chunks: score at most this many held-out chunks per evaluation.
         cycle: when ``chunks`` is exhausted, iterate it again (a new epoch, state restarted)
             instead of stopping; needs a re-iterable (e.g. SequenceStream) and a limit.
-        progress: show a tqdm bar with the loss, updates/s and steps/s.
-        log_every, log_every_seconds: also write one plain line (loss, throughput, history
-            bytes) every this many updates / seconds, via ``log`` or the bar.
+        progress: how training shows its progress (see :func:`progress_mode`):
+            "bar": a tqdm bar with the loss, updates/s and steps/s; "lines": no bar, one plain
+            line (update i/total, time, loss, updates/s, steps/s, history bytes) every
+            ``log_every`` updates and/or ``log_every_seconds`` (when neither is given: about
+            20 lines per run, or one every 10 s when the run's length is unknown), and one
+            for the last update — what a log file wants; "none": neither; "auto" (default,
+            also ``True``): the bar on a terminal, else lines. ``False``: "none".
+        log_every, log_every_seconds: write that plain line every this many updates / seconds
+            (in "bar" and "none" modes too, beside the bar).
+        log: where the plain lines (and the held-out losses) go, e.g. ``print`` or a
+            ``logging`` method; default: ``progress_file`` when given, else stdout (above the
+            bar in "bar" mode).
+        progress_file: the bar's stream (default stderr, as tqdm's); "auto" asks whether it
+            is a terminal.
         on_update: called as ``on_update(update, loss, state)`` after each update.
 
     Returns:
@@ -244,6 +294,9 @@ def train_tbptt(model: torch.nn.Module,
         raise ValueError("cycle=True repeats the data forever: give max_updates or max_seconds")
     if cycle and iter(chunks) is chunks:
         raise ValueError("cycle=True needs a re-iterable chunks (a SequenceStream or a list), not a one-shot iterator")
+    if log_every is not None and (isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1):
+        raise ValueError(f"log_every must be None or an integer >= 1, got {log_every!r}")
+    mode = progress_mode(progress, progress_file)
     if k2 is not None:
         set_k2(model, k2)
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -258,8 +311,31 @@ def train_tbptt(model: torch.nn.Module,
             total = len(chunks)  # type: ignore[arg-type]
         except TypeError:
             total = None
-    bar = tqdm(total=total, desc=desc, unit="upd", disable=not progress, dynamic_ncols=True, leave=True)
-    write = log if log is not None else (bar.write if progress else print)
+    if mode == "lines" and not log_every and not log_every_seconds:
+        if total:
+            log_every = max(1, math.ceil(total / LINES_PER_RUN))
+        else:
+            log_every_seconds = LINES_EVERY_SECONDS
+    bar = tqdm(total=total, desc=desc, unit="upd", disable=mode != "bar", dynamic_ncols=True, leave=True,
+               file=progress_file if mode == "bar" else None)
+    if log is not None:
+        write = log
+    elif mode == "bar":  # above the bar: tqdm clears it, writes the line, redraws it
+
+        def write(line: str) -> None:
+            bar.write(line, file=progress_file)  # None: stdout
+    else:
+        stream = progress_file if progress_file is not None else sys.stdout
+
+        def write(line: str) -> None:
+            print(line, file=stream, flush=True)
+
+    def progress_line(now: float, nbytes: int) -> str:
+        train_seconds = max(now - start - eval_seconds, 1e-9)
+        count = f"{result.updates:6d}" + (f"/{total}" if total else "")
+        return (f"[{desc}] update {count}  {now - start:6.1f}s  loss {smoothed:.4f}  "
+                f"{result.updates / train_seconds:,.1f} upd/s  "
+                f"{result.scored_steps / train_seconds:,.0f} steps/s  history {nbytes:,} B")
 
     result = TrainResult()
     model.train()
@@ -268,6 +344,7 @@ def train_tbptt(model: torch.nn.Module,
     start = time.perf_counter()
     eval_seconds = 0.0
     last_eval_time = last_log_time = start
+    last_logged = 0
 
     def run_eval():
         nonlocal eval_seconds
@@ -337,11 +414,8 @@ def train_tbptt(model: torch.nn.Module,
             now = time.perf_counter()
             if log_every and result.updates % log_every == 0 or \
                     log_every_seconds and now - last_log_time >= log_every_seconds:
-                last_log_time = now
-                train_seconds = now - start - eval_seconds
-                write(f"[{desc}] update {result.updates:6d}  {now - start:6.1f}s  loss {smoothed:.4f}  "
-                      f"{result.scored_steps / max(train_seconds, 1e-9):,.0f} steps/s  "
-                      f"history {nbytes:,} B")
+                last_log_time, last_logged = now, result.updates
+                write(progress_line(now, nbytes))
             if eval_every is not None and result.updates % eval_every == 0 or \
                     eval_every_seconds is not None and now - last_eval_time >= eval_every_seconds:
                 val = run_eval()
@@ -355,6 +429,8 @@ def train_tbptt(model: torch.nn.Module,
             bar.update(1)
     finally:
         bar.close()
+    if mode == "lines" and result.updates and last_logged != result.updates:
+        write(progress_line(time.perf_counter(), result.history_nbytes))  # where the run ended
     result.train_seconds = time.perf_counter() - start - eval_seconds
     if eval_chunks is not None and result.updates and (not result.evals or result.evals[-1][0] != result.updates):
         run_eval()

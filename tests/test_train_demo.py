@@ -110,8 +110,10 @@ def test_k1_one_step_per_call_keeps_state():
 def test_progress_bar_shows_loss_and_steps_per_second(capsys):
     model = Regressor(hidden=8)
     xs, ys = delayed_sum(delay=1, lanes=2, steps=40, seed=0)
+    # "bar": captured stderr is no terminal, where progress=True ("auto") prints plain lines
+    # instead (tests/test_log_output.py)
     train_tbptt(model, torch.optim.SGD(model.parameters(), lr=0.01), F.mse_loss,
-                SequenceStream(xs, k1=4, batch_size=2, targets=ys), k2=4, progress=True)
+                SequenceStream(xs, k1=4, batch_size=2, targets=ys), k2=4, progress="bar")
     err = capsys.readouterr().err
     assert "loss=" in err and "steps/s=" in err and "10/10" in err
 

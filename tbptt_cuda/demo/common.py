@@ -13,11 +13,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from ..train import PROGRESS_MODES
+
 LN2 = math.log(2.0)
 
 
 def say(*args):
-    """print, flushed at once (the demos' log lines interleave with tqdm's bar)."""
+    """print, flushed at once (the demos' log lines interleave with tqdm's bar, or with the plain
+    progress lines when the output is not a terminal)."""
     print(*args, flush=True)
 
 
@@ -106,12 +109,19 @@ def add_common_args(parser: argparse.ArgumentParser, minutes: Optional[float], h
                              "checkpoints store less and recompute in backward)")
     parser.add_argument("--checkpoint-every", type=int, default=None,
                         help="with --history checkpoints: steps between stored states (default sqrt(k2))")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar (plain log lines only)")
+    parser.add_argument("--progress", default="auto", choices=PROGRESS_MODES,
+                        help="training progress: a tqdm bar, plain lines (every --log-every updates) or none; "
+                             "auto (default): the bar on a terminal, plain lines when the output goes to a "
+                             "file or a pipe (make run > log)")
+    parser.add_argument("--log-every", type=int, default=None, metavar="N",
+                        help="a plain progress line every N updates (default: about 20 lines per training run, "
+                             "or one every 10 s when the run is limited by time; lm: 12 over --minutes)")
+    parser.add_argument("--no-progress", action="store_true", help="the same as --progress none")
 
 
 def _check_args(args) -> None:
     """Exit with a message on a flag out of range; flags this command lacks are skipped."""
-    for name in ("hidden", "batch", "k1", "embed", "layers", "val_chars", "delay", "k"):
+    for name in ("hidden", "batch", "k1", "embed", "layers", "val_chars", "delay", "k", "log_every"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -178,6 +188,12 @@ def setup_run(args, default_threads: Optional[int] = None) -> Tuple[torch.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return device, out
+
+
+def progress_args(args) -> dict:
+    """train_tbptt's ``progress`` and ``log_every`` from --progress, --log-every and --no-progress."""
+    progress = "none" if getattr(args, "no_progress", False) else getattr(args, "progress", "auto")
+    return {"progress": progress, "log_every": getattr(args, "log_every", None)}
 
 
 def use_history(lstm, args):

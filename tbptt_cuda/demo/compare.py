@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from ..train import evaluate, history_nbytes, train_tbptt
-from .common import add_common_args, clip_norm, machine_line, say, setup_run, use_history, write_table_results
+from .common import (add_common_args, clip_norm, machine_line, progress_args, say, setup_run, use_history,
+                     write_table_results)
 from .lm import CharLM, LMData, add_char_lm_args, bits_cross_entropy
 
 
@@ -61,7 +62,7 @@ def run_compare(args) -> Dict:
         run = train_tbptt(model, optimizer, bits_cross_entropy, train_stream, max_updates=args.steps,
                           max_seconds=60.0 * args.minutes, clip_grad_norm=clip_norm(args), amp=args.amp,
                           eval_chunks=val_stream, eval_every_seconds=args.eval_seconds, cycle=True,
-                          progress=not args.no_progress, desc=f"BPTT({k1},{k2})")
+                          **progress_args(args), desc=f"BPTT({k1},{k2})")
         rows.append({"k1": k1, "k2": k2, "val_bits_per_char": run.evals[-1][1], "evals": [(0, initial)] + run.evals,
                      "updates": run.updates, "chars": run.scored_steps, "seconds": run.train_seconds,
                      "chars_per_second": run.scored_steps_per_second, "history_nbytes": run.history_nbytes,

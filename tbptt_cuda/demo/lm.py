@@ -26,7 +26,8 @@ from torch import nn
 from ..data import SequenceStream
 from ..module import TruncatedLSTM
 from ..train import evaluate, train_tbptt
-from .common import LN2, add_common_args, clip_norm, machine_line, say, setup_run, smooth, try_plot, use_history, write_json
+from .common import (LN2, add_common_args, clip_norm, machine_line, progress_args, say, setup_run, smooth, try_plot,
+                     use_history, write_json)
 
 
 SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "encodings",
@@ -277,7 +278,8 @@ def run_lm(args) -> Dict:
     run = train_tbptt(model, optimizer, bits_cross_entropy, train_stream, max_updates=args.steps,
                       max_seconds=60.0 * args.minutes, clip_grad_norm=clip_norm(args), amp=args.amp,
                       eval_chunks=val_stream, eval_every_seconds=args.eval_seconds, cycle=True,
-                      progress=not args.no_progress, log_every_seconds=max(5.0, 60.0 * args.minutes / 12),
+                      **progress_args(args),
+                      log_every_seconds=None if args.log_every else max(5.0, 60.0 * args.minutes / 12),
                       log=say, desc="lm")
     final = run.evals[-1][1]
     per_step = run.history_nbytes / k2 if k2 else float("nan")

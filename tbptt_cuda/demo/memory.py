@@ -20,7 +20,8 @@ from ..artbp import ARTBP
 from ..data import SequenceStream
 from ..module import TruncatedLSTM
 from ..train import train_tbptt
-from .common import LN2, add_common_args, clip_norm, machine_line, parse_int_list, say, setup_run, smooth, use_history, write_table_results
+from .common import (LN2, add_common_args, clip_norm, machine_line, parse_int_list, progress_args, say, setup_run,
+                     smooth, use_history, write_table_results)
 
 
 class DelayedCopyModel(nn.Module):
@@ -129,7 +130,7 @@ def run_memory(args) -> Dict:
         before = delayed_copy_accuracy(model, held_out)
         run = train_tbptt(model, optimizer, F.cross_entropy, train, max_updates=updates,
                           max_seconds=seconds_each, clip_grad_norm=clip_norm(args), amp=args.amp,
-                          progress=not args.no_progress, desc=f"BPTT({k},{k2})")
+                          **progress_args(args), desc=f"BPTT({k},{k2})")
         accuracy = delayed_copy_accuracy(model, held_out)
         covered = max(0, min(k, k2 - d))  # chunk steps whose source lies inside the window
         rows.append({
@@ -222,7 +223,7 @@ def run_memory_artbp(args) -> Dict:
             train = DelayedCopyStream(d, k * args.steps + d, args.batch, k, seed, device)
             run = train_tbptt(model, optimizer, F.cross_entropy, train, max_updates=args.steps,
                               max_seconds=None if args.minutes is None else 60.0 * args.minutes / (3 * args.seeds),
-                              clip_grad_norm=clip, progress=not args.no_progress, desc=f"{name} seed {seed}")
+                              clip_grad_norm=clip, **progress_args(args), desc=f"{name} seed {seed}")
             accuracy = delayed_copy_accuracy(model, held_out)
             rows.append({"setting": name, "k2": setting_k2, "artbp": use_artbp, "seed": seed,
                          "accuracy": accuracy, "final_loss": float(np.mean(run.losses[-20:])),
@@ -319,7 +320,7 @@ def run_memory_budget(args) -> Dict:
         held_out = DelayedCopyStream(d, args.eval_steps, args.batch, k, args.seed + 12345, device)
         run = train_tbptt(model, optimizer, F.cross_entropy, train, max_updates=args.steps,
                           max_seconds=None if args.minutes is None else 20.0 * args.minutes,
-                          clip_grad_norm=clip_norm(args), progress=not args.no_progress,
+                          clip_grad_norm=clip_norm(args), **progress_args(args),
                           desc=f"{history} k2={k2}")
         accuracy = delayed_copy_accuracy(model, held_out)
         rows.append({"history": history, "k2": k2, "history_nbytes": run.history_nbytes, "budget": budget,
