@@ -268,3 +268,27 @@ def test_fat_binary_reader_rejects_what_is_not_elf(tmp_path):
     with pytest.raises(ValueError, match="not a 64-bit ELF"):
         _build.cuda_binary_archs(path)
     assert _build.cuda_binary_archs(sys.executable) == {"sm": [], "ptx": []}
+
+
+@pytest.mark.parametrize("device", ["A100", "RTX4090", "L4"])
+def test_a_grid_the_device_refuses_falls_back_on_each_device(device):
+    """A cooperative grid the GPU will not hold at launch (cudaErrorCooperativeLaunchTooLarge:
+    MPS or another process holds SMs the plan counted on) is warned about once, naming the SMs
+    the plan was made for, and the stepwise path gives the same results, on every family."""
+    H, B, L = 24, 2, 40  # inside every family's rule
+    good, launched = _stream(device, "persistent", H, B, L, chunks=1)
+    assert launched == {"persistent_forward", "persistent_backward"}
+    emulation.clear_plans()
+    emulation.fail_launches("persistent_backward", 720)
+    try:
+        sms = emulation.devices()[device]["sms"]
+        with pytest.warns(UserWarning, match=rf"persistent_backward could not be launched .*"
+                                             rf"cudaErrorCooperativeLaunchTooLarge.*planned for "
+                                             rf"{sms} SMs"):
+            fell_back, launched = _stream(device, "auto", H, B, L, chunks=1)
+        assert launched == {"persistent_forward", "backward_step"}
+    finally:
+        emulation.fail_launches(None)
+        emulation.clear_plans()
+    for a, b in zip(good, fell_back):
+        assert (a - b).norm() <= 1e-6 * b.norm() + 1e-30

@@ -48,7 +48,6 @@ OUTPUT_MARKER = "<!-- docs-test: output -->"
 EXTERNAL_COMMANDS = {
     "pip install --no-build-isolation -e .",        # building into one's own environment
     "pip install --no-build-isolation dist/tbptt_cuda-*.tar.gz",  # the sdist (docs/development.md)
-    "python -m build",                              # what `make dist` runs
     "torchrun --nproc-per-node 2 train.py",         # several processes (docs/user_guide.md)
 }
 # Environment variables the docs set that our sources do not read themselves (torch's, the
