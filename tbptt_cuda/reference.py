@@ -293,6 +293,8 @@ class ReferenceStream:
         a = len(self.inputs)
         b = a + L
         w = a if k2 is None else max(b - (k2 if window is None else window), 0)
+        if w > a:
+            raise ValueError(f"a chunk of {L} steps needs k2 (or window) >= {L}")
         weights = layer_weights(self.module)
         cell = self.cell
         layers = len(weights)
