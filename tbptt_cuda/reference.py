@@ -156,10 +156,11 @@ def cell_of_weights(weights):
 
 
 def cell_of(module):
-    """The cell of a module with torch.nn's parameter names. The rule: a `cell` attribute (a
-    Cell or its name) wins; otherwise the parameters decide, as cell_of_weights (this is how
-    nn.LSTM, nn.LSTM(proj_size=P), nn.GRU and the modules named like them are told apart; the
-    weights are checked against the cell either way)."""
+    """The cell of a module with torch.nn's parameter names. The rule: the parameters decide,
+    as cell_of_weights (weight_hr_l0 present: lstmp; weight_hh_l0 [3H, H]: gru; [4H, H]: lstm),
+    which tells nn.LSTM, nn.LSTM(proj_size=P), nn.GRU and the modules named like them apart; a
+    module may also name its cell in a `cell` attribute (a Cell or its name), which must then
+    agree with the parameters (else ValueError)."""
     weights = layer_weights(module)
     found = cell_of_weights(weights)
     cell = getattr(module, "cell", None)

@@ -91,7 +91,7 @@ def test_the_cell_of_each_torch_nn_module_and_its_weights():
     assert LSTMP.sizes(weights[1]) == (P, H)
     assert GRU.sizes(layer_weights(nn.GRU(I, H))[0]) == (H,)
     assert LSTM.sizes(layer_weights(nn.LSTM(I, H))[0]) == (H, H)
-    # a `cell` attribute wins, and is checked against the weights
+    # a `cell` attribute names the cell and must agree with the weights
     named = nn.GRU(I, H)
     named.cell = "gru"
     assert cell_of(named) is GRU
