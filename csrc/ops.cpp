@@ -253,7 +253,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return out;
       },
       "The devices the emulator models, by name: their published limits.");
-  m.def("emulated_device", [] { return std::string(simt::emu::config().device.name); });
   m.def("emulator_fail_launches", &tbptt::emulated::fail_launches,
         "Launches of the named kernel fail with this cudaError_t value ('' : none).");
   m.def("emulator_clear_plans", [] { tbptt::emulated::persistent_plans().clear(); });

@@ -52,8 +52,9 @@ PersistentPlans& persistent_plans() {
   return plans;
 }
 
-// Raises, once per op on a device older than the kernels' oldest architecture (sm_80), the
-// error that names it, instead of CUDA's "no kernel image is available" at the first launch.
+// On a device older than the kernels' oldest architecture (sm_80), raises the error that
+// names it, instead of CUDA's "no kernel image is available" at the first launch. The verdict
+// for a supported device is cached: one atomic load per op after the first.
 void check_device_supported() {
   constexpr int kMaxDevices = 64;
   static std::atomic<int8_t> verdicts[kMaxDevices] = {};  // 0 unknown, 1 supported, -1 not
