@@ -222,3 +222,15 @@ def test_mkldnn_off_runs_bf16_on_the_stepwise_path():
         out.float().sum().backward()
         assert _packs() == before
     assert torch.isfinite(lstm.weight_hh_l0.grad.float()).all()
+
+
+@needs_bf16_fused
+def test_fused_bf16_up_to_1024_units_the_stepwise_path_above():
+    """kMaxFusedHiddenBf16 (1024: measured faster than the stepwise path up to there) and even
+    H only (the bf16 products take K rows in pairs); both sides of each limit are run."""
+    for hidden, fused in ((1024, True), (1026, False), (1023, False)):
+        lstm = TruncatedLSTM(3, hidden, k2=2, dtype=torch.bfloat16)
+        before = _packs()
+        out, _ = lstm(torch.randn(2, 2, 3, dtype=torch.bfloat16))
+        out.float().sum().backward()
+        assert (_packs() > before) == fused, hidden
