@@ -312,8 +312,17 @@ void product(int64_t M, int64_t N, int64_t K, const c10::BFloat16* A, int64_t ld
 
 // What the float32 results of the products become in storage type T.
 inline void store(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, sizeof(float) * n); }
+// float32 -> bfloat16, rounded to nearest even (c10::BFloat16's rounding, NaN kept a NaN),
+// with integer operations only so that the loop vectorises (this file is built with fast math).
 inline void store(c10::BFloat16* dst, const float* src, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = c10::BFloat16(src[i]);
+  const uint32_t* in = reinterpret_cast<const uint32_t*>(src);
+  uint16_t* out = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = in[i];
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    out[i] = static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+  }
 }
 
 // On AMX the tile configuration a thread's brgemm calls loaded is released when its team ends.
