@@ -442,6 +442,40 @@ def cpu_step_table(rows):
     return md_table(head, body)
 
 
+# bfloat16 on the CPU (test_bench_cpu_step.py, test_cpu_bf16_step): ours bf16 / peer at most.
+CPU_BF16_TARGETS = {"ours_f32": lambda H: 0.6 if H >= 256 else None,
+                    "nn_autocast": lambda H: 1.0}
+CPU_BF16_NAMES = {"ours_f32": "ours bf16 / ours f32", "nn_autocast": "ours bf16 / nn.LSTM autocast bf16"}
+
+
+def cpu_bf16_table(rows):
+    """One row per (threads, H): ours bf16 / ours float32 and ours bf16 / nn.LSTM under bf16
+    autocast [IQR], target and verdict, µs per step; and the CPU's ISA."""
+    cells, isa = defaultdict(dict), set()
+    for r in rows:
+        if r["kind"] == "cpu_bf16":
+            cells[(r["threads"], r["H"])][r["variant"]] = r
+            isa.add(f"{r.get('cpu')}: {r.get('isa')}")
+    if not cells:
+        return None
+    head = ["threads", "H"] + [f"{CPU_BF16_NAMES[p]} (µs/step)" for p in CPU_BF16_TARGETS]
+    body = []
+    for (threads, H), by in sorted(cells.items()):
+        line = [str(threads), str(H)]
+        for peer, target in CPU_BF16_TARGETS.items():
+            r = by.get(peer)
+            if r is None:
+                line.append("-")
+                continue
+            limit = target(H)
+            verdict = "" if limit is None else (
+                f" ≤{limit:g}: {'met' if r['ratio'] <= limit else 'missed'}")
+            line.append(f"{fmt_ratio(r['ratio'], r.get('ratio_q25'), r.get('ratio_q75'))}{verdict} "
+                        f"({fmt_us(r['ours_us_per_step'])} / {fmt_us(r['us_per_step'])})")
+        body.append(line)
+    return "CPU ISA: " + "; ".join(sorted(isa)) + "\n\n" + md_table(head, body)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="*", default=[str(REPO / "results" / "bench.json")])
@@ -492,6 +526,12 @@ def main(argv=None):
         parts += ["", "**CPU per step** (float32, B=32, I=H, 64-step chunks, forward + backward; "
                   "ratio = ours / peer, ratio of medians of interleaved runs [IQR]; target and "
                   "verdict; ours / peer µs per step)", "", cpu_step]
+    cpu_bf16 = cpu_bf16_table(rows)
+    if cpu_bf16:
+        parts += ["", "**CPU bfloat16 per step** (B=32, I=H, 64-step chunks, BPTT(k,k), forward + "
+                  "backward; ours bf16 module against ours float32 and nn.LSTM under "
+                  "torch.autocast(\"cpu\", bfloat16); ratio of medians of interleaved runs [IQR]; "
+                  "target and verdict; ours / peer µs per step)", "", cpu_bf16]
     parts += ["", "**Time per timestep, forward + backward over the stream (median ± half "
               "IQR, µs); ratio = ours / peer, ratio of medians of interleaved runs "
               "[IQR of per-round ratios]; < 1 means ours is faster**", ""]

@@ -10,6 +10,11 @@ float32, B = 32, I = H, H in {128, 256, 512, 1024}, forward + backward of 64-ste
 Each ratio is ours / peer, a ratio of medians of interleaved runs (test_bench_speed's method),
 torch's threads set to 1 or 2 for the case (torch.set_num_threads, restored after). The
 summary prints them as one table against the targets (bench/summary.py, cpu_step_table).
+
+bfloat16 (issue 19; test_cpu_bf16_step): ours with a bf16 module against ours float32 and
+against nn.LSTM under torch.autocast("cpu", dtype=torch.bfloat16), BPTT(k,k) as above, H in
+{128, 256, 512, 1024}, 1 and 2 threads (bench/cpu_bf16_step.py's workload; the CPU's ISA is
+in the row and the summary's header: bench/summary.py, cpu_bf16_table).
 """
 from __future__ import annotations
 
@@ -59,3 +64,50 @@ def test_cpu_step(benchmark, cpu_step_row, bench_full, request):
         torch.set_num_threads(before)
     benchmark.extra_info.update(threads=threads, table_schedule=schedule,
                                 case=f"{case.id}-t{threads}")
+
+
+def cpu_bf16_cases():
+    return [(H, threads, peer) for threads in (1, 2) for H in (128, 256, 512, 1024)
+            for peer in ("ours_f32", "nn_autocast")]
+
+
+@pytest.mark.parametrize("bf16_row", cpu_bf16_cases(),
+                         ids=[f"cpu-bf16-H{H}-t{t}-{peer}" for H, t, peer in cpu_bf16_cases()])
+def test_cpu_bf16_step(benchmark, bf16_row, bench_full, request):
+    from conftest import _devices
+    if "cpu" not in _devices(request.config):
+        pytest.skip("cpu case: not selected by --bench-device/BENCH_DEVICE")
+    if bl.ours_class() is None:
+        pytest.skip(f"tbptt_cuda not importable: {bl.ours_error()}")
+    import cpu_bf16_step as cb
+    from test_bench_speed import _rounds
+    H, threads, peer_name = bf16_row
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        work = cb.Work(H, B=BATCH, L=CHUNK, chunks=4)
+        ours, peer = cb.runner("ours_bf16", work), cb.runner(peer_name, work)
+        timer = bl.StreamTimer("cpu")
+        t_pair = 0.0
+        for r in (ours, peer):  # warm-up (packs, oneDNN primitives), and the cost of a pair
+            r()
+            t_pair += timer(r)
+        rounds = _rounds(t_pair, bench_full, "cpu", 5)
+        ours_t, peer_t = [], []
+        benchmark.group = f"cpu-bf16-H{H}-t{threads}"
+        benchmark.pedantic(lambda: peer_t.append(timer(peer)),
+                           setup=lambda: ours_t.append(timer(ours)), rounds=rounds,
+                           iterations=1, warmup_rounds=0)
+    finally:
+        torch.set_num_threads(before)
+    steps = work.chunks * work.L
+    om, oq1, oq3 = (v / steps * 1e6 for v in bl.quantiles(ours_t))
+    pm, pq1, pq3 = (v / steps * 1e6 for v in bl.quantiles(peer_t))
+    _, q1, q3 = bl.quantiles([a / b for a, b in zip(ours_t, peer_t)])
+    model, isa = cb.cpu_isa()
+    benchmark.extra_info.update(
+        kind="cpu_bf16", case=f"cpu-bf16-H{H}-t{threads}", variant=peer_name, H=H, B=BATCH,
+        threads=threads, rounds=rounds, device="cpu", dtype="bf16", k1=CHUNK, k2=CHUNK,
+        n=steps, cpu=model, isa=" ".join(isa), ours_us_per_step=om, us_per_step=pm,
+        ratio=om / pm, ratio_q25=q1, ratio_q75=q3,
+        fused_reason=__import__("tbptt_cuda")._backend.cpu_fused_reason("bfloat16"))

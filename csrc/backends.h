@@ -39,15 +39,19 @@ std::string gemm_library(at::ScalarType dtype);
 // rest of the CPU backend falls back to the per-step loop where they decline. nullptr where
 // this build has no brgemm.
 const PersistentBackend* fused_layers();
-// "auto" (fused where available and float32) or "stepwise" (never); TBPTT_CPU_PATH.
+// "auto" (fused where available, float32 and bfloat16) or "stepwise" (never); TBPTT_CPU_PATH.
 void set_cpu_path(const std::string& name);
 std::string cpu_path();
-// Whether the fused layers would run now for float32 (brgemm present, oneDNN enabled, AVX2);
-// else why not.
-std::string fused_unavailable_reason();
-// Units [unit_begin, unit_end) of every row of one step, float32 (lstm_cpu.cpp's vector loop).
+// Whether the fused layers would run now for this storage type (float32: brgemm present,
+// oneDNN enabled, AVX2; bfloat16: also AVX512-BF16 or AMX-BF16 and the VNNI layout check;
+// float16 and float64: never); else why not.
+std::string fused_unavailable_reason(at::ScalarType storage = at::kFloat);
+// Units [unit_begin, unit_end) of every row of one step, float32 or bfloat16 storage
+// (lstm_cpu.cpp's vector loop).
 void forward_units_float(const ForwardStepParams& p, int64_t unit_begin, int64_t unit_end);
 void backward_units_float(const BackwardStepParams& p, int64_t unit_begin, int64_t unit_end);
+void forward_units_bf16(const ForwardStepParams& p, int64_t unit_begin, int64_t unit_end);
+void backward_units_bf16(const BackwardStepParams& p, int64_t unit_begin, int64_t unit_end);
 // Threads that ran the tasks of one at::parallel_for over `tasks` tasks of grain 1, and the
 // size of the fused layers' OpenMP team: the OpenMP build's test hooks.
 int64_t parallel_for_threads(int64_t tasks);

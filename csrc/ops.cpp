@@ -115,8 +115,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_path", &tbptt::cpu::set_cpu_path,
         "CPU float32 layers: 'auto' (fused, where brgemm and oneDNN are available) or 'stepwise'.");
   m.def("cpu_path", &tbptt::cpu::cpu_path);
-  m.def("cpu_fused_unavailable_reason", &tbptt::cpu::fused_unavailable_reason,
-        "Why the fused CPU layers would not run now ('' : they would).");
+  m.def("cpu_fused_unavailable_reason", [](const std::string& dtype) {
+        const std::map<std::string, at::ScalarType> types = {{"float32", at::kFloat},
+            {"float64", at::kDouble}, {"bfloat16", at::kBFloat16}, {"float16", at::kHalf}};
+        TORCH_CHECK_VALUE(types.count(dtype), "tbptt: dtype must be float32, float64, bfloat16 or float16");
+        return tbptt::cpu::fused_unavailable_reason(types.at(dtype));
+      }, pybind11::arg("dtype") = "float32",
+        "Why the fused CPU layers would not run now for that dtype ('' : they would).");
   m.def("cpu_fused_compiled", [] { return tbptt::cpu::fused_layers() != nullptr; });
   m.def("cpu_parallel_for_threads", &tbptt::cpu::parallel_for_threads,
         "Threads that ran an at::parallel_for of this many tasks (the OpenMP build's check).");

@@ -146,18 +146,21 @@ def cpu_path():
 
 
 def set_cpu_path(name):
-    """'auto' (default): float32 layers run fused (csrc/cpu/fused_cpu.cpp) where torch has
+    """'auto' (default): float32 and bfloat16 layers run fused (csrc/cpu/fused_cpu.cpp) where torch has
     brgemm and oneDNN is enabled; 'stepwise': a GEMM and a pointwise pass per step, for
     comparison. Also settable with TBPTT_CPU_PATH before the first use."""
     load().set_cpu_path(name)
 
 
-def cpu_fused_reason():
-    """'' where the fused CPU layers run for float32 now, else why not."""
+def cpu_fused_reason(dtype="float32"):
+    """'' where the fused CPU layers run for `dtype` now ("float32", "bfloat16"; a torch.dtype
+    is accepted too), else why not (float16 and float64 always name the path they take)."""
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).replace("torch.", "")
     module = load()
     if not module.cpu_fused_compiled():
         return "this build has no cpublas::brgemm, OpenMP or x86-64"
-    return module.cpu_fused_unavailable_reason()
+    return module.cpu_fused_unavailable_reason(dtype)
 
 
 def cuda_binaries():

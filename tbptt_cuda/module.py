@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _backend
 from .artbp import ARTBP
 from .function import ChunkPlan, TruncatedLSTMFunction
 from .history import MODES, History
@@ -61,6 +60,16 @@ def _restore_state(h, c, history, step, window=None):
 
 
 torch.serialization.add_safe_globals([_restore_state])
+
+
+def _cpu_autocast_dtype(param):
+    """The dtype a float32 module on the CPU runs in under torch.autocast("cpu", dtype=...)
+    (bfloat16 or float16), or None (no CPU autocast, or parameters not float32)."""
+    if param.device.type != "cpu" or param.dtype != torch.float32 \
+            or not torch.is_autocast_enabled("cpu"):
+        return None
+    dtype = torch.get_autocast_dtype("cpu")
+    return dtype if dtype in (torch.bfloat16, torch.float16) else None
 
 
 def _positive_int(name, value):
@@ -311,17 +320,23 @@ class TruncatedLSTM(nn.Module):
             raise ValueError("TruncatedLSTM: input has no timesteps (L = 0); a chunk needs L >= 1")
         if B == 0:
             raise ValueError("TruncatedLSTM: input has batch size 0")
-        if input.dtype != param.dtype and torch.is_autocast_enabled(input.device.type):
-            x = x.to(param.dtype)  # under autocast the LSTM runs in its parameters' dtype
+        cast = _cpu_autocast_dtype(param)
+        if cast is not None:
+            # torch.autocast("cpu", dtype=bfloat16/float16) on a float32 module: the chunk runs
+            # in that dtype on copies of the parameters (the casts are part of the graph, so
+            # their float32 gradients reach the parameters), as nn.LSTM does under autocast.
+            weights = [w.to(cast) for w in weights]
+            param = weights[0]
+            x = x.to(cast)
+            if state is not None and not isinstance(state, LSTMState) \
+                    and isinstance(state, (tuple, list)) and len(state) == 2:
+                state = tuple(t.to(cast) if isinstance(t, torch.Tensor) and t.dtype == torch.float32
+                              else t for t in state)
+        elif input.dtype != param.dtype and torch.is_autocast_enabled(input.device.type):
+            x = x.to(param.dtype)  # under CUDA autocast the LSTM runs in its parameters' dtype
         if x.dtype != param.dtype:
             raise TypeError(f"TruncatedLSTM: input dtype {input.dtype} does not match the "
                             f"parameters' {param.dtype} (convert one with .to())")
-        if param.device.type == "cpu" and param.dtype not in (torch.float32, torch.float64) \
-                and not (param.dtype in (torch.float16, torch.bfloat16)
-                         and _backend.emulation_active()):
-            raise TypeError(f"TruncatedLSTM: on the CPU the dtype must be float32 or float64, "
-                            f"got {param.dtype} (float16/bfloat16 run on CUDA, or on CPU "
-                            "tensors under tbptt_cuda.emulate_cuda())")
         if input.device != param.device:
             raise ValueError(f"TruncatedLSTM: input is on {input.device}, the parameters on "
                              f"{param.device}; move one with .to()")

@@ -117,14 +117,14 @@ def test_device_mismatch_meta(lstm):
         lstm(torch.randn(4, 2, 3, device="meta"))
 
 
-def test_cpu_half_refused_with_reason():
+def test_cpu_half_runs_in_its_dtype():  # issue 19: bfloat16/float16 on the CPU (test_cpu_bf16.py)
     lstm = TruncatedLSTM(3, 4, dtype=torch.bfloat16)
-    with pytest.raises(TypeError, match="on the CPU the dtype must be float32 or float64"):
-        lstm(torch.randn(2, 2, 3, dtype=torch.bfloat16))
+    out, _ = lstm(torch.randn(2, 2, 3, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
 
 
-def test_autocast_input_runs_in_parameter_dtype():
+def test_cpu_autocast_runs_a_float32_module_in_the_autocast_dtype():
     lstm = TruncatedLSTM(3, 4, k2=5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, _ = lstm(torch.randn(2, 2, 3, dtype=torch.bfloat16))
-    assert out.dtype == torch.float32
+    assert out.dtype == torch.bfloat16 and lstm.weight_hh_l0.dtype == torch.float32

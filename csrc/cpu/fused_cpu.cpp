@@ -11,10 +11,20 @@
 // columns, then the element pass. Barrier: h_t of every unit is in the other exchange slot.
 // Backward, per step: the element pass on own units (dG_t into the window buffer), barrier,
 // then dL/dh_{t-1}[:, own] = dG_t [B, G] @ W_hh[:, own] (K-blocked, W_hh with padded rows).
+//
+// bfloat16 (storage T = bf16, acc = float: the numerics of the CUDA 16-bit paths): the same
+// schedule with bf16 operands (h_{t-1}, dG_t) and a bf16 W_hh packed per unit block in the
+// VNNI layout oneDNN's bf16 brgemm reads (pairs of consecutive K rows interleaved: element
+// (k, n) of a block's panel at (k / 2) * 2 ld + 2 n + k % 2), products accumulated in float32
+// (AMX or AVX512-BF16), then rounded to bf16 where the stepwise path's GEMM output would be
+// (gates_h, dL/dh_{t-1}); gate math and the cell state in float32 (lstm_math.h, acc_t =
+// float); the ring holds bf16 gates, h and x and a float32 c. No K blocking (one kernel per
+// shape: on AMX every change of kernel reloads the tile configuration); K = H must be even.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
+#include <c10/util/BFloat16.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -28,6 +38,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "backends.h"
@@ -37,6 +48,11 @@
 #define TBPTT_FUSED_CPU 1
 #else
 #define TBPTT_FUSED_CPU 0
+#endif
+#if TBPTT_FUSED_CPU && defined(CPUBLAS_BRGEMM_BF16BF16F32)
+#define TBPTT_FUSED_CPU_BF16 1
+#else
+#define TBPTT_FUSED_CPU_BF16 0
 #endif
 
 namespace tbptt {
@@ -54,6 +70,10 @@ constexpr double kMinFlopsPerThread = 1.0e6;
 // path and the stepwise path's threaded element pass wins: at H = 1024, B = 32, 64-step chunks,
 // fused / stepwise = 1.02 on 2 threads and 1.11 on 1 (notes/cpu_fastpath.md).
 constexpr int64_t kMaxFusedHidden = 512;
+// bfloat16: W_hh is half the bytes and the products run on AMX / AVX512-BF16; fused / stepwise
+// per step (bf16, B = 32, 64-step chunks, one thread, notes/cpu_fastpath.md) was 0.90, 0.82, 0.81
+// and 0.85 at H = 256, 512, 768 and 1024. Not measured above.
+constexpr int64_t kMaxFusedHiddenBf16 = 1024;
 
 std::atomic<bool> fused_enabled{true};
 
@@ -94,7 +114,10 @@ bool profiling_on() { return profiling.load(std::memory_order_relaxed); }
 // Forward: [H, 4H + pad] = W_hh^T with each unit block's gates interleaved (column
 // blk * 4U + g * Ub + u is W_hh row g * H + blk * U + u; Ub the block's units).
 // Backward: [G, H + pad] = W_hh with padded rows.
-enum class PackKind { kForward, kBackward };
+// bfloat16 (VNNI, see the top): forward, per unit block, the panel [H, 4U] of its interleaved
+// gate columns (ld 4U, kUnitBlock units a block whatever the block's own count); backward, per
+// unit block, the panel [G, U] = W_hh[:, block] (ld U).
+enum class PackKind { kForward, kBackward, kForwardVnni, kBackwardVnni };
 
 // Identifies a weight's contents: the tensor (weakly held: a freed one never matches), its data
 // pointer and version counter (bumped by in-place updates, an optimizer's included), and a
@@ -105,16 +128,19 @@ struct WeightKey {
   c10::weak_intrusive_ptr<c10::TensorImpl> tensor{c10::intrusive_ptr<c10::TensorImpl>()};
   const void* data = nullptr;
   int64_t version = -1;
-  std::vector<float> sample;
+  std::vector<char> sample;  // the sampled values' bytes (float32 or bfloat16)
 
   static WeightKey of(const at::Tensor& w) {
     WeightKey key;
     key.tensor = c10::weak_intrusive_ptr<c10::TensorImpl>(w.getIntrusivePtr());
     key.data = w.data_ptr();
     key.version = w._version();
-    const float* values = w.data_ptr<float>();
+    const char* values = static_cast<const char*>(w.data_ptr());
+    const int64_t size = w.element_size();
     const int64_t n = w.numel(), stride = std::max<int64_t>(1, n / kFingerprintValues);
-    for (int64_t i = 0; i < n; i += stride) key.sample.push_back(values[i]);
+    for (int64_t i = 0; i < n; i += stride) {
+      key.sample.insert(key.sample.end(), values + i * size, values + (i + 1) * size);
+    }
     return key;
   }
   bool matches(const at::Tensor& w) const {
@@ -123,11 +149,13 @@ struct WeightKey {
         version != w._version()) {
       return false;
     }
-    const float* values = w.data_ptr<float>();
+    const char* values = static_cast<const char*>(w.data_ptr());
+    const int64_t size = w.element_size();
     const int64_t n = w.numel(), stride = std::max<int64_t>(1, n / kFingerprintValues);
+    if (static_cast<int64_t>(sample.size()) != (n + stride - 1) / stride * size) return false;
     size_t j = 0;
-    for (int64_t i = 0; i < n; i += stride, ++j) {
-      if (std::memcmp(&values[i], &sample[j], sizeof(float)) != 0) return false;
+    for (int64_t i = 0; i < n; i += stride, j += size) {
+      if (std::memcmp(values + i * size, &sample[j], size) != 0) return false;
     }
     return true;
   }
@@ -144,7 +172,44 @@ std::list<PackEntry> pack_cache;  // most recent first
 constexpr size_t kPackCacheEntries = 8;
 std::atomic<int64_t> packs_made{0};
 
+// Element (k, n) of a VNNI panel with leading dimension ld (in columns; K even).
+inline int64_t vnni_index(int64_t k, int64_t n, int64_t ld) { return (k / 2) * 2 * ld + 2 * n + (k & 1); }
+
+at::Tensor make_vnni_pack(const at::Tensor& w, PackKind kind) {
+  const int64_t G = w.size(0), H = w.size(1);
+  const uint16_t* src = static_cast<const uint16_t*>(w.data_ptr());  // [G, H] bf16 bits
+  const int64_t blocks = (H + kUnitBlock - 1) / kUnitBlock;
+  if (kind == PackKind::kForwardVnni) {
+    const int64_t ld = 4 * kUnitBlock, panel = H * ld;  // [H, 4U] per block
+    at::Tensor packed = at::zeros({blocks * panel}, w.options());
+    uint16_t* dst = static_cast<uint16_t*>(packed.data_ptr());
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t unit0 = blk * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
+      for (int64_t g = 0; g < 4; ++g) {
+        for (int64_t u = 0; u < units; ++u) {
+          const uint16_t* row = src + (g * H + unit0 + u) * H;
+          uint16_t* out = dst + blk * panel;
+          for (int64_t k = 0; k < H; ++k) out[vnni_index(k, g * units + u, ld)] = row[k];
+        }
+      }
+    }
+    return packed;
+  }
+  const int64_t ld = kUnitBlock, panel = G * ld;  // [G, U] per block
+  at::Tensor packed = at::zeros({blocks * panel}, w.options());
+  uint16_t* dst = static_cast<uint16_t*>(packed.data_ptr());
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t unit0 = blk * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
+    uint16_t* out = dst + blk * panel;
+    for (int64_t k = 0; k < G; ++k) {
+      for (int64_t u = 0; u < units; ++u) out[vnni_index(k, u, ld)] = src[k * H + unit0 + u];
+    }
+  }
+  return packed;
+}
+
 at::Tensor make_pack(const at::Tensor& w, PackKind kind) {
+  if (kind == PackKind::kForwardVnni || kind == PackKind::kBackwardVnni) return make_vnni_pack(w, kind);
   const int64_t G = w.size(0), H = w.size(1);
   if (kind == PackKind::kBackward) {
     at::Tensor packed = at::zeros({G, H + kLeadPad}, w.options());
@@ -237,134 +302,264 @@ void product(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const
 #endif
 }
 
+// C [M, N] = A [M, K] @ B [K, N] in float32, A bf16 row-major, B a bf16 VNNI panel (K even).
+void product(int64_t M, int64_t N, int64_t K, const c10::BFloat16* A, int64_t lda,
+             const c10::BFloat16* B, int64_t ldb, float* C, int64_t ldc) {
+#if TBPTT_FUSED_CPU_BF16
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, false, A, B, C, /*is_vnni=*/true);
+#endif
+}
+
+// What the float32 results of the products become in storage type T.
+inline void store(float* dst, const float* src, int64_t n) { std::memcpy(dst, src, sizeof(float) * n); }
+// float32 -> bfloat16, rounded to nearest even (c10::BFloat16's rounding, NaN kept a NaN),
+// with integer operations only so that the loop vectorises (this file is built with fast math).
+inline void store(c10::BFloat16* dst, const float* src, int64_t n) {
+  const uint32_t* in = reinterpret_cast<const uint32_t*>(src);
+  uint16_t* out = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = in[i];
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    out[i] = static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+  }
+}
+
+// On AMX the tile configuration a thread's brgemm calls loaded is released when its team ends.
+inline void release_products(bool bf16) {
+#if TBPTT_FUSED_CPU_BF16
+  if (bf16) at::native::cpublas::brgemm_release(/*is_vnni=*/true);
+#else
+  (void)bf16;
+#endif
+}
+
+inline void forward_units(const ForwardStepParams& p, int64_t begin, int64_t end, float*) {
+  forward_units_float(p, begin, end);
+}
+inline void forward_units(const ForwardStepParams& p, int64_t begin, int64_t end, c10::BFloat16*) {
+  forward_units_bf16(p, begin, end);
+}
+inline void backward_units(const BackwardStepParams& p, int64_t begin, int64_t end, float*) {
+  backward_units_float(p, begin, end);
+}
+inline void backward_units(const BackwardStepParams& p, int64_t begin, int64_t end, c10::BFloat16*) {
+  backward_units_bf16(p, begin, end);
+}
+
 // ---- forward and backward of one layer ---------------------------------------------------
 
-bool forward_layer(PersistentForwardParams& p, at::ScalarType storage, const at::Tensor& w_hh) {
+template <typename T>
+bool forward_layer_t(PersistentForwardParams& p, const at::Tensor& w_hh) {
+  constexpr bool kBf16 = !std::is_same<T, float>::value;
   const int64_t H = p.hidden, B = p.batch, G = 4 * H;
   const bool timed = profiling_on();
   PhaseClock layer_clock(timed), pack_clock(timed);
-  const at::Tensor packed = packed_weight(w_hh, PackKind::kForward);  // [H, G + pad]
+  const at::Tensor packed =  // float32: [H, G + pad]; bf16: a [H, 4U] VNNI panel per block
+      packed_weight(w_hh, kBf16 ? PackKind::kForwardVnni : PackKind::kForward);
   pack_clock.lap(kPack);
-  const float* wp = packed.data_ptr<float>();
-  const int64_t ldw = G + kLeadPad;
+  const T* wp = static_cast<const T*>(packed.data_ptr());
+  const int64_t ldw = kBf16 ? 4 * kUnitBlock : G + kLeadPad;
   const int64_t threads = team_size(H, B);
-  float* gates_h = static_cast<float*>(p.gates_h);  // [B, G]
+  T* gates_h = static_cast<T*>(p.gates_h);  // [B, G]
   run_team(threads, [&](int64_t t, int64_t n) {
     int64_t first = 0, last = 0;
     own_blocks(H, t, n, &first, &last);
     PhaseClock clock(timed && t == 0);
     std::vector<float> tile(static_cast<size_t>(B * 4 * kUnitBlock));  // [B, 4U]
     for (int64_t s = 0; s < p.steps; ++s) {
-      const float* h_prev = static_cast<const float*>(p.hidden_exchange) + (s & 1) * B * H;
+      const T* h_prev = static_cast<const T*>(p.hidden_exchange) + (s & 1) * B * H;
       ForwardStepParams step;
       step.batch = B;
       step.hidden = H;
-      step.gates_x = static_cast<const float*>(p.gates_x) + s * B * G;
+      step.gates_x = static_cast<const T*>(p.gates_x) + s * B * G;
       step.gates_h = gates_h;
       step.cell = p.cell;
       step.hidden_prev = h_prev;
-      step.hidden_next = static_cast<float*>(p.hidden_exchange) + ((s + 1) & 1) * B * H;
-      step.out = static_cast<float*>(p.out) + s * B * H;
-      set_record_targets(step, p.record, s, sizeof(float), sizeof(float), p.scratch_gates,
+      step.hidden_next = static_cast<T*>(p.hidden_exchange) + ((s + 1) & 1) * B * H;
+      step.out = static_cast<T*>(p.out) + s * B * H;
+      set_record_targets(step, p.record, s, sizeof(T), sizeof(float), p.scratch_gates,
                          p.scratch_cell, p.scratch_hidden);
       step.flags = p.flags != nullptr ? p.flags + s * B : p.no_flags;
       step.flags_next = (p.flags != nullptr && s + 1 < p.steps) ? p.flags + (s + 1) * B : p.no_flags;
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
-        product(B, 4 * units, H, h_prev, H, wp + 4 * unit0, ldw, tile.data(), 4 * units);
+        if constexpr (kBf16) {
+          product(B, 4 * units, H, h_prev, H, wp + block * H * ldw, ldw, tile.data(), 4 * units);
+        } else {
+          product(B, 4 * units, H, h_prev, H, wp + 4 * unit0, ldw, tile.data(), 4 * units);
+        }
         clock.lap(kProduct);
         for (int64_t b = 0; b < B; ++b) {  // interleaved gates -> gates_h's gate-major columns
           for (int64_t g = 0; g < 4; ++g) {
-            std::memcpy(gates_h + b * G + g * H + unit0, tile.data() + b * 4 * units + g * units,
-                        sizeof(float) * units);
+            store(gates_h + b * G + g * H + unit0, tile.data() + b * 4 * units + g * units, units);
           }
         }
-        forward_units_float(step, unit0, unit0 + units);
+        forward_units(step, unit0, unit0 + units, static_cast<T*>(nullptr));
         clock.lap(kElement);
       }
       team_barrier(n);  // h_t of every unit written; slot s & 1 free again
       clock.lap(kBarrier);
     }
+    release_products(kBf16);
   });
   layer_clock.lap(kForwardLayer);
-  (void)storage;
   return true;
 }
 
-bool backward_layer(PersistentBackwardParams& p, at::ScalarType storage, const at::Tensor& w_hh) {
+template <typename T>
+bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
+  constexpr bool kBf16 = !std::is_same<T, float>::value;
   const int64_t H = p.hidden, B = p.batch, G = 4 * H, W = p.steps;
   const bool timed = profiling_on();
   PhaseClock layer_clock(timed), pack_clock(timed);
-  const at::Tensor packed = packed_weight(w_hh, PackKind::kBackward);  // [G, H + pad]
+  const at::Tensor packed =  // float32: [G, H + pad]; bf16: a [G, U] VNNI panel per block
+      packed_weight(w_hh, kBf16 ? PackKind::kBackwardVnni : PackKind::kBackward);
   pack_clock.lap(kPack);
-  const float* wp = packed.data_ptr<float>();
-  const int64_t ldw = H + kLeadPad;
+  const T* wp = static_cast<const T*>(packed.data_ptr());
+  const int64_t ldw = kBf16 ? kUnitBlock : H + kLeadPad;
   const int64_t threads = team_size(H, B);
-  float* grad_hidden = static_cast<float*>(p.grad_hidden);  // [B, H]
+  T* grad_hidden = static_cast<T*>(p.grad_hidden);  // [B, H]
   run_team(threads, [&](int64_t t, int64_t n) {
     int64_t first = 0, last = 0;
     own_blocks(H, t, n, &first, &last);
     PhaseClock clock(timed && t == 0);
+    std::vector<float> tile(kBf16 ? static_cast<size_t>(B * kUnitBlock) : 0);  // [B, U]
     for (int64_t j = W - 1; j >= 0; --j) {
       BackwardStepParams step;
       step.batch = B;
       step.hidden = H;
-      set_backward_sources(step, p.source, j, sizeof(float), sizeof(float));
+      set_backward_sources(step, p.source, j, sizeof(T), sizeof(float));
       step.flags = p.flags + j * B;
       step.flags_after = j < W - 1 ? p.flags + (j + 1) * B : p.no_flags;
       step.carry_scale = p.carry_scales != nullptr ? p.carry_scales[j] : 1.0;
       step.grad_out = j >= p.grad_out_first
-                          ? static_cast<const float*>(p.grad_out) + (j - p.grad_out_first) * B * H
-                          : static_cast<const float*>(p.no_grad_out);
+                          ? static_cast<const T*>(p.grad_out) + (j - p.grad_out_first) * B * H
+                          : static_cast<const T*>(p.no_grad_out);
       step.grad_hidden_next = j == W - 1 ? p.grad_h_n : grad_hidden;
       step.grad_hidden_held = p.grad_held;
       step.grad_cell = p.grad_cell;
-      step.grad_gates = static_cast<float*>(p.grad_gates) + j * B * G;
-      step.hidden_prev_seen = static_cast<float*>(p.hidden_prev_seen) + j * B * H;
+      step.grad_gates = static_cast<T*>(p.grad_gates) + j * B * G;
+      step.hidden_prev_seen = static_cast<T*>(p.hidden_prev_seen) + j * B * H;
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
-        backward_units_float(step, unit0, unit0 + units);
+        backward_units(step, unit0, unit0 + units, static_cast<T*>(nullptr));
       }
       clock.lap(kElement);
       team_barrier(n);  // dG_t of every unit written
       clock.lap(kBarrier);
       // dL/dh_{t-1}[:, own] = dG_t @ W_hh[:, own]: read by this thread's next element pass only
-      const float* dg = static_cast<const float*>(step.grad_gates);
+      const T* dg = static_cast<const T*>(step.grad_gates);
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
-        product(B, units, G, dg, G, wp + unit0, ldw, grad_hidden + unit0, H);
+        if constexpr (kBf16) {
+          product(B, units, G, dg, G, wp + block * G * ldw, ldw, tile.data(), units);
+          for (int64_t b = 0; b < B; ++b) {
+            store(grad_hidden + b * H + unit0, tile.data() + b * units, units);
+          }
+        } else {
+          product(B, units, G, dg, G, wp + unit0, ldw, grad_hidden + unit0, H);
+        }
       }
       clock.lap(kProduct);
       // No barrier: the next step's element pass on these units reads only what this thread
       // wrote, and the dG row it writes is not the one the others may still be reading.
     }
+    release_products(kBf16);
   });
   layer_clock.lap(kBackwardLayer);
-  (void)storage;
   return true;
+}
+
+bool forward_layer(PersistentForwardParams& p, at::ScalarType storage, const at::Tensor& w_hh) {
+  if (storage == at::kBFloat16) return forward_layer_t<c10::BFloat16>(p, w_hh);
+  return forward_layer_t<float>(p, w_hh);
+}
+
+bool backward_layer(PersistentBackwardParams& p, at::ScalarType storage, const at::Tensor& w_hh) {
+  if (storage == at::kBFloat16) return backward_layer_t<c10::BFloat16>(p, w_hh);
+  return backward_layer_t<float>(p, w_hh);
 }
 
 std::atomic<bool>& path_flag() { return fused_enabled; }
 
+// Whether oneDNN's bf16 brgemm, given a panel in the VNNI layout packed here, returns the
+// product on this CPU: a small exact case, once per process ("" where it does). Guards the
+// layout assumption on CPUs these tests never ran on (AVX512-BF16 without AMX).
+std::string bf16_layout_check() {
+#if TBPTT_FUSED_CPU_BF16
+  static const std::string result = [] {
+    constexpr int64_t M = 3, N = 16, K = 6;
+    std::vector<c10::BFloat16> a(M * K), b(K * N);  // B as a VNNI panel, ld N
+    std::vector<float> c(M * N, -1.0f);
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t k = 0; k < K; ++k) a[m * K + k] = c10::BFloat16(float((m + 2 * k) % 5 - 2));
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t n = 0; n < N; ++n) b[vnni_index(k, n, N)] = c10::BFloat16(float((3 * k + n) % 7 - 3));
+    }
+    try {
+      product(M, N, K, a.data(), K, b.data(), N, c.data(), N);
+      release_products(true);
+    } catch (const std::exception& e) {
+      return std::string("oneDNN's bf16 brgemm failed on this CPU: ") + e.what();
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < N; ++n) {
+        float want = 0;
+        for (int64_t k = 0; k < K; ++k) want += float((m + 2 * k) % 5 - 2) * float((3 * k + n) % 7 - 3);
+        if (c[m * N + n] != want) {
+          return std::string("oneDNN's bf16 brgemm did not compute the VNNI layout's product on this CPU");
+        }
+      }
+    }
+    return std::string();
+  }();
+  return result;
+#else
+  return "this build's torch has no bf16 brgemm";
+#endif
+}
+
 bool takes(int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
   (void)batch;
   (void)steps;
-  return storage == at::kFloat && hidden <= kMaxFusedHidden && path_flag().load() &&
-         fused_unavailable_reason().empty();
+  if (!path_flag().load()) return false;
+  if (storage == at::kFloat) {
+    return hidden <= kMaxFusedHidden && fused_unavailable_reason(at::kFloat).empty();
+  }
+  if (storage == at::kBFloat16) {
+    return hidden % 2 == 0 && hidden <= kMaxFusedHiddenBf16 &&
+           fused_unavailable_reason(at::kBFloat16).empty();
+  }
+  return false;
 }
 
 }  // namespace
 
-std::string fused_unavailable_reason() {
+std::string fused_unavailable_reason(at::ScalarType storage) {
 #if !TBPTT_FUSED_CPU
+  (void)storage;
   return "this build has no cpublas::brgemm, OpenMP or x86-64";
 #else
+  if (storage != at::kFloat && storage != at::kBFloat16) {
+    return storage == at::kHalf
+               ? "float16 runs the stepwise CPU path: oneDNN's float16 brgemm needs AMX-FP16 for the "
+                 "packed layout (without it the VNNI panel gives wrong products)"
+               : "the fused CPU layers take float32 and bfloat16 only";
+  }
   if (!at::hasMKLDNN()) return "torch was built without oneDNN";
   if (!at::globalContext().userEnabledMkldnn()) {
     return "torch.backends.mkldnn.enabled is False (brgemm would quietly fall back to one "
            "slow GEMM per call)";
   }
   if (!__builtin_cpu_supports("avx2")) return "the CPU lacks AVX2 (brgemm's micro-kernel needs it)";
+  if (storage == at::kBFloat16) {
+    if (!__builtin_cpu_supports("avx512bf16") && !__builtin_cpu_supports("amx-bf16")) {
+      return "the CPU has neither AVX512-BF16 nor AMX-BF16 (bfloat16 runs the stepwise path)";
+    }
+    return bf16_layout_check();
+  }
   return "";
 #endif
 }

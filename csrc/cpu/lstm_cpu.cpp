@@ -3,10 +3,13 @@
 // fused_cpu.cpp where it is available.
 // Rows are split across threads with at::parallel_for; within a row the units are contiguous
 // and the loop is written for the compiler to vectorise (this file is built with fast math so
-// that exp/tanh use glibc's vector variants), once per x86 level. float32 and float64.
+// that exp/tanh use glibc's vector variants), once per x86 level. float32 and float64; bfloat16
+// and float16 storage with float32 gate math and cell state (acc_t = float, as on CUDA).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 
 #include "backends.h"
 #include "tbptt/lstm_math.h"
@@ -17,6 +20,31 @@ namespace {
 
 // Elements per task: a fork-join costs microseconds, so small steps stay on one thread.
 constexpr int64_t kGrainElements = 16384;
+
+// The 16-bit storage types of the element loops. c10::BFloat16 / c10::Half would do, but their
+// namespace's own convert() makes lstm_math.h's unqualified convert<> calls ambiguous (ADL), and
+// these are written for the vectoriser: bfloat16 rounds to nearest even with integer operations
+// only (this file is built with fast math, which would drop a float NaN test; a NaN stays a
+// NaN), float16 is GCC's _Float16 (F16C conversions in the x86-64-v3/v4 clones). Both have the
+// bit layout of torch's tensors.
+struct Bf16 {
+  uint16_t bits;
+  Bf16() = default;
+  TBPTT_HD Bf16(float value) {  // NOLINT: implicit, as the storage <-> acc conversion expects
+    uint32_t u;
+    std::memcpy(&u, &value, sizeof u);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    bits = static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+  }
+  TBPTT_HD operator float() const {
+    const uint32_t u = static_cast<uint32_t>(bits) << 16;
+    float value;
+    std::memcpy(&value, &u, sizeof value);
+    return value;
+  }
+};
+static_assert(sizeof(Bf16) == 2, "bfloat16 storage is 2 bytes");
+using Fp16 = _Float16;
 
 // On x86 with GCC the row loops are compiled three times (AVX-512, AVX2, SSE2) and the loader
 // picks the widest the CPU runs, as ATen's CPU_CAPABILITY dispatch does; the wheel's baseline
@@ -44,6 +72,26 @@ TBPTT_CPU_CLONES void forward_rows_float(const ForwardStepParams& p, int64_t b, 
 }
 TBPTT_CPU_CLONES void forward_rows_double(const ForwardStepParams& p, int64_t b, int64_t e) {
   element_rows<ForwardStepParams, forward_step_element<double, double>>(p, b, e);
+}
+TBPTT_CPU_CLONES void forward_rows_bf16(const ForwardStepParams& p, int64_t b, int64_t e) {
+  element_rows<ForwardStepParams, forward_step_element<Bf16, float>>(p, b, e);
+}
+TBPTT_CPU_CLONES void forward_rows_half(const ForwardStepParams& p, int64_t b, int64_t e) {
+  element_rows<ForwardStepParams, forward_step_element<Fp16, float>>(p, b, e);
+}
+TBPTT_CPU_CLONES void backward_rows_bf16(const BackwardStepParams& p, int64_t b, int64_t e) {
+  if (p.gates_are_pre_activations) {
+    element_rows<BackwardStepParams, backward_step_element<Bf16, float, true>>(p, b, e);
+  } else {
+    element_rows<BackwardStepParams, backward_step_element<Bf16, float, false>>(p, b, e);
+  }
+}
+TBPTT_CPU_CLONES void backward_rows_half(const BackwardStepParams& p, int64_t b, int64_t e) {
+  if (p.gates_are_pre_activations) {
+    element_rows<BackwardStepParams, backward_step_element<Fp16, float, true>>(p, b, e);
+  } else {
+    element_rows<BackwardStepParams, backward_step_element<Fp16, float, false>>(p, b, e);
+  }
 }
 TBPTT_CPU_CLONES void backward_rows_float(const BackwardStepParams& p, int64_t b, int64_t e) {
   if (p.gates_are_pre_activations) {
@@ -84,6 +132,19 @@ TBPTT_CPU_CLONES void backward_units_float(const BackwardStepParams& p, int64_t 
   }
 }
 
+TBPTT_CPU_CLONES void forward_units_bf16(const ForwardStepParams& p, int64_t unit_begin,
+                                         int64_t unit_end) {
+  element_units<ForwardStepParams, forward_step_element<Bf16, float>>(p, unit_begin, unit_end);
+}
+TBPTT_CPU_CLONES void backward_units_bf16(const BackwardStepParams& p, int64_t unit_begin,
+                                          int64_t unit_end) {
+  if (p.gates_are_pre_activations) {
+    element_units<BackwardStepParams, backward_step_element<Bf16, float, true>>(p, unit_begin, unit_end);
+  } else {
+    element_units<BackwardStepParams, backward_step_element<Bf16, float, false>>(p, unit_begin, unit_end);
+  }
+}
+
 namespace {
 
 // Splits the rows across threads; `params` is copied into each task so that the compiler
@@ -102,7 +163,11 @@ void forward_step(const ForwardStepParams& params, at::ScalarType storage) {
   switch (storage) {
     case at::kFloat: return for_each_row_block(params, forward_rows_float);
     case at::kDouble: return for_each_row_block(params, forward_rows_double);
-    default: TORCH_CHECK(false, "tbptt: the CPU backend supports float32 and float64, got ", storage);
+    case at::kBFloat16: return for_each_row_block(params, forward_rows_bf16);
+    case at::kHalf: return for_each_row_block(params, forward_rows_half);
+    default:
+      TORCH_CHECK(false, "tbptt: the CPU backend supports float32, float64, bfloat16 and float16, got ",
+                  storage);
   }
 }
 
@@ -110,7 +175,11 @@ void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
   switch (storage) {
     case at::kFloat: return for_each_row_block(params, backward_rows_float);
     case at::kDouble: return for_each_row_block(params, backward_rows_double);
-    default: TORCH_CHECK(false, "tbptt: the CPU backend supports float32 and float64, got ", storage);
+    case at::kBFloat16: return for_each_row_block(params, backward_rows_bf16);
+    case at::kHalf: return for_each_row_block(params, backward_rows_half);
+    default:
+      TORCH_CHECK(false, "tbptt: the CPU backend supports float32, float64, bfloat16 and float16, got ",
+                  storage);
   }
 }
 
