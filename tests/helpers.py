@@ -16,6 +16,20 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def assert_within_low_precision_bar(truth, got, baseline, dtype, check_dtype=False):
+    """The 16-bit contract of every backend (CUDA, emulated, CPU): each tensor of `got` (our
+    records at `dtype`) is at most LOW_PRECISION_RATIO times as far from `truth` (float64) as
+    `baseline` (the plain-PyTorch reference run at `dtype`) is, plus 1e-4; with check_dtype,
+    ours are of `dtype` too. Records as stream_records returns them."""
+    ratio = LOW_PRECISION_RATIO[dtype]
+    for t, g, p in zip(truth, got, baseline):
+        for a, b, c in zip(t, g, p):
+            if check_dtype:
+                assert b.dtype == dtype
+            ours_err, plain_err = rel_err(b, a), rel_err(c, a)
+            assert ours_err <= ratio * plain_err + 1e-4, (ours_err, plain_err)
+
+
 def make_stream(chunk_lengths, batch, input_size, dtype, device, reset_prob=0.0, seed=0):
     """Chunks x [L, B, I] (random, never all-zero) and reset masks [L, B] bool (or None)."""
     gen = torch.Generator().manual_seed(seed)

@@ -12,7 +12,7 @@ import torch
 
 from tbptt_cuda import TruncatedLSTM, _backend
 
-from helpers import LOW_PRECISION_RATIO, make_stream, rel_err, stream_records
+from helpers import assert_within_low_precision_bar, make_stream, rel_err, stream_records
 
 BF16_FUSED = _backend.cpu_fused_reason("bfloat16") == ""
 needs_bf16_fused = pytest.mark.skipif(
@@ -66,12 +66,7 @@ def _within_bar(dtype, input_size, hidden, layers=2, batch=8, history="activatio
     else:
         got = stream_records(ours, [c.to(dtype) for c in chunks], resets, k2)
     baseline = stream_records(plain, [c.to(dtype) for c in chunks], resets, k2, reference=True)
-    ratio = LOW_PRECISION_RATIO[dtype]
-    for t, g, p in zip(truth, got, baseline):
-        for a, b, c in zip(t, g, p):
-            ours_err = rel_err(b.double(), a)
-            plain_err = rel_err(c.double(), a)
-            assert ours_err <= ratio * plain_err + 1e-4, (ours_err, plain_err)
+    assert_within_low_precision_bar(truth, got, baseline, dtype)
     return got
 
 

@@ -6,8 +6,8 @@ import torch
 
 from tbptt_cuda import TruncatedLSTM
 
-from helpers import (LOW_PRECISION_RATIO, assert_records_close, make_stream, rel_err, run_both,
-                     stream_records)
+from helpers import (assert_records_close, assert_within_low_precision_bar, make_stream, rel_err,
+                     run_both, stream_records)
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
@@ -44,12 +44,7 @@ def test_low_precision_error_relative_to_pytorch(dtype, H):
     low_chunks = [c.to(dtype) for c in chunks]
     got = stream_records(ours, low_chunks, resets, 16)
     baseline = stream_records(plain, low_chunks, resets, 16, reference=True)
-    ratio = LOW_PRECISION_RATIO[dtype]
-    for t, g, p in zip(truth, got, baseline):
-        for a, b, c in zip(t, g, p):
-            ours_err = rel_err(b.double(), a)
-            plain_err = rel_err(c.double(), a)
-            assert ours_err <= ratio * plain_err + 1e-4, (ours_err, plain_err)
+    assert_within_low_precision_bar(truth, got, baseline, dtype)
 
 
 def test_second_stream_gives_the_same_result():

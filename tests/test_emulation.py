@@ -10,7 +10,7 @@ import tbptt_cuda
 from tbptt_cuda import TruncatedLSTM, emulate_cuda
 from tbptt_cuda import _backend
 
-from helpers import LOW_PRECISION_RATIO, make_stream, rel_err, stream_records
+from helpers import assert_within_low_precision_bar, make_stream, stream_records
 
 pytestmark = pytest.mark.skipif(not tbptt_cuda.build_info()["cuda_emulation"],
                                 reason="built without the emulated kernels")
@@ -102,13 +102,7 @@ def test_sixteen_bit_storage_error_relative_to_pytorch(dtype, H, path):
     else:  # one launch per layer per chunk
         assert stats.launches == {"persistent_forward": 2 * 3, "persistent_backward": 2 * 3}
     baseline = stream_records(plain, low_chunks, resets, 16, reference=True)
-    ratio = LOW_PRECISION_RATIO[dtype]
-    for t, g, p in zip(truth, got, baseline):
-        for a, b, c in zip(t, g, p):
-            assert b.dtype == dtype
-            ours_err = rel_err(b.double(), a)
-            plain_err = rel_err(c.double(), a)
-            assert ours_err <= ratio * plain_err + 1e-4, (ours_err, plain_err)
+    assert_within_low_precision_bar(truth, got, baseline, dtype, check_dtype=True)
 
 
 @pytest.mark.parametrize("bfloat16", [False, True], ids=["float16", "bfloat16"])

@@ -13,8 +13,8 @@ import torch
 import tbptt_cuda
 from tbptt_cuda import ARTBP, TruncatedLSTM, emulate_cuda, emulation
 
-from helpers import (LOW_PRECISION_RATIO, TOLERANCE, assert_records_close, make_stream, rel_err,
-                     run_both, stream_records)
+from helpers import (TOLERANCE, assert_records_close, assert_within_low_precision_bar, make_stream,
+                     rel_err, run_both, stream_records)
 
 pytestmark = [pytest.mark.emulated, pytest.mark.skipif(
     not tbptt_cuda.build_info()["cuda_emulation"], reason="built without the emulated kernels")]
@@ -144,11 +144,7 @@ def test_sixteen_bit_tensor_core_products_against_float64(case, dtype):
     baseline = stream_records(plain, low, resets, K2, reference=True)
     for kernel in ("persistent_forward", "persistent_backward"):  # the mma warp collectives
         assert stats.per_kernel[kernel]["warp_collectives"] > 0
-    for t, g, p in zip(truth, got, baseline):
-        for a, b, c in zip(t, g, p):
-            assert b.dtype == dtype
-            ours_err, plain_err = rel_err(b, a), rel_err(c, a)
-            assert ours_err <= LOW_PRECISION_RATIO[dtype] * plain_err + 1e-4, (ours_err, plain_err)
+    assert_within_low_precision_bar(truth, got, baseline, dtype, check_dtype=True)
 
 
 def test_thirty_two_bit_products_use_no_tensor_cores():
