@@ -66,6 +66,36 @@ inline void element_rows(const Params& p, int64_t row_begin, int64_t row_end) {
   }
 }
 
+// Units [unit_begin, unit_end) of every row: the fused layer's (fused_cpu.cpp) share of a step.
+template <typename Params, void (*element)(const Params&, int64_t, int64_t)>
+inline void element_units(const Params& p, int64_t unit_begin, int64_t unit_end) {
+  for (int64_t row = 0; row < p.batch; ++row) {
+#pragma omp simd
+    for (int64_t unit = unit_begin; unit < unit_end; ++unit) element(p, row, unit);
+  }
+}
+
+// The backward element over rows (or units), with the ring holding activated gates or
+// pre-activations (history "states"): chosen once per call, not per element. always_inline:
+// the loop must be compiled inside each target_clones clone (an out-of-line copy would be
+// built for the baseline ISA only).
+template <typename T, typename acc_t>
+__attribute__((always_inline)) inline void backward_rows_of(const BackwardStepParams& p, int64_t b, int64_t e) {
+  if (p.gates_are_pre_activations) {
+    element_rows<BackwardStepParams, backward_step_element<T, acc_t, true>>(p, b, e);
+  } else {
+    element_rows<BackwardStepParams, backward_step_element<T, acc_t, false>>(p, b, e);
+  }
+}
+template <typename T, typename acc_t>
+__attribute__((always_inline)) inline void backward_units_of(const BackwardStepParams& p, int64_t b, int64_t e) {
+  if (p.gates_are_pre_activations) {
+    element_units<BackwardStepParams, backward_step_element<T, acc_t, true>>(p, b, e);
+  } else {
+    element_units<BackwardStepParams, backward_step_element<T, acc_t, false>>(p, b, e);
+  }
+}
+
 // One clone set per dtype (target_clones takes plain functions, not templates).
 TBPTT_CPU_CLONES void forward_rows_float(const ForwardStepParams& p, int64_t b, int64_t e) {
   element_rows<ForwardStepParams, forward_step_element<float, float>>(p, b, e);
@@ -80,41 +110,16 @@ TBPTT_CPU_CLONES void forward_rows_half(const ForwardStepParams& p, int64_t b, i
   element_rows<ForwardStepParams, forward_step_element<Fp16, float>>(p, b, e);
 }
 TBPTT_CPU_CLONES void backward_rows_bf16(const BackwardStepParams& p, int64_t b, int64_t e) {
-  if (p.gates_are_pre_activations) {
-    element_rows<BackwardStepParams, backward_step_element<Bf16, float, true>>(p, b, e);
-  } else {
-    element_rows<BackwardStepParams, backward_step_element<Bf16, float, false>>(p, b, e);
-  }
+  backward_rows_of<Bf16, float>(p, b, e);
 }
 TBPTT_CPU_CLONES void backward_rows_half(const BackwardStepParams& p, int64_t b, int64_t e) {
-  if (p.gates_are_pre_activations) {
-    element_rows<BackwardStepParams, backward_step_element<Fp16, float, true>>(p, b, e);
-  } else {
-    element_rows<BackwardStepParams, backward_step_element<Fp16, float, false>>(p, b, e);
-  }
+  backward_rows_of<Fp16, float>(p, b, e);
 }
 TBPTT_CPU_CLONES void backward_rows_float(const BackwardStepParams& p, int64_t b, int64_t e) {
-  if (p.gates_are_pre_activations) {
-    element_rows<BackwardStepParams, backward_step_element<float, float, true>>(p, b, e);
-  } else {
-    element_rows<BackwardStepParams, backward_step_element<float, float, false>>(p, b, e);
-  }
+  backward_rows_of<float, float>(p, b, e);
 }
 TBPTT_CPU_CLONES void backward_rows_double(const BackwardStepParams& p, int64_t b, int64_t e) {
-  if (p.gates_are_pre_activations) {
-    element_rows<BackwardStepParams, backward_step_element<double, double, true>>(p, b, e);
-  } else {
-    element_rows<BackwardStepParams, backward_step_element<double, double, false>>(p, b, e);
-  }
-}
-
-// Units [unit_begin, unit_end) of every row: the fused layer's (fused_cpu.cpp) share of a step.
-template <typename Params, void (*element)(const Params&, int64_t, int64_t)>
-inline void element_units(const Params& p, int64_t unit_begin, int64_t unit_end) {
-  for (int64_t row = 0; row < p.batch; ++row) {
-#pragma omp simd
-    for (int64_t unit = unit_begin; unit < unit_end; ++unit) element(p, row, unit);
-  }
+  backward_rows_of<double, double>(p, b, e);
 }
 
 }  // namespace
@@ -125,11 +130,7 @@ TBPTT_CPU_CLONES void forward_units_float(const ForwardStepParams& p, int64_t un
 }
 TBPTT_CPU_CLONES void backward_units_float(const BackwardStepParams& p, int64_t unit_begin,
                                            int64_t unit_end) {
-  if (p.gates_are_pre_activations) {
-    element_units<BackwardStepParams, backward_step_element<float, float, true>>(p, unit_begin, unit_end);
-  } else {
-    element_units<BackwardStepParams, backward_step_element<float, float, false>>(p, unit_begin, unit_end);
-  }
+  backward_units_of<float, float>(p, unit_begin, unit_end);
 }
 
 TBPTT_CPU_CLONES void forward_units_bf16(const ForwardStepParams& p, int64_t unit_begin,
@@ -138,11 +139,7 @@ TBPTT_CPU_CLONES void forward_units_bf16(const ForwardStepParams& p, int64_t uni
 }
 TBPTT_CPU_CLONES void backward_units_bf16(const BackwardStepParams& p, int64_t unit_begin,
                                           int64_t unit_end) {
-  if (p.gates_are_pre_activations) {
-    element_units<BackwardStepParams, backward_step_element<Bf16, float, true>>(p, unit_begin, unit_end);
-  } else {
-    element_units<BackwardStepParams, backward_step_element<Bf16, float, false>>(p, unit_begin, unit_end);
-  }
+  backward_units_of<Bf16, float>(p, unit_begin, unit_end);
 }
 
 namespace {
