@@ -64,4 +64,4 @@ dist: $(VENV)/.deps
 	$(PY) -m build --no-isolation --outdir dist .
 
 clean:
-	rm -rf build $(VENV) tbptt_cuda/_C*.so tbptt_cuda/_build_config.py *.egg-info
+	rm -rf build dist $(VENV) tbptt_cuda/_C*.so tbptt_cuda/_build_config.py *.egg-info
