@@ -47,6 +47,18 @@ void write_window(const at::Tensor& ring, int64_t first_slot, const at::Tensor& 
 
 int64_t weights_per_layer(bool has_bias) { return has_bias ? 4 : 2; }
 
+// Every record of the ring is in the storage type (flags: bytes); the kernels read it so.
+void check_ring_types(const RingTensors& ring, at::ScalarType storage) {
+  const std::pair<const char*, const at::Tensor*> records[] = {
+      {"gates", &ring.gates}, {"cell", &ring.cell}, {"hidden", &ring.hidden},
+      {"input", &ring.input}, {"mask", &ring.mask}};
+  for (const auto& [name, tensor] : records) {
+    TORCH_CHECK(tensor->scalar_type() == storage, "tbptt: the ring's ", name, " must be ",
+                storage, " like the input, got ", tensor->scalar_type());
+  }
+  TORCH_CHECK(ring.flags.scalar_type() == at::kByte, "tbptt: the ring's flags must be uint8");
+}
+
 // W_hh (forward: x @ W_hh^T) or W_hh^T (backward: dG @ W_hh) of every layer, prepared by the
 // backend once for the per-step products over B rows.
 std::vector<at::Tensor> step_weights_of(const GemmBackend& gemm, at::TensorList weights,
@@ -92,6 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
   const bool ring_states = record && ring.mode != HistoryMode::kCheckpoints;
   const int64_t every = ring.checkpoint_every;
   if (record) {
+    check_ring_types(ring, storage);
     TORCH_CHECK(L <= step_slots, "tbptt: chunk longer than the ring");
     write_window(ring.input, first_slot, x);
     write_window(ring.flags, first_slot,
@@ -106,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
   at::Tensor scratch_gates, scratch_cell, scratch_hidden;
   if (!ring_gates) scratch_gates = at::empty({B, G}, x.options());
   if (!ring_states) {
-    scratch_cell = at::empty({B, H}, x.options().dtype(acc));
+    scratch_cell = at::empty({B, H}, x.options());
     scratch_hidden = at::empty({B, H}, x.options());
   }
 
@@ -188,8 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
       p.hidden_prev = hidden.data_ptr();  // updated in place
       p.hidden_next = hidden.data_ptr();
       p.out = row_ptr(out, s);
-      set_record_targets(p, where, s, x.element_size(), cell.element_size(), scratch[0],
-                         scratch[1], scratch[2]);
+      set_record_targets(p, where, s, x.element_size(), scratch[0], scratch[1], scratch[2]);
       p.flags = flag_rows != nullptr ? flag_rows + s * B : static_cast<const uint8_t*>(no_flags.data_ptr());
       p.flags_next = (flag_rows != nullptr && s + 1 < L) ? flag_rows + (s + 1) * B
                                                         : static_cast<const uint8_t*>(no_flags.data_ptr());
@@ -224,12 +236,12 @@ namespace {
 // (window.h), and what backward needs around them.
 struct SpanActivations {
   at::Tensor gates;          // [layers, S, B, G] T, or undefined: rebuild them (kStates)
-  at::Tensor cell, hidden;   // [layers, S, B, H] acc / T: c_t, h_t of each step
+  at::Tensor cell, hidden;   // [layers, S, B, H] T: c_t, h_t of each step
   int64_t first_slot = 0;    // slot of the span's first step (S = cell.size(1))
   at::Tensor input;          // [W, B, I] T: layer-0 inputs of the span's steps
   at::Tensor mask;           // [layers-1, W, B, H] T: dropout masks of its steps, or undefined
   at::Tensor h_before;       // [layers, B, H] T: the state entering the span, as stored
-  at::Tensor c_before;       // [layers, B, H] acc
+  at::Tensor c_before;       // [layers, B, H] T (as the ring records c)
 };
 
 struct SpanGradients {
@@ -427,7 +439,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
   const at::Tensor grad_h_n = grad_h_n_in.contiguous();
   const at::Tensor grad_c_n = grad_c_n_in.to(acc).contiguous();
   const at::Tensor h_init = h_init_in.contiguous();
-  const at::Tensor c_init = c_init_in.to(acc).contiguous();
+  const at::Tensor c_init = c_init_in.to(acc).contiguous();  // a recompute starts from it
+  const at::Tensor c_init_record = c_init_in.to(h_init.scalar_type()).contiguous();  // as the ring keeps c
+  check_ring_types(ring, h_init.scalar_type());
   const int64_t first_slot = ring_slot(first_step, S);
 
   // The window's step flags [W, B], with kFlagCut where a reset at or before the chunk's first
@@ -450,7 +464,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     acts.mask = masks_of(ring.mask, first_slot, W);
     const int64_t before = ring_slot(first_step - 1, S);
     acts.h_before = first_step == 0 ? h_init : ring.hidden.select(1, before);
-    acts.c_before = first_step == 0 ? c_init : ring.cell.select(1, before);
+    acts.c_before = first_step == 0 ? c_init_record : ring.cell.select(1, before);
     SpanGradients span = backward_span(backend, acts, window_flags, carry_scales, grad_out,
                                        grad_h_n, grad_c_n, weights, has_bias,
                                        step_weights_of(backend.gemm, weights, has_bias, B, true),
@@ -483,7 +497,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     RingTensors scratch;  // activations of the segment, slot 1 + i for its step i
     const int64_t H = h_init.size(2), G = 4 * H;
     scratch.gates = at::empty({layers, seg_len + 1, B, G}, h_init.options());
-    scratch.cell = at::empty({layers, seg_len + 1, B, H}, c_init.options());
+    scratch.cell = at::empty({layers, seg_len + 1, B, H}, h_init.options());
     scratch.hidden = at::empty({layers, seg_len + 1, B, H}, h_init.options());
     scratch.input = at::empty({seg_len + 1, B, x_seg.size(2)}, x_seg.options());
     scratch.flags = at::empty({seg_len + 1, B}, ring.flags.options());
@@ -503,7 +517,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     acts.input = x_seg.narrow(0, offset, span_len);
     if (masks_seg.defined()) acts.mask = masks_seg.narrow(1, offset, span_len);
     acts.h_before = offset == 0 ? h_seg : scratch.hidden.select(1, offset);
-    acts.c_before = offset == 0 ? c_seg : scratch.cell.select(1, offset);
+    acts.c_before = offset > 0 ? scratch.cell.select(1, offset)
+                    : seg_start == 0 ? c_init_record : ring.cell.select(1, checkpoint);
     const int64_t chunk_first = std::max<int64_t>(span_first, W - L);  // window index
     const int64_t chunk_steps = std::max<int64_t>(span_first + span_len - chunk_first, 0);
     SpanGradients span = backward_span(

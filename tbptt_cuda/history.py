@@ -1,8 +1,8 @@
 """The history a stream carries: a ring of its last steps, on the device, in one of three modes
 (csrc/lstm_driver.h, csrc/tbptt/window.h have the layouts):
 
-- "activations": per layer and step, the activated gates (4H), the cell state c_t (H, float32
-  for half/bfloat16 storage) and the hidden output h_t (H); backward reads them.
+- "activations": per layer and step, the activated gates (4H), the cell state c_t (H) and the
+  hidden output h_t (H); backward reads them.
 - "states": per layer and step only c_t and h_t; backward rebuilds the window's gates with two
   window-wide GEMMs per layer.
 - "checkpoints": per step nothing of the layers; c and h of every layer only for the state
@@ -10,6 +10,8 @@
   of s steps at a time from its checkpoint.
 Every mode keeps, per step, the layer-0 input x_t (I), one byte of step flags per row (reset,
 hold), and, where dropout is on between layers, the mask on the input of each upper layer (H).
+Every record is in the module's dtype: a float16/bfloat16 ring is half a float32 one. The cell
+state a step carries to the next stays float32 (accumulation_dtype); its record is rounded.
 
 Global steps of a stream are numbered from 0 at its start; step t lives in slot t % slots.
 A window of up to `capacity` steps (k2, or ARTBP's cap) needs capacity + 1 slots (the extra one
@@ -48,12 +50,11 @@ class RingBuffers:
     def __init__(self, slots, num_layers, batch, input_size, hidden_size, dtype, device, with_mask,
                  mode="activations", every=1):
         self.slots, self.mode, self.every, self.with_mask = slots, mode, every, with_mask
-        acc = accumulation_dtype(dtype)
         make = dict(device=device)
         layered = checkpoint_slots(slots, every) if mode == "checkpoints" else slots
         gates = (num_layers, slots, batch, 4 * hidden_size) if mode == "activations" else (0,)
         self.gates = torch.empty(gates, dtype=dtype, **make)
-        self.cell = torch.empty(num_layers, layered, batch, hidden_size, dtype=acc, **make)
+        self.cell = torch.empty(num_layers, layered, batch, hidden_size, dtype=dtype, **make)
         self.hidden = torch.empty(num_layers, layered, batch, hidden_size, dtype=dtype, **make)
         self.input = torch.empty(slots, batch, input_size, dtype=dtype, **make)
         self.flags = torch.zeros(slots, batch, dtype=torch.uint8, **make)  # step flags
@@ -121,12 +122,21 @@ class RingBuffers:
             "input": (S, batch, input_size), "flags": (S, batch),
             "mask": (layers - 1, S, batch, hidden) if ring.with_mask else (0,),
         }
+        dtype = h_init.dtype
         for name in cls._TENSORS:
             tensor = record[name]
             if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected[name]:
                 raise ValueError(f"TruncatedLSTM state: the saved ring's `{name}` should be a "
                                  f"tensor of shape {expected[name]}, got "
                                  f"{getattr(tensor, 'shape', type(tensor).__name__)}")
+            wanted = torch.uint8 if name == "flags" else dtype
+            if name == "cell" and tensor.dtype == accumulation_dtype(dtype):
+                # Saved before c's record took the storage dtype (16-bit streams kept it float32):
+                # round it as the ring now records it.
+                tensor = tensor.to(dtype)
+            if tensor.dtype != wanted:
+                raise ValueError(f"TruncatedLSTM state: the saved ring's `{name}` should be "
+                                 f"{wanted}, got {tensor.dtype}")
             setattr(ring, name, tensor.contiguous())
         return ring
 

@@ -2,6 +2,7 @@
 stream exactly (the ring, its steps, the floor, dropout masks in the window, the stream's
 start); torch.load with its default weights_only=True reads it; a resumed run, in this process
 or a new one, gives the outputs and gradients of an uninterrupted one, bit for bit."""
+import copy
 import io
 import os
 import subprocess
@@ -100,6 +101,38 @@ def test_a_malformed_checkpoint_is_refused():
         _restore_state(h, c, {"format": 99}, step)
     with pytest.raises(ValueError, match="step must be an integer"):
         _restore_state(h, c, None, -1)
+
+
+def test_a_saved_ring_of_another_dtype_is_refused():
+    from tbptt_cuda.module import _restore_state
+
+    _, state = TruncatedLSTM(2, 3, k2=4, dtype=torch.bfloat16)(torch.randn(2, 1, 2, dtype=torch.bfloat16))
+    h, c, record, step, _ = state.__reduce__()[1]
+    record["ring"]["hidden"] = record["ring"]["hidden"].double()
+    with pytest.raises(ValueError, match=r"the saved ring's `hidden` should be torch.bfloat16, "
+                                         r"got torch.float64"):
+        _restore_state(h, c, record, step)
+
+
+@pytest.mark.parametrize("history", ["activations", "checkpoints"])
+def test_a_16_bit_stream_saved_with_a_float32_cell_record_resumes(history):
+    """Before the ring's c record took the storage dtype, a bfloat16 stream saved it in float32.
+    Such a state loads (its c rounded to bfloat16, as the ring records c now) and continues as
+    the stream it was saved from."""
+    from tbptt_cuda.module import _restore_state
+
+    torch.manual_seed(0)
+    lstm = TruncatedLSTM(2, 6, 2, k2=7, history=history, dtype=torch.bfloat16)
+    chunks = [x.bfloat16() for x in _chunks(1)]
+    _, state = _continue(lstm, None, chunks[:3])
+    h, c, record, step, _ = copy.deepcopy(state.__reduce__()[1])
+    expected, _ = _continue(lstm, state, chunks[3:])
+    assert record["ring"]["cell"].dtype == torch.bfloat16
+    record["ring"]["cell"] = record["ring"]["cell"].float()  # the older layout
+    resumed, _ = _continue(lstm, _restore_state(h, c, record, step), chunks[3:])
+    for a, b in zip(expected, resumed):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
 
 
 RESUME_SCRIPT = textwrap.dedent("""

@@ -137,8 +137,9 @@ def test_fused_bf16_agrees_with_the_stepwise_bf16_path():
 
 
 def test_bf16_ring_holds_half_the_bytes_of_float32_but_the_float32_cell():
-    """The ring keeps gates, h and x in bfloat16 (half of float32's bytes) and the cell state in
-    float32 (the accumulation type, as the CUDA 16-bit paths keep it)."""
+    """Every record of the ring is bfloat16: gates, c, h, x (the cell state a step carries to
+    the next stays float32; its record is rounded), so the ring is half of float32's bytes but
+    for the one flag byte per row and step."""
     H, I, B, L, k2, layers = 64, 48, 4, 8, 16, 2
     states = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -147,16 +148,17 @@ def test_bf16_ring_holds_half_the_bytes_of_float32_but_the_float32_cell():
         out.float().sum().backward()
         states[dtype] = state
     ring32, ring16 = (states[d].history.ring for d in (torch.float32, torch.bfloat16))
-    for name in ("gates", "hidden", "input"):
+    for name in ("gates", "cell", "hidden", "input"):
         t32, t16 = getattr(ring32, name), getattr(ring16, name)
         assert t16.dtype == torch.bfloat16 and t16.shape == t32.shape
         assert t16.numel() * t16.element_size() * 2 == t32.numel() * t32.element_size()
-    assert ring16.cell.dtype == torch.float32 and ring16.cell.shape == ring32.cell.shape
-    # per step and layer: 4H + H + H (+ I for layer 0) values; bf16 halves all but the H of c
+    # per step and layer: 4H + H + H (+ I for layer 0) values, + one flag byte per row
     slots = ring16.gates.shape[1]
-    bytes32 = slots * B * (4 * (layers * 6 * H + I)) + slots * B  # + one flag byte per row
-    bytes16 = slots * B * (2 * (layers * 5 * H + I) + 4 * layers * H) + slots * B
+    flag_bytes = slots * B
+    bytes32 = slots * B * (4 * (layers * 6 * H + I)) + flag_bytes
+    bytes16 = slots * B * (2 * (layers * 6 * H + I)) + flag_bytes
     assert ring32.nbytes == bytes32 and ring16.nbytes == bytes16
+    assert 2 * (ring16.nbytes - flag_bytes) == ring32.nbytes - flag_bytes
     init32 = 2 * layers * B * H * 4
     init16 = layers * B * H * (2 + 4)
     assert states[torch.float32].history_nbytes == bytes32 + init32

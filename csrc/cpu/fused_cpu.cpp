@@ -378,8 +378,8 @@ bool forward_layer_t(PersistentForwardParams& p, const at::Tensor& w_hh) {
       step.hidden_prev = h_prev;
       step.hidden_next = static_cast<T*>(p.hidden_exchange) + ((s + 1) & 1) * B * H;
       step.out = static_cast<T*>(p.out) + s * B * H;
-      set_record_targets(step, p.record, s, sizeof(T), sizeof(float), p.scratch_gates,
-                         p.scratch_cell, p.scratch_hidden);
+      set_record_targets(step, p.record, s, sizeof(T), p.scratch_gates, p.scratch_cell,
+                         p.scratch_hidden);
       step.flags = p.flags != nullptr ? p.flags + s * B : p.no_flags;
       step.flags_next = (p.flags != nullptr && s + 1 < p.steps) ? p.flags + (s + 1) * B : p.no_flags;
       for (int64_t block = first; block < last; ++block) {

@@ -314,8 +314,8 @@ SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
     step.hidden_prev = h_prev;
     step.hidden_next = offset_rows<T>(p.hidden_exchange, ((s + 1) & 1) * B, H);
     step.out = offset_rows<T>(p.out, s * B, H);
-    set_record_targets(step, p.record, s, sizeof(T), sizeof(acc_t), p.scratch_gates,
-                       p.scratch_cell, p.scratch_hidden);
+    set_record_targets(step, p.record, s, sizeof(T), p.scratch_gates, p.scratch_cell,
+                       p.scratch_hidden);
     step.flags = p.flags != nullptr ? p.flags + s * B : p.no_flags;
     step.flags_next = (p.flags != nullptr && s + 1 < p.steps) ? p.flags + (s + 1) * B : p.no_flags;
     for (int64_t i = tid; i < B * units; i += threads) {

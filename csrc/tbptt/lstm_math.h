@@ -136,7 +136,7 @@ TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t row, int6
   ring_gates[gate0 + H] = convert<T>(zero_where(hold, gate.f));
   ring_gates[gate0 + 2 * H] = convert<T>(zero_where(hold, gate.g));
   ring_gates[gate0 + 3 * H] = convert<T>(zero_where(hold, gate.o));
-  static_cast<acc_t*>(p.ring_cell)[e] = c;
+  static_cast<T*>(p.ring_cell)[e] = convert<T>(c);
   static_cast<T*>(p.ring_hidden)[e] = convert<T>(h);
   cell[e] = zero_where(reset_next, c);
   hidden[e] = convert<T>(zero_where(reset_next, h));
@@ -163,7 +163,7 @@ TBPTT_HD void backward_step_element(const BackwardStepParams& p, int64_t row, in
     gate = Gates<acc_t>{convert<acc_t>(stored[gate0]), convert<acc_t>(stored[gate0 + H]),
                         convert<acc_t>(stored[gate0 + 2 * H]), convert<acc_t>(stored[gate0 + 3 * H])};
   }
-  const acc_t c_prev = zero_where(reset, static_cast<const acc_t*>(p.cell_prev)[e]);
+  const acc_t c_prev = zero_where(reset, convert<acc_t>(static_cast<const T*>(p.cell_prev)[e]));
   const acc_t h_prev = zero_where(reset | cut, convert<acc_t>(static_cast<const T*>(p.hidden_prev)[e]));
   static_cast<T*>(p.hidden_prev_seen)[e] = convert<T>(h_prev);
 
@@ -175,7 +175,7 @@ TBPTT_HD void backward_step_element(const BackwardStepParams& p, int64_t row, in
                    zero_where(cut_after,
                               (convert<acc_t>(static_cast<const T*>(p.grad_hidden_next)[e]) + held[e]) * scale);
   const GateGrads<acc_t> grad =
-      backward_gates(gate, static_cast<const acc_t*>(p.cell)[e], c_prev, dh, dc_next);
+      backward_gates(gate, convert<acc_t>(static_cast<const T*>(p.cell)[e]), c_prev, dh, dc_next);
   T* grad_gates = static_cast<T*>(p.grad_gates);
   const bool no_gates = hold | cut;
   grad_gates[gate0] = convert<T>(zero_where(no_gates, grad.d_i));

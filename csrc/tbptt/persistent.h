@@ -140,7 +140,7 @@ struct PersistentForwardParams {
   const uint8_t* no_flags;     // [B] u8 zeros
   ForwardRecord record;        // where this layer's steps are recorded
   void* scratch_gates;         // [B, G] T      where a step's gates go when not recorded
-  void* scratch_cell;          // [B, H] acc
+  void* scratch_cell;          // [B, H] T
   void* scratch_hidden;        // [B, H] T
 };
 

@@ -6,12 +6,13 @@
 //   I  input size of a layer               H  hidden size          G = 4H gate units
 //   S  ring slots = k2 + 1 (the extra slot keeps the state entering the window)
 //   T  storage type (float, double, half, bfloat16); acc  accumulation type (float/double),
-//      also the type of the cell state.
+//      also the type of the cell state a step carries to the next (the ring's record of it,
+//      like every record, is T: a 16-bit ring is half a float32 one).
 // All buffers are dense row-major; a [B, G] row b starts at b * G.
 //
 // Ring layout (one tensor per kind, allocated by the Python History object):
 //   gates  [layers, S, B, G]  T    activated gates i, f, g, o of each step
-//   cell   [layers, S, B, H]  acc  c_t
+//   cell   [layers, S, B, H]  T    c_t (rounded to T; the carried state stays acc)
 //   hidden [layers, S, B, H]  T    h_t (the layer's output, before any dropout)
 //   input  [S, B, I]          T    layer-0 input x_t
 //   flags  [S, B]             u8   step flags of the row (kFlagReset, kFlagHold below)
@@ -87,7 +88,7 @@ struct ForwardStepParams {
   void* out;                   // [B, H] T    out: h_t (0 where the row holds)
   void* ring_gates;            // [B, G] T    out: activated gates, 0 where the row holds
                                //             (scratch when not recording)
-  void* ring_cell;             // [B, H] acc  out: c_t (scratch when not recording)
+  void* ring_cell;             // [B, H] T    out: c_t (scratch when not recording)
   void* ring_hidden;           // [B, H] T    out: h_t (scratch when not recording)
   const uint8_t* flags;        // [B]         flags of step t (kFlagHold)
   const uint8_t* flags_next;   // [B]         flags of step t+1 (kFlagReset; zeros for none)
@@ -98,7 +99,7 @@ struct ForwardStepParams {
 // c, h of every step; or c, h only for the state entering every checkpoint_every-th step.
 struct ForwardRecord {
   void* gates;                // [S, B, G] T: this layer's gates ring, or nullptr (not kept)
-  void* cell;                 // [S or C, B, H] acc, or nullptr (not recording)
+  void* cell;                 // [S or C, B, H] T, or nullptr (not recording)
   void* hidden;               // [S or C, B, H] T
   int64_t first_step;         // global step of the chunk's first step (step s: first_step + s)
   int64_t slots;              // S: per-step slots (global step t in slot t mod S)
@@ -108,13 +109,13 @@ struct ForwardRecord {
 };
 
 // Points p.ring_gates / ring_cell / ring_hidden at where step s of the chunk is recorded, or at
-// scratch ([B, G], [B, H], [B, H] of the same types) where it is not. Element sizes in bytes.
+// scratch ([B, G], [B, H], [B, H] of the same type) where it is not. storage_bytes: sizeof(T).
 TBPTT_HD void set_record_targets(ForwardStepParams& p, const ForwardRecord& r, int64_t s,
-                                 int64_t storage_bytes, int64_t acc_bytes, void* scratch_gates,
+                                 int64_t storage_bytes, void* scratch_gates,
                                  void* scratch_cell, void* scratch_hidden) {
   const int64_t step = r.first_step + s;
   const int64_t gates_bytes = p.batch * 4 * p.hidden * storage_bytes;
-  const int64_t cell_bytes = p.batch * p.hidden * acc_bytes;
+  const int64_t cell_bytes = p.batch * p.hidden * storage_bytes;
   const int64_t hidden_bytes = p.batch * p.hidden * storage_bytes;
   const int64_t slot = ring_slot(step, r.slots);
   p.ring_gates = r.gates ? static_cast<char*>(r.gates) + slot * gates_bytes : scratch_gates;
@@ -139,8 +140,8 @@ struct BackwardStepParams {
                                  //             gates_are_pre_activations, [B, G] acc: the
                                  //             pre-activations (history "states" rebuilds them)
   bool gates_are_pre_activations;
-  const void* cell;              // [B, H] acc  c_t (ring)
-  const void* cell_prev;         // [B, H] acc  c_{t-1} as stored (no reset applied)
+  const void* cell;              // [B, H] T    c_t (ring)
+  const void* cell_prev;         // [B, H] T    c_{t-1} as stored (no reset applied)
   const void* hidden_prev;       // [B, H] T    h_{t-1} as stored (no reset applied)
   const uint8_t* flags;          // [B]  flags of step t (kFlagReset: the state it saw was zero;
                                  //      kFlagHold; kFlagCut)
@@ -167,15 +168,16 @@ struct BackwardSource {
   const void* gates;          // [S, B, G] T gates ring of this layer, or, where
                               // gates_are_pre_activations, [W, B, G] acc indexed by window step
   bool gates_are_pre_activations;
-  const void* cell;           // [S, B, H] acc cell ring of this layer
+  const void* cell;           // [S, B, H] T cell ring of this layer
   const void* hidden;         // [S, B, H] T hidden ring of this layer
   int64_t first_slot;         // slot of window step 0
   int64_t slots;              // S
   const void* h_before;       // [B, H] T the state entering window step 0, as stored
-  const void* c_before;       // [B, H] acc
+  const void* c_before;       // [B, H] T
 };
 
-// Points p.gates, cell, cell_prev, hidden_prev at window step j's. Element sizes in bytes.
+// Points p.gates, cell, cell_prev, hidden_prev at window step j's. Element sizes in bytes
+// (acc_bytes: the rebuilt pre-activations' only).
 TBPTT_HD void set_backward_sources(BackwardStepParams& p, const BackwardSource& src, int64_t j,
                                    int64_t storage_bytes, int64_t acc_bytes) {
   const int64_t BH = p.batch * p.hidden;
@@ -185,8 +187,8 @@ TBPTT_HD void set_backward_sources(BackwardStepParams& p, const BackwardSource& 
   p.gates = src.gates_are_pre_activations
                 ? static_cast<const char*>(src.gates) + j * 4 * BH * acc_bytes
                 : static_cast<const char*>(src.gates) + slot * 4 * BH * storage_bytes;
-  p.cell = static_cast<const char*>(src.cell) + slot * BH * acc_bytes;
-  p.cell_prev = j > 0 ? static_cast<const char*>(src.cell) + prev * BH * acc_bytes : src.c_before;
+  p.cell = static_cast<const char*>(src.cell) + slot * BH * storage_bytes;
+  p.cell_prev = j > 0 ? static_cast<const char*>(src.cell) + prev * BH * storage_bytes : src.c_before;
   p.hidden_prev =
       j > 0 ? static_cast<const char*>(src.hidden) + prev * BH * storage_bytes : src.h_before;
 }
