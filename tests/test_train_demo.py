@@ -274,6 +274,29 @@ def test_demo_lm_smoke_learns_and_writes_files(tmp_path, capsys):
         assert (tmp_path / "lm_curve.png").stat().st_size > 1000
 
 
+def test_demo_lm_amp_on_the_cpu_records_bfloat16_bits_per_char_at_the_same_updates(tmp_path, capsys):
+    flags = ["--max-chars", "20000", "--val-chars", "2000", "--hidden", "16", "--embed", "8", "--batch", "4",
+             "--k1", "8", "--steps", "30", "--eval-every", "10", "--no-progress", "--threads", "1"]
+    f32 = demo.main(flags + ["--out", str(tmp_path / "f32")])
+    assert "mixed precision" not in capsys.readouterr().out
+    bf16 = demo.main(flags + ["--out", str(tmp_path / "bf16"), "--amp"])
+    assert "mixed precision (--amp): torch.autocast('cpu', dtype=torch.bfloat16)" in capsys.readouterr().out
+    saved = {name: json.loads((tmp_path / name / "lm_summary.json").read_text()) for name in ("f32", "bf16")}
+    assert saved["f32"]["amp"] is None and saved["bf16"]["amp"] == "bfloat16"
+    for summary in saved.values():
+        assert summary["eval_every"] == 10 and summary["eval_seconds"] is None
+        assert [u for u, _ in summary["evals"]] == [10, 20, 30]
+        assert summary["updates"] == 30 and summary["stopped_by"] == "max_updates"
+    assert bf16["evals"] == [tuple(e) for e in saved["bf16"]["evals"]]
+    differences = [b - a for (_, a), (_, b) in zip(saved["f32"]["evals"], saved["bf16"]["evals"])]
+    assert 0 < max(abs(d) for d in differences) < 0.1, differences
+    assert f32["val_bits_per_char_before"] != bf16["val_bits_per_char_before"]  # scored under autocast too
+    with pytest.raises(SystemExit, match="--eval-every must be >= 1"):
+        demo.main(flags + ["--out", str(tmp_path), "--eval-every", "0"])
+    with pytest.raises(SystemExit, match=r"--amp needs CUDA or the CPU \(bfloat16 there\); this run is on meta"):
+        demo.main(flags + ["--out", str(tmp_path), "--device", "meta", "--amp"])
+
+
 def test_demo_lm_on_given_text(tmp_path):
     corpus = tmp_path / "corpus.txt"
     rng = np.random.default_rng(0)
