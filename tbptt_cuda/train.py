@@ -126,21 +126,46 @@ def _masked(outputs: torch.Tensor, targets: torch.Tensor, valid: Optional[torch.
     return outputs[valid], targets[valid]
 
 
-def _autocast_context(amp: Union[bool, str], device: torch.device):
-    """(context, GradScaler or None) for mixed precision on CUDA; nullcontext when off."""
+def _amp_dtype(amp: Union[bool, str], device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype that ``amp`` asks for on the parameters' ``device``; None when off.
+
+    CUDA: 'bf16' or 'fp16' (True: bf16 where the GPU supports it, else fp16). CPU: bfloat16
+    only (True or 'bf16'); 'fp16' is refused there. Any other device type is refused.
+    """
     if not amp:
-        return contextlib.nullcontext, None
-    if device.type != "cuda":
-        raise ValueError(
-            f"amp={amp!r} needs the model on CUDA (mixed precision is a CUDA feature here), "
-            f"but its parameters are on {device}; pass amp=False"
-        )
-    if amp is True:
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp not in ("bf16", "fp16"):
+        return None
+    if amp is not True and amp not in ("bf16", "fp16"):
         raise ValueError(f"amp must be False, True, 'bf16' or 'fp16', got {amp!r}")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    if device.type == "cuda":
+        if amp is True:
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    if device.type == "cpu":
+        if amp == "fp16":
+            raise ValueError(
+                "amp='fp16' with the model on the CPU: mixed precision on the CPU is bfloat16 here "
+                "(amp=True or amp='bf16': torch.autocast('cpu', dtype=torch.bfloat16), no "
+                "GradScaler); 'fp16' is for CUDA"
+            )
+        return torch.bfloat16
+    raise ValueError(
+        f"amp={amp!r} needs the model on CUDA (bf16 or fp16) or the CPU (bf16), but its "
+        f"parameters are on {device}; pass amp=False"
+    )
+
+
+def _autocast_context(amp: Union[bool, str], device: torch.device):
+    """(context factory, GradScaler or None) for mixed precision; nullcontext when off.
+
+    CUDA: torch.autocast("cuda", bf16 or fp16), with a GradScaler for fp16. CPU:
+    torch.autocast("cpu", bfloat16), no GradScaler (bfloat16 has float32's exponent range).
+    """
+    dtype = _amp_dtype(amp, device)
+    if dtype is None:
+        return contextlib.nullcontext, None
+    if device.type == "cpu":
+        return (lambda: torch.autocast("cpu", dtype=dtype)), None
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
@@ -159,7 +184,8 @@ def evaluate(model: torch.nn.Module, chunks: Iterable, loss_fn: Callable, max_ch
     """Mean loss of ``model`` over ``chunks`` in eval mode, the state carried from chunk to chunk.
 
     Runs under ``torch.no_grad()`` (nothing is written to the history ring); restores the
-    model's training mode afterwards. ``loss_fn`` must return a mean over its n rows.
+    model's training mode afterwards. ``loss_fn`` must return a mean over its n rows (it gets
+    the outputs in float32). ``amp``: as :func:`train_tbptt`'s — the forward under autocast.
     """
     was_training = model.training
     model.eval()
@@ -254,7 +280,12 @@ def train_tbptt(model: torch.nn.Module,
         max_updates: stop after this many updates (None: no limit).
         max_seconds: stop when this much wall time (evaluations included) has passed.
         clip_grad_norm: max global grad norm (None or 0: no clipping).
-        amp: False, True, 'bf16' or 'fp16' — autocast (+ GradScaler for fp16) on CUDA only.
+        amp: mixed precision: the forward runs under ``torch.autocast`` (float32 parameters,
+            their gradients and the optimizer stay float32; the loss gets float32 outputs); the
+            evaluations use it too. False: off.
+            CUDA: True, 'bf16' or 'fp16' (True: bf16 where the GPU has it, else fp16; fp16
+            with a GradScaler). CPU: True or 'bf16' (bfloat16, no GradScaler); 'fp16' raises
+            ValueError (CPU mixed precision is bfloat16 here). Other devices: ValueError.
         eval_chunks: re-iterable held-out chunks, scored by :func:`evaluate` every
             ``eval_every`` updates and/or ``eval_every_seconds`` (if set) and at the end.
         eval_max_chunks: score at most this many held-out chunks per evaluation.

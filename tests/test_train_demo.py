@@ -145,8 +145,13 @@ def test_train_tbptt_rejects_bad_arguments():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     xs, ys = delayed_sum(delay=1, lanes=2, steps=8, seed=0)
     stream = SequenceStream(xs, k1=4, batch_size=2, targets=ys)
-    with pytest.raises(ValueError, match="amp=True needs the model on CUDA"):
-        train_tbptt(model, opt, F.mse_loss, stream, amp=True, progress=False)
+    with pytest.raises(ValueError, match="amp='fp16' with the model on the CPU: mixed precision on the CPU is "
+                                         "bfloat16 here"):
+        train_tbptt(model, opt, F.mse_loss, stream, amp="fp16", progress=False)
+    with pytest.raises(ValueError, match="mixed precision on the CPU is bfloat16"):
+        evaluate(model, stream, F.mse_loss, amp="fp16")
+    with pytest.raises(ValueError, match="amp must be False, True, 'bf16' or 'fp16', got 'f16'"):
+        train_tbptt(model, opt, F.mse_loss, stream, amp="f16", progress=False)
     with pytest.raises(ValueError, match="re-iterable"):
         train_tbptt(model, opt, F.mse_loss, iter(stream), cycle=True, max_updates=3, progress=False)
     with pytest.raises(ValueError, match="give max_updates or max_seconds"):
@@ -170,6 +175,76 @@ def test_diverging_loss_raises_clearly():
     with pytest.raises(FloatingPointError, match="learning rate"):
         train_tbptt(model, torch.optim.SGD(model.parameters(), lr=0.1), F.mse_loss,
                     SequenceStream(xs, k1=4, batch_size=2, targets=ys), progress=False)
+
+
+# ----------------------------------------------------------------------------------------
+# mixed precision on the CPU: torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def _record_lstm_dtypes(model):
+    """Per call of model.lstm: (training, output dtype, state h dtype)."""
+    seen = []
+    model.lstm.register_forward_hook(lambda module, args, out: seen.append(
+        (module.training, out[0].dtype, out[1][0].dtype)))
+    return seen
+
+
+@pytest.mark.parametrize("amp", [True, "bf16"])
+def test_cpu_amp_trains_in_bfloat16_with_float32_parameters_and_gradients(amp):
+    torch.manual_seed(0)
+    model = Regressor(k2=None)
+    seen = _record_lstm_dtypes(model)
+    heads = []
+    model.head.register_forward_hook(lambda module, args, out: heads.append(out.dtype))
+    xs, ys = delayed_sum(delay=3, lanes=8, steps=400, seed=0)
+    vx, vy = delayed_sum(delay=3, lanes=4, steps=40, seed=1)
+    train = SequenceStream(xs, k1=4, batch_size=8, targets=ys)
+    held_out = SequenceStream(vx, k1=4, batch_size=4, targets=vy)
+    run = train_tbptt(model, torch.optim.Adam(model.parameters(), lr=1e-2), F.mse_loss, train, k2=8,
+                      max_updates=100, amp=amp, eval_chunks=held_out, eval_every=50, progress=False)
+    # the LSTM ran its bfloat16 path (outputs and carried state in bf16), in training and in
+    # the evaluations; the Linear head ran under autocast too
+    assert {(t, out, h) for t, out, h in seen} == {(True, torch.bfloat16, torch.bfloat16),
+                                                    (False, torch.bfloat16, torch.bfloat16)}
+    assert set(heads) == {torch.bfloat16}
+    assert run.state[0].dtype == torch.bfloat16 and run.state.history.h_init.dtype == torch.bfloat16
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32, name
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+    assert [u for u, _ in run.evals] == [50, 100]
+    first, last = first_last(run.losses, 10)
+    assert last < 0.7 * first, (first, last)
+    # without amp, evaluate runs the same model in float32
+    seen.clear()
+    evaluate(model, held_out, F.mse_loss)
+    assert {out for _, out, _ in seen} == {torch.float32}
+
+
+def test_cpu_amp_rounds_like_bfloat16_but_follows_float32():
+    """The same seed, data and updates with and without amp='bf16': the losses differ (bf16
+    arithmetic happened) by no more than bfloat16's rounding makes of them."""
+    losses = {}
+    for amp in (False, "bf16"):
+        torch.manual_seed(0)
+        model = Regressor(k2=None)
+        xs, ys = delayed_sum(delay=3, lanes=8, steps=80, seed=0)
+        run = train_tbptt(model, torch.optim.Adam(model.parameters(), lr=1e-2), F.mse_loss,
+                          SequenceStream(xs, k1=4, batch_size=8, targets=ys), k2=8, max_updates=20,
+                          amp=amp, progress=False)
+        losses[amp] = np.array(run.losses)
+    gap = np.abs(losses["bf16"] - losses[False]) / losses[False]
+    assert gap.max() > 1e-4  # a no-op amp would give float32's losses exactly
+    assert gap.max() < 0.05, gap
+
+
+def test_amp_on_another_device_type_is_refused():
+    from tbptt_cuda.train import _autocast_context
+
+    with pytest.raises(ValueError, match=r"needs the model on CUDA \(bf16 or fp16\) or the CPU \(bf16\), but its "
+                                         "parameters are on mps"):
+        _autocast_context(True, torch.device("mps"))
+    context, scaler = _autocast_context(False, torch.device("mps"))
+    assert scaler is None
 
 
 # ----------------------------------------------------------------------------------------
@@ -197,6 +272,29 @@ def test_demo_lm_smoke_learns_and_writes_files(tmp_path, capsys):
         assert phrase in printed
     if summary["plot"] is not None:
         assert (tmp_path / "lm_curve.png").stat().st_size > 1000
+
+
+def test_demo_lm_amp_on_the_cpu_records_bfloat16_bits_per_char_at_the_same_updates(tmp_path, capsys):
+    flags = ["--max-chars", "20000", "--val-chars", "2000", "--hidden", "16", "--embed", "8", "--batch", "4",
+             "--k1", "8", "--steps", "30", "--eval-every", "10", "--no-progress", "--threads", "1"]
+    f32 = demo.main(flags + ["--out", str(tmp_path / "f32")])
+    assert "mixed precision" not in capsys.readouterr().out
+    bf16 = demo.main(flags + ["--out", str(tmp_path / "bf16"), "--amp"])
+    assert "mixed precision (--amp): torch.autocast('cpu', dtype=torch.bfloat16)" in capsys.readouterr().out
+    saved = {name: json.loads((tmp_path / name / "lm_summary.json").read_text()) for name in ("f32", "bf16")}
+    assert saved["f32"]["amp"] is None and saved["bf16"]["amp"] == "bfloat16"
+    for summary in saved.values():
+        assert summary["eval_every"] == 10 and summary["eval_seconds"] is None
+        assert [u for u, _ in summary["evals"]] == [10, 20, 30]
+        assert summary["updates"] == 30 and summary["stopped_by"] == "max_updates"
+    assert bf16["evals"] == [tuple(e) for e in saved["bf16"]["evals"]]
+    differences = [b - a for (_, a), (_, b) in zip(saved["f32"]["evals"], saved["bf16"]["evals"])]
+    assert 0 < max(abs(d) for d in differences) < 0.1, differences
+    assert f32["val_bits_per_char_before"] != bf16["val_bits_per_char_before"]  # scored under autocast too
+    with pytest.raises(SystemExit, match="--eval-every must be >= 1"):
+        demo.main(flags + ["--out", str(tmp_path), "--eval-every", "0"])
+    with pytest.raises(SystemExit, match=r"--amp needs CUDA or the CPU \(bfloat16 there\); this run is on meta"):
+        demo.main(flags + ["--out", str(tmp_path), "--device", "meta", "--amp"])
 
 
 def test_demo_lm_on_given_text(tmp_path):

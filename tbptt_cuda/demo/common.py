@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..train import PROGRESS_MODES
+from ..train import PROGRESS_MODES, _amp_dtype
 
 LN2 = math.log(2.0)
 
@@ -103,7 +103,10 @@ def add_common_args(parser: argparse.ArgumentParser, minutes: Optional[float], h
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     parser.add_argument("--clip", type=float, default=None,
                         help="gradient-norm clip (0: off; default 1, off for ARTBP, which clipping would bias)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision: the forward under torch.autocast, parameters, gradients and "
+                             "Adam in float32; bfloat16 on the CPU, bfloat16 (float16 with a GradScaler where "
+                             "the GPU lacks bfloat16) on CUDA")
     parser.add_argument("--history", default="activations", choices=("activations", "states", "checkpoints"),
                         help="what TruncatedLSTM's history stores (default activations; states and "
                              "checkpoints store less and recompute in backward)")
@@ -121,7 +124,7 @@ def add_common_args(parser: argparse.ArgumentParser, minutes: Optional[float], h
 
 def _check_args(args) -> None:
     """Exit with a message on a flag out of range; flags this command lacks are skipped."""
-    for name in ("hidden", "batch", "k1", "embed", "layers", "val_chars", "delay", "k", "log_every"):
+    for name in ("hidden", "batch", "k1", "embed", "layers", "val_chars", "delay", "k", "log_every", "eval_every"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -183,11 +186,33 @@ def setup_run(args, default_threads: Optional[int] = None) -> Tuple[torch.device
             threads, why = _auto_threads(default_threads)
         torch.set_num_threads(threads)
         say(f"CPU threads: {threads} — {why}; set with --threads")
-    if args.amp and device.type != "cuda":
-        raise SystemExit("--amp needs CUDA; this run is on " + str(device))
+    if args.amp:
+        if device.type not in ("cuda", "cpu"):
+            raise SystemExit(f"--amp needs CUDA or the CPU (bfloat16 there); this run is on {device}")
+        say(amp_line(args, device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return device, out
+
+
+def amp_dtype_name(args, device: torch.device) -> Optional[str]:
+    """The dtype --amp runs the forward in on ``device`` ("bfloat16", "float16"), None without --amp."""
+    if not getattr(args, "amp", False):
+        return None
+    return str(_amp_dtype(True, device)).replace("torch.", "")
+
+
+def amp_line(args, device: torch.device) -> str:
+    """What --amp does on ``device``: the autocast dtype, and on the CPU whether the fused
+    bfloat16 layers are there."""
+    dtype = amp_dtype_name(args, device)
+    line = f"mixed precision (--amp): torch.autocast({device.type!r}, dtype=torch.{dtype})"
+    if device.type == "cuda":
+        return line + (" with a GradScaler" if dtype == "float16" else "")
+    from .. import _backend
+    reason = _backend.cpu_fused_reason("bfloat16")
+    return line + ("; fused bfloat16 CPU layers: yes (even hidden sizes up to 1024)" if not reason else
+                   f"; fused bfloat16 CPU layers: no, the stepwise path ({reason})")
 
 
 def progress_args(args) -> dict:

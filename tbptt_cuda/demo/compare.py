@@ -49,7 +49,7 @@ def run_compare(args) -> Dict:
     settings = [(k, k), (k, 2 * k), (n, n)]
     torch.manual_seed(args.seed)
     untrained = CharLM(len(data.vocab), args.hidden, args.layers, args.embed, k2=k).to(device)
-    initial = evaluate(untrained, data.stream("val", k, args.batch, device), bits_cross_entropy).loss
+    initial = evaluate(untrained, data.stream("val", k, args.batch, device), bits_cross_entropy, amp=args.amp).loss
     say(f"held-out bits/char before training (same initial weights for every schedule): {initial:.3f}")
     rows = []
     for k1, k2 in settings:

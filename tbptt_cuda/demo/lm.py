@@ -2,8 +2,9 @@
 linear) trained with TBPTT(k1, k2) on the source files of the running interpreter's standard
 library (or any text: ``--text PATH``). Files are laid end to end in B lanes by
 :class:`tbptt_cuda.data.SequenceStream` (state reset at each file's start); every 10th file is
-held out and scored in bits per character. Prints the loss falling, the history bytes and the
-throughput, and a generated sample at the end. CPU when no GPU exists.
+held out and scored in bits per character (every --eval-seconds, or every --eval-every N updates:
+the same points in two runs, e.g. float32 and --amp). Prints the loss falling, the history bytes
+and the throughput, and a generated sample at the end. CPU when no GPU exists.
 
 The corpus, vocabulary, model and data here also serve ``compare``."""
 from __future__ import annotations
@@ -26,8 +27,8 @@ from torch import nn
 from ..data import SequenceStream
 from ..module import TruncatedLSTM
 from ..train import evaluate, train_tbptt
-from .common import (LN2, add_common_args, clip_norm, machine_line, progress_args, say, setup_run, smooth, try_plot,
-                     use_history, write_json)
+from .common import (LN2, add_common_args, amp_dtype_name, clip_norm, machine_line, progress_args, say, setup_run,
+                     smooth, try_plot, use_history, write_json)
 
 
 SKIPPED_STDLIB_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "encodings",
@@ -246,6 +247,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_args(parser, minutes=2.5, hidden=256, batch=32)
     add_char_lm_args(parser)
     parser.add_argument("--k2", type=int, default=None, help="gradient window (default 2*k1)")
+    parser.add_argument("--eval-every", type=int, default=None, metavar="N",
+                        help="score the held-out files every N updates instead of every --eval-seconds: the same "
+                             "evaluation points in two runs (e.g. with and without --amp), recorded in "
+                             "lm_summary.json's evals")
 
 
 def run_lm(args) -> Dict:
@@ -271,13 +276,14 @@ def run_lm(args) -> Dict:
         f"history {model.lstm.history}) -> "
         f"linear {len(data.vocab)}; {parameters:,} parameters; batch {train_stream.batch_size} lanes")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    initial = evaluate(model, val_stream, bits_cross_entropy).loss
+    initial = evaluate(model, val_stream, bits_cross_entropy, amp=args.amp).loss
     say(f"held-out bits/char before training: {initial:.3f}")
     say(f"training for {args.minutes} min" + (f" or {args.steps} updates" if args.steps else "") +
         " (loss = training bits/char, smoothed)")
     run = train_tbptt(model, optimizer, bits_cross_entropy, train_stream, max_updates=args.steps,
                       max_seconds=60.0 * args.minutes, clip_grad_norm=clip_norm(args), amp=args.amp,
-                      eval_chunks=val_stream, eval_every_seconds=args.eval_seconds, cycle=True,
+                      eval_chunks=val_stream, eval_every=args.eval_every,
+                      eval_every_seconds=None if args.eval_every else args.eval_seconds, cycle=True,
                       **progress_args(args),
                       log_every_seconds=None if args.log_every else max(5.0, 60.0 * args.minutes / 12),
                       log=say, desc="lm")
@@ -295,8 +301,11 @@ def run_lm(args) -> Dict:
         "batch": train_stream.batch_size, "device": str(device), "machine": machine_line(device),
         "corpus": data.corpus_name, "train_chars": data.train_chars, "val_chars": data.val_chars,
         "vocabulary": len(data.vocab), "unigram_entropy_bits": unigram, "unigram_val_bits": unigram_val,
+        "seed": args.seed, "lr": args.lr, "amp": amp_dtype_name(args, device),
+        "eval_every": args.eval_every, "eval_seconds": None if args.eval_every else args.eval_seconds,
         "val_bits_per_char_before": initial, "val_bits_per_char": final, "evals": run.evals,
-        "updates": run.updates, "train_seconds": run.train_seconds, "seconds": run.seconds,
+        "updates": run.updates, "stopped_by": run.stopped_by, "train_seconds": run.train_seconds,
+        "seconds": run.seconds,
         "chars_per_second": run.scored_steps_per_second, "history_nbytes": run.history_nbytes,
         "train_losses_first": run.losses[:10], "train_losses_last": run.losses[-10:],
     }
@@ -311,7 +320,8 @@ def run_lm(args) -> Dict:
         ax.axhline(unigram, color="tab:gray", ls="--", label=f"unigram entropy {unigram:.2f}")
         ax.set_xlabel("training seconds")
         ax.set_ylabel("bits per character")
-        ax.set_title(f"char LSTM, TBPTT({args.k1},{k2}), H={args.hidden}, {device}", fontsize=10)
+        precision = f", {summary['amp']} autocast" if summary["amp"] else ""
+        ax.set_title(f"char LSTM, TBPTT({args.k1},{k2}), H={args.hidden}, {device}{precision}", fontsize=10)
         ax.legend()
         return fig
 
