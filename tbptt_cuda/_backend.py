@@ -55,7 +55,7 @@ def _cell_width(cell, hidden):
 
 def _register_fakes():
     """Shape-only implementations, for torch.compile / FakeTensor / opcheck. `cell` is the ops'
-    trailing argument (an extension built before it never passes it: 0, the LSTM)."""
+    trailing argument (0 lstm, 2 gru)."""
 
     @torch.library.register_fake("tbptt::chunk_forward")
     def _chunk_forward_fake(x, h0, c0, flags, weights, has_bias, dropout_masks, ring_gates,

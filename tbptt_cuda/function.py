@@ -19,22 +19,6 @@ _OPS = _backend.ops()
 
 # The ops' `cell` argument (csrc/ops.cpp): which recurrent cell the chunk runs.
 CELL_CODES = {"lstm": 0, "lstmp": 1, "gru": 2}
-# An extension built before the ops took `cell` (an older in-place build) runs the LSTM only.
-# (by argument name: the schema's text always contains "ring_cell")
-_TAKES_CELL = any(arg.name == "cell" for arg in _OPS.chunk_forward.default._schema.arguments)
-
-
-def _cell_args(cell):
-    """The ops' trailing `cell` argument, as a tuple to splice in (empty for an older build,
-    which knows only the LSTM)."""
-    if _TAKES_CELL:
-        return (CELL_CODES[cell],)
-    if cell != "lstm":
-        raise RuntimeError(
-            f"tbptt_cuda: the compiled extension predates the {cell} cell (its ops take no "
-            "`cell` argument): rebuild it (`pip install --no-build-isolation -e .` or "
-            "`make setup`).")
-    return ()
 
 
 @dataclass
@@ -71,7 +55,7 @@ class TruncatedRNNFunction(torch.autograd.Function):
             layout = (0, 1)
         y, h_n, c_n = _OPS.chunk_forward(
             x, h0, c0, plan.flags, list(weights), plan.has_bias, plan.dropout_masks,
-            *ring_args, plan.chunk_start, record, *layout, *_cell_args(plan.cell))
+            *ring_args, plan.chunk_start, record, *layout, CELL_CODES[plan.cell])
         if record:
             plan.ring.end = plan.chunk_end
             plan.history.end = plan.chunk_end
@@ -102,7 +86,7 @@ class TruncatedRNNFunction(torch.autograd.Function):
         grad_x, grad_h0, grad_c0, grad_weights = _OPS.window_backward(
             grad_y, grad_h_n, grad_c_n, list(weights), plan.has_bias, *ring.tensors(),
             history.h_init, history.c_init, b - w, b - 1, plan.carry_scales, ring.mode_code,
-            ring.every, ctx.needs_input_grad[1], *_cell_args(plan.cell))
+            ring.every, ctx.needs_input_grad[1], CELL_CODES[plan.cell])
         needs = ctx.needs_input_grad
         return (
             None,
