@@ -1,5 +1,7 @@
 #include "lstm_driver.h"
 
+#include "tbptt/cells.h"
+
 #include <c10/util/Exception.h>
 
 namespace tbptt {
@@ -47,6 +49,35 @@ void write_window(const at::Tensor& ring, int64_t first_slot, const at::Tensor& 
 
 int64_t weights_per_layer(bool has_bias) { return has_bias ? 4 : 2; }
 
+// The cells the driver serves; the ops pass what the user asked for.
+void check_cell(CellKind cell) {
+  TORCH_CHECK(cell == CellKind::kLstm || cell == CellKind::kGru, "tbptt: cell must be 0 (lstm) or 2 ",
+              "(gru), got ", static_cast<int>(cell), " (lstmp, nn.LSTM's proj_size, is not built yet)");
+}
+
+// Units of c per row: H for the LSTM, 0 for the GRU (its cell tensors are zero-width).
+int64_t cell_units(CellKind cell, int64_t H) { return cell == CellKind::kLstm ? H : 0; }
+
+// The part of a layer's biases added to the input projection, x @ W_ih^T + it: b_ih + b_hh
+// (LSTM), b_ih + (b_hr, b_hz, 0) (GRU: b_hn stays inside r * (W_hn h + b_hn)); undefined
+// without bias.
+at::Tensor input_bias(CellKind cell, at::TensorList weights, int64_t first, bool has_bias) {
+  if (!has_bias) return at::Tensor();
+  const at::Tensor& b_ih = weights[first + 2];
+  const at::Tensor& b_hh = weights[first + 3];
+  if (cell == CellKind::kLstm) return b_ih + b_hh;
+  const int64_t H = b_hh.size(0) / 3;
+  return b_ih + at::cat({b_hh.narrow(0, 0, 2 * H), at::zeros({H}, b_hh.options())});
+}
+
+// b_hn [H] in the accumulation type (GRU; zeros without bias, and for the LSTM, which does not
+// read it).
+at::Tensor recurrent_n_bias(CellKind cell, at::TensorList weights, int64_t first, bool has_bias,
+                            int64_t H, at::ScalarType acc) {
+  if (cell == CellKind::kGru && has_bias) return weights[first + 3].narrow(0, 2 * H, H).to(acc).contiguous();
+  return at::zeros({H}, weights[first].options().dtype(acc));
+}
+
 // Every record of the ring is in the storage type (flags: bytes); the kernels read it so.
 void check_ring_types(const RingTensors& ring, at::ScalarType storage) {
   const std::pair<const char*, const at::Tensor*> records[] = {
@@ -78,16 +109,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
     const DeviceBackend& backend, const at::Tensor& x_in, const at::Tensor& h0,
     const at::Tensor& c0, const c10::optional<at::Tensor>& flags_in, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
-    int64_t first_step, bool record, const std::vector<at::Tensor>& step_weights) {
+    int64_t first_step, bool record, const std::vector<at::Tensor>& step_weights, CellKind cell) {
+  check_cell(cell);
   const int64_t per_layer = weights_per_layer(has_bias);
   const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
   const at::Tensor x = x_in.contiguous();
   const int64_t L = x.size(0), B = x.size(1);
-  const int64_t H = weights[1].size(1), G = 4 * H;
+  const int64_t H = weights[1].size(1), G = gates_of(cell) * H, R = kRecordsPerUnit * H;
+  const int64_t C = cell_units(cell, H);
   const at::ScalarType storage = x.scalar_type();
   const at::ScalarType acc = acc_type_of(storage);
-  TORCH_CHECK(h0.sizes() == at::IntArrayRef({layers, B, H}) && c0.sizes() == h0.sizes(),
-              "tbptt: h0/c0 must be [layers, B, H] = [", layers, ", ", B, ", ", H, "]");
+  TORCH_CHECK(h0.sizes() == at::IntArrayRef({layers, B, H}) && c0.sizes() == at::IntArrayRef({layers, B, C}),
+              "tbptt: h0 must be [layers, B, H] = [", layers, ", ", B, ", ", H, "] and c0 [layers, B, ",
+              C, "]");
   TORCH_CHECK(L >= 1, "tbptt: a chunk needs at least one step");
 
   at::Tensor flags;  // [L, B] u8 step flags (window.h), or undefined
@@ -117,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
   at::Tensor first_reset;  // [B, 1] bool, or undefined
   if (flags.defined()) first_reset = flags[0].bitwise_and(kFlagReset).to(at::kBool).unsqueeze(1);
   at::Tensor scratch_gates, scratch_cell, scratch_hidden;
-  if (!ring_gates) scratch_gates = at::empty({B, G}, x.options());
+  if (!ring_gates) scratch_gates = at::empty({B, R}, x.options());
   if (!ring_states) {
     scratch_cell = at::empty({B, H}, x.options());
     scratch_hidden = at::empty({B, H}, x.options());
@@ -139,21 +173,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
     const int64_t in_size = layer_in.size(2);
     // Input projection of the whole chunk, both biases folded in: one GEMM. [L*B, G]
     const at::Tensor in_2d = layer_in.reshape({L * B, in_size});
-    const at::Tensor gates_x = gemm.linear(
-        in_2d, w_ih,
-        has_bias ? weights[l * per_layer + 2] + weights[l * per_layer + 3] : at::Tensor());
+    const at::Tensor gates_x = gemm.linear(in_2d, w_ih, input_bias(cell, weights, l * per_layer, has_bias));
+    const at::Tensor bias_hn = recurrent_n_bias(cell, weights, l * per_layer, has_bias, H, acc);  // [H]
 
     at::Tensor hidden = h0[l].contiguous().clone();  // [B, H] T: the next GEMM's input
-    at::Tensor cell = c0[l].to(acc).contiguous().clone();  // [B, H] acc
+    at::Tensor cell_state = c0[l].to(acc).contiguous().clone();  // [B, C] acc
     if (first_reset.defined()) {
       hidden.masked_fill_(first_reset, 0);
-      cell.masked_fill_(first_reset, 0);
+      cell_state.masked_fill_(first_reset, 0);
     }
     out = at::empty({L, B, H}, x.options());
     // Where this layer records each step (window.h's rule, shared with the persistent kernel).
     ForwardRecord where;
     where.gates = ring_gates ? slot_ptr(ring.gates, l, 0) : nullptr;
-    where.cell = record ? slot_ptr(ring.cell, l, 0) : nullptr;
+    where.cell = record && C > 0 ? slot_ptr(ring.cell, l, 0) : nullptr;
     where.hidden = record ? slot_ptr(ring.hidden, l, 0) : nullptr;
     where.first_step = first_step;
     where.slots = step_slots;
@@ -166,7 +199,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
         flags.defined() ? static_cast<const uint8_t*>(flags.data_ptr()) : nullptr;  // [L, B]
 
     bool done = false;
-    if (backend.persistent != nullptr && backend.persistent->takes(H, B, L, storage)) {
+    if (cell == CellKind::kLstm && backend.persistent != nullptr &&
+        backend.persistent->takes(H, B, L, storage)) {
       // The whole chunk in one launch; h travels between steps through a double buffer.
       const at::Tensor w_hh_raw = weights[l * per_layer + 1].contiguous();  // [G, H]
       const at::Tensor exchange = at::empty({2, B, H}, x.options());
@@ -178,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
       pp.gates_x = gates_x.data_ptr();
       pp.w_hh = w_hh_raw.data_ptr();
       pp.hidden_exchange = exchange.data_ptr();
-      pp.cell = cell.data_ptr();
+      pp.cell = cell_state.data_ptr();
       pp.gates_h = gates_h.data_ptr();
       pp.out = out.data_ptr();
       pp.flags = flag_rows;
@@ -193,11 +227,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
     for (int64_t s = 0; s < L && !done; ++s) {
       gemm.step_linear(gates_h, hidden, w_hh);
       ForwardStepParams p;
+      p.cell_kind = cell;
       p.batch = B;
       p.hidden = H;
       p.gates_x = row_ptr(gates_x, s * B);
       p.gates_h = gates_h.data_ptr();
-      p.cell = cell.data_ptr();
+      p.bias_hn = bias_hn.data_ptr();
+      p.cell = cell_state.data_ptr();
       p.hidden_prev = hidden.data_ptr();  // updated in place
       p.hidden_next = hidden.data_ptr();
       p.out = row_ptr(out, s);
@@ -208,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
       backend.pointwise.forward_step(p, storage);
     }
     h_n[l] = hidden;
-    c_n[l] = cell;
+    c_n[l] = cell_state;
     layer_in = out;
   }
   return {out, at::stack(h_n), at::stack(c_n)};
@@ -220,14 +256,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     const DeviceBackend& backend, const at::Tensor& x, const at::Tensor& h0,
     const at::Tensor& c0, const c10::optional<at::Tensor>& flags, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
-    int64_t first_step, bool record) {
+    int64_t first_step, bool record, CellKind cell) {
   const int64_t per_layer = weights_per_layer(has_bias);
   TORCH_CHECK(x.dim() == 3, "tbptt: x must be [L, B, I], got ", x.sizes());
   TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
               "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
   return forward_chunk(backend, x, h0, c0, flags, weights, has_bias, dropout_masks, ring,
                        first_step, record,
-                       step_weights_of(backend.gemm, weights, has_bias, x.size(1), false));
+                       step_weights_of(backend.gemm, weights, has_bias, x.size(1), false), cell);
 }
 
 namespace {
@@ -235,13 +271,13 @@ namespace {
 // The activations of a run of W consecutive steps (a span) in a ring of activations layout
 // (window.h), and what backward needs around them.
 struct SpanActivations {
-  at::Tensor gates;          // [layers, S, B, G] T, or undefined: rebuild them (kStates)
-  at::Tensor cell, hidden;   // [layers, S, B, H] T: c_t, h_t of each step
+  at::Tensor gates;          // [layers, S, B, R] T, or undefined: rebuild them (kStates)
+  at::Tensor cell, hidden;   // [layers, S, B, C], [layers, S, B, H] T: c_t, h_t of each step
   int64_t first_slot = 0;    // slot of the span's first step (S = cell.size(1))
   at::Tensor input;          // [W, B, I] T: layer-0 inputs of the span's steps
   at::Tensor mask;           // [layers-1, W, B, H] T: dropout masks of its steps, or undefined
   at::Tensor h_before;       // [layers, B, H] T: the state entering the span, as stored
-  at::Tensor c_before;       // [layers, B, H] T (as the ring records c)
+  at::Tensor c_before;       // [layers, B, C] T (as the ring records c)
 };
 
 struct SpanGradients {
@@ -262,11 +298,12 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
                             const at::Tensor& grad_out, const at::Tensor& grad_h_n,
                             const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias,
                             const std::vector<at::Tensor>& backward_step_weights, bool may_cut,
-                            bool grad_input) {
+                            bool grad_input, CellKind cell) {
   const int64_t per_layer = weights_per_layer(has_bias);
   const int64_t layers = static_cast<int64_t>(weights.size()) / per_layer;
   const int64_t W = flags.size(0), B = flags.size(1), Ls = grad_out.size(0);
-  const int64_t H = grad_h_n.size(2), G = 4 * H;
+  const int64_t H = grad_h_n.size(2), G = gates_of(cell) * H, R = kRecordsPerUnit * H;
+  const bool gru = cell == CellKind::kGru;
   const int64_t slots = acts.cell.size(1);
   const at::ScalarType storage = grad_h_n.scalar_type();
   const at::TensorOptions options = grad_h_n.options();
@@ -291,42 +328,50 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
     at::Tensor layer_in = l == 0 ? acts.input : window_of(acts.hidden[l - 1], acts.first_slot, W);
     if (l > 0 && acts.mask.defined()) layer_in = layer_in * acts.mask[l - 1];
     if (may_cut) layer_in = at::where(cut, at::zeros({}, layer_in.options()), layer_in);
-    const at::Tensor bias =
-        has_bias ? weights[l * per_layer + 2] + weights[l * per_layer + 3] : at::Tensor();
-    at::Tensor rebuilt;  // [W, B, G] acc kStates: the span's pre-activations, from two
+    at::Tensor rebuilt;  // [W, B, R] acc kStates: the span's pre-activations, from two
                          // window-wide GEMMs; the backward kernel activates them
     if (!acts.gates.defined()) {
       at::Tensor h_prev = at::empty({W, B, H}, options);  // h_{t-1} as each step saw it
       h_prev[0].copy_(acts.h_before[l]);
       if (W > 1) h_prev.narrow(0, 1, W - 1).copy_(window_of(acts.hidden[l], acts.first_slot, W - 1));
       h_prev.masked_fill_(resets, 0);
-      rebuilt = gemm.linear(layer_in.reshape({W * B, -1}), w_ih, bias).to(acc_options.dtype());
-      rebuilt.add_(gemm.linear(h_prev.reshape({W * B, H}), w_hh, at::Tensor()));
-      rebuilt = rebuilt.view({W, B, G});
+      const at::ScalarType acc = acc_options.dtype().toScalarType();
+      rebuilt = gemm.linear(layer_in.reshape({W * B, -1}), w_ih,  // [W*B, G]
+                            input_bias(cell, weights, l * per_layer, has_bias)).to(acc);
+      const at::Tensor recurrent = gemm.linear(h_prev.reshape({W * B, H}), w_hh, at::Tensor());
+      if (!gru) {
+        rebuilt.add_(recurrent);
+      } else {  // gru.h's layout: (x_r + h_r, x_z + h_z, x_n, h_n + b_hn)
+        rebuilt.narrow(1, 0, 2 * H).add_(recurrent.narrow(1, 0, 2 * H));
+        const at::Tensor hn = recurrent.narrow(1, 2 * H, H).to(acc) +
+                              recurrent_n_bias(cell, weights, l * per_layer, has_bias, H, acc);
+        rebuilt = at::cat({rebuilt, hn}, 1);
+      }
+      rebuilt = rebuilt.view({W, B, R});
     }
     // dL/dh_{t-1} = dL/dgates @ W_hh, written x @ w^T with w = W_hh^T [H, G], prepared
     const at::Tensor& w_hh_t = backward_step_weights[l];
     const bool top = l == layers - 1;
-    const at::Tensor grad_gates = at::empty({W, B, G}, options);
+    const at::Tensor grad_gates = at::empty({W, B, R}, options);  // GRU: dA_r, dA_z, dA_hn, dA_n
     const at::Tensor hidden_prev_seen = at::empty({W, B, H}, options);
-    const at::Tensor grad_cell = grad_c_n[l].clone();                     // [B, H] acc
+    const at::Tensor grad_cell = grad_c_n[l].clone();                     // [B, C] acc
     at::Tensor grad_hidden_next = at::empty({B, H}, options);             // dL/dh_{t-1}
     const at::Tensor grad_hidden_held = at::zeros({B, H}, acc_options);  // [B, H] acc
     // Where step j reads its activations (window.h's rule, shared with the persistent kernel).
     BackwardSource source;
     source.gates = rebuilt.defined() ? rebuilt.data_ptr() : slot_ptr(acts.gates, l, 0);
     source.gates_are_pre_activations = rebuilt.defined();
-    source.cell = slot_ptr(acts.cell, l, 0);
+    source.cell = gru ? nullptr : slot_ptr(acts.cell, l, 0);
     source.hidden = slot_ptr(acts.hidden, l, 0);
     source.first_slot = acts.first_slot;
     source.slots = slots;
     source.h_before = row_ptr(acts.h_before, l);
-    source.c_before = row_ptr(acts.c_before, l);
+    source.c_before = gru ? nullptr : row_ptr(acts.c_before, l);
     const at::Tensor& grad_above = top ? grad_out : grad_from_above;  // [W - first, B, H]
     const int64_t grad_above_first = top ? W - Ls : 0;
 
     bool done = false;
-    if (backend.persistent != nullptr && backend.persistent->takes(H, B, W, storage)) {
+    if (!gru && backend.persistent != nullptr && backend.persistent->takes(H, B, W, storage)) {
       // The whole span in one launch; dL/dh_{t-1} stays with the block owning each unit.
       const at::Tensor w_hh_raw = w_hh.contiguous();  // [G, H]
       at::Tensor scales;  // [W] double on the device
@@ -355,6 +400,7 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
     }
     for (int64_t j = W - 1; j >= 0 && !done; --j) {
       BackwardStepParams p;
+      p.cell_kind = cell;
       p.batch = B;
       p.hidden = H;
       set_backward_sources(p, source, j, grad_gates.element_size(), grad_cell.element_size());
@@ -368,8 +414,9 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
       p.grad_gates = row_ptr(grad_gates, j);
       p.hidden_prev_seen = row_ptr(hidden_prev_seen, j);
       backend.pointwise.backward_step(p, storage);
-      // dL/dh_{t-1} through this step: [B, G] @ [G, H]
-      gemm.step_linear(grad_hidden_next, grad_gates[j], w_hh_t);
+      // dL/dh_{t-1} through this step: [B, G] @ [G, H] (GRU: dGh, a row's first 3H)
+      gemm.step_linear(grad_hidden_next, gru ? grad_gates[j].narrow(1, 0, G).contiguous() : grad_gates[j],
+                       w_hh_t);
     }
     // The state entering the span (through the first step, or past it where that step held
     // the row): a reset at the first step cuts the gradient.
@@ -379,24 +426,37 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
                            .masked_fill(first_reset, 0);
     grad_c_before[l] = grad_cell.masked_fill(first_reset, 0);
 
-    // Weight and bias gradients: span-wide GEMMs and a reduction.
-    const at::Tensor grad_gates_2d = grad_gates.view({W * B, G});
-    std::vector<at::Tensor> grad_w = gemm.weight_grads(
-        grad_gates_2d, {layer_in.reshape({W * B, -1}), hidden_prev_seen.view({W * B, H})});
-    result.weights[l * per_layer] = grad_w[0];
-    result.weights[l * per_layer + 1] = grad_w[1];
-    if (has_bias) {
-      const at::Tensor grad_bias = grad_gates_2d.sum(0);
-      result.weights[l * per_layer + 2] = grad_bias;
-      result.weights[l * per_layer + 3] = grad_bias.clone();
+    // Weight and bias gradients: span-wide GEMMs and a reduction. The LSTM's gate gradients
+    // serve both products; the GRU's differ in the n rows: dGx (x side) and dGh (recurrent side).
+    const at::Tensor grad_gates_2d = grad_gates.view({W * B, R});
+    at::Tensor grad_x_side = grad_gates_2d;  // [W*B, G]
+    if (!gru) {
+      std::vector<at::Tensor> grad_w = gemm.weight_grads(
+          grad_gates_2d, {layer_in.reshape({W * B, -1}), hidden_prev_seen.view({W * B, H})});
+      result.weights[l * per_layer] = grad_w[0];
+      result.weights[l * per_layer + 1] = grad_w[1];
+      if (has_bias) {
+        const at::Tensor grad_bias = grad_gates_2d.sum(0);
+        result.weights[l * per_layer + 2] = grad_bias;
+        result.weights[l * per_layer + 3] = grad_bias.clone();
+      }
+    } else {
+      const at::Tensor grad_h_side = grad_gates_2d.narrow(1, 0, G).contiguous();  // dA_r, dA_z, dA_hn
+      grad_x_side = at::cat({grad_gates_2d.narrow(1, 0, 2 * H), grad_gates_2d.narrow(1, 3 * H, H)}, 1);
+      result.weights[l * per_layer] = gemm.weight_grads(grad_x_side, {layer_in.reshape({W * B, -1})})[0];
+      result.weights[l * per_layer + 1] =
+          gemm.weight_grads(grad_h_side, {hidden_prev_seen.view({W * B, H})})[0];
+      if (has_bias) {
+        result.weights[l * per_layer + 2] = grad_x_side.sum(0);
+        result.weights[l * per_layer + 3] = grad_h_side.sum(0);
+      }
     }
     // dL/d(layer input) = dL/dgates @ W_ih, written x @ w^T with w = W_ih^T [I_l, G]
     if (l > 0) {
-      grad_from_above = gemm.linear(grad_gates_2d, w_ih.t(), at::Tensor()).view({W, B, H});
+      grad_from_above = gemm.linear(grad_x_side, w_ih.t(), at::Tensor()).view({W, B, H});
       if (acts.mask.defined()) grad_from_above.mul_(acts.mask[l - 1]);
     } else if (Ls > 0 && grad_input) {
-      result.grad_x = gemm.linear(grad_gates.narrow(0, W - Ls, Ls).reshape({Ls * B, G}), w_ih.t(),
-                                  at::Tensor())
+      result.grad_x = gemm.linear(grad_x_side.narrow(0, (W - Ls) * B, Ls * B), w_ih.t(), at::Tensor())
                           .view({Ls, B, -1});
     }
   }
@@ -420,7 +480,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     const DeviceBackend& backend, const at::Tensor& grad_out_in, const at::Tensor& grad_h_n_in,
     const at::Tensor& grad_c_n_in, at::TensorList weights, bool has_bias, const RingTensors& ring,
     const at::Tensor& h_init_in, const at::Tensor& c_init_in, int64_t window_len,
-    int64_t last_step, c10::ArrayRef<double> carry_scales, bool grad_input) {
+    int64_t last_step, c10::ArrayRef<double> carry_scales, bool grad_input, CellKind cell) {
+  check_cell(cell);
   const int64_t per_layer = weights_per_layer(has_bias);
   TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 0,
               "tbptt: expected ", per_layer, " weights per layer, got ", weights.size());
@@ -468,7 +529,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     SpanGradients span = backward_span(backend, acts, window_flags, carry_scales, grad_out,
                                        grad_h_n, grad_c_n, weights, has_bias,
                                        step_weights_of(backend.gemm, weights, has_bias, B, true),
-                                       W > L, grad_input);
+                                       W > L, grad_input, cell);
     return {grad_input ? span.grad_x : at::empty({0}, grad_out.options()), span.grad_h_before,
             span.grad_c_before, span.weights};
   }
@@ -495,9 +556,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     const at::Tensor x_seg = window_of(ring.input, seg_slot, seg_len).contiguous();
     const at::Tensor masks_seg = masks_of(ring.mask, seg_slot, seg_len);
     RingTensors scratch;  // activations of the segment, slot 1 + i for its step i
-    const int64_t H = h_init.size(2), G = 4 * H;
-    scratch.gates = at::empty({layers, seg_len + 1, B, G}, h_init.options());
-    scratch.cell = at::empty({layers, seg_len + 1, B, H}, h_init.options());
+    const int64_t H = h_init.size(2), R = kRecordsPerUnit * H;
+    scratch.gates = at::empty({layers, seg_len + 1, B, R}, h_init.options());
+    scratch.cell = at::empty({layers, seg_len + 1, B, cell_units(cell, H)}, h_init.options());
     scratch.hidden = at::empty({layers, seg_len + 1, B, H}, h_init.options());
     scratch.input = at::empty({seg_len + 1, B, x_seg.size(2)}, x_seg.options());
     scratch.flags = at::empty({seg_len + 1, B}, ring.flags.options());
@@ -505,7 +566,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
                                        : at::empty({0}, h_init.options());
     forward_chunk(backend, x_seg, h_seg, c_seg, window_of(ring.flags, seg_slot, seg_len), weights,
                   has_bias, masks_seg.defined() ? c10::optional<at::Tensor>(masks_seg) : c10::nullopt,
-                  scratch, /*first_step=*/1, /*record=*/true, step_weights);
+                  scratch, /*first_step=*/1, /*record=*/true, step_weights, cell);
     // The part of the segment inside the window, and of the chunk inside that.
     const int64_t offset = std::max<int64_t>(first_step - seg_start, 0);
     const int64_t span_len = seg_len - offset, span_first = seg_start + offset - first_step;
@@ -525,7 +586,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
         backend, acts, window_flags.narrow(0, span_first, span_len),
         carry_scales.empty() ? carry_scales : carry_scales.slice(span_first, span_len),
         grad_out.narrow(0, chunk_first - (W - L), chunk_steps), grad_h, grad_c, weights, has_bias,
-        backward_weights, W > L, grad_input);
+        backward_weights, W > L, grad_input, cell);
     grad_h = span.grad_h_before;
     grad_c = span.grad_c_before;
     for (size_t i = 0; i < weights.size(); ++i) {

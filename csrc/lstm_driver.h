@@ -79,34 +79,37 @@ struct RingTensors {
   int64_t step_slots() const { return flags.size(0); }  // S: steps the ring holds per-step data of
 };
 
-// Forward over one chunk of L steps, all layers.
-//   x [L, B, I]; h0 [layers, B, H] (T); c0 [layers, B, H] (acc); flags [L, B] u8 step flags
+// Forward over one chunk of L steps, all layers, of `cell` (csrc/tbptt/cells.h: LSTM or GRU;
+// G = 4H or 3H gate units, C = H or 0 units of cell state: the GRU's cell tensors are
+// zero-width, R = 4H values a step records).
+//   x [L, B, I]; h0 [layers, B, H] (T); c0 [layers, B, C] (acc); flags [L, B] u8 step flags
 //   (window.h: reset, hold) or undefined;
-//   weights: per layer w_ih [G, I_l], w_hh [G, H] (+ b_ih [G], b_hh [G] when has_bias);
+//   weights: per layer w_ih [G, I_l], w_hh [G, H] (+ b_ih [G], b_hh [G] when has_bias), in
+//   nn.LSTM's / nn.GRU's gate order;
 //   dropout_masks [layers-1, L, B, H] or undefined; first_step: the global step (from the
 //   stream's start) of the chunk's first step; it lives in ring slot first_step mod S.
-//   Returns y [L, B, H], h_n [layers, B, H] (T), c_n [layers, B, H] (acc).
+//   Returns y [L, B, H], h_n [layers, B, H] (T), c_n [layers, B, C] (acc).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward(
     const DeviceBackend& backend, const at::Tensor& x, const at::Tensor& h0,
     const at::Tensor& c0, const c10::optional<at::Tensor>& flags, at::TensorList weights,
     bool has_bias, const c10::optional<at::Tensor>& dropout_masks, const RingTensors& ring,
-    int64_t first_step, bool record);
+    int64_t first_step, bool record, CellKind cell = CellKind::kLstm);
 
 // Backward over the window of the last `window_len` recorded steps, ending at global step
 // `last_step`, all layers. The chunk is the last L = grad_out.size(0) steps of the window.
-//   grad_out [L, B, H]; grad_h_n, grad_c_n [layers, B, H];
-//   h_init [layers, B, H] (T), c_init [layers, B, H] (acc): the state at the stream's start
+//   grad_out [L, B, H]; grad_h_n [layers, B, H], grad_c_n [layers, B, C];
+//   h_init [layers, B, H] (T), c_init [layers, B, C] (acc): the state at the stream's start
 //   (global step 0); the state entering the window comes from the ring (or is this one);
 //   carry_scales: empty, or one factor per window step (oldest first) on the gradients that
 //   step receives from the next (ARTBP's compensation; see tbptt_cuda/artbp.py);
 //   grad_input: false where x needs no gradient (its GEMM is skipped, grad_x returned empty).
-// Returns grad_x [L, B, I] (or [0]), grad_h_before [layers, B, H] (T), grad_c_before [layers, B, H]
+// Returns grad_x [L, B, I] (or [0]), grad_h_before [layers, B, H] (T), grad_c_before [layers, B, C]
 // (acc): the gradient reaching the state entering the window, and the weight gradients in the
 // order of `weights`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_backward(
     const DeviceBackend& backend, const at::Tensor& grad_out, const at::Tensor& grad_h_n,
     const at::Tensor& grad_c_n, at::TensorList weights, bool has_bias, const RingTensors& ring,
     const at::Tensor& h_init, const at::Tensor& c_init, int64_t window_len, int64_t last_step,
-    c10::ArrayRef<double> carry_scales, bool grad_input = true);
+    c10::ArrayRef<double> carry_scales, bool grad_input = true, CellKind cell = CellKind::kLstm);
 
 }  // namespace tbptt

@@ -38,6 +38,13 @@ RingTensors ring_of(const at::Tensor& gates, const at::Tensor& cell, const at::T
                      static_cast<HistoryMode>(history_mode), checkpoint_every};
 }
 
+// The op's cell argument: 0 lstm, 1 lstmp, 2 gru (window.h CellKind; the driver says which it
+// serves).
+CellKind cell_of(int64_t cell) {
+  TORCH_CHECK(cell >= 0 && cell <= 2, "tbptt: cell must be 0 (lstm), 1 (lstmp) or 2 (gru), got ", cell);
+  return static_cast<CellKind>(cell);
+}
+
 template <BackendGetter backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward_op(
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
@@ -45,12 +52,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunk_forward_op(
     const c10::optional<at::Tensor>& dropout_masks, at::Tensor& ring_gates,
     at::Tensor& ring_cell, at::Tensor& ring_hidden, at::Tensor& ring_input,
     at::Tensor& ring_flags, at::Tensor& ring_mask, int64_t first_step, bool record,
-    int64_t history_mode, int64_t checkpoint_every) {
+    int64_t history_mode, int64_t checkpoint_every, int64_t cell) {
   const c10::OptionalDeviceGuard guard(x.device());
   return chunk_forward(backend(), x, h0, c0, flags, weights, has_bias, dropout_masks,
                        ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags, ring_mask,
                                history_mode, checkpoint_every),
-                       first_step, record);
+                       first_step, record, cell_of(cell));
 }
 
 template <BackendGetter backend>
@@ -61,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
     const at::Tensor& ring_flags, const at::Tensor& ring_mask, const at::Tensor& h_init,
     const at::Tensor& c_init, int64_t window_len, int64_t last_step,
     const std::optional<std::vector<double>>& carry_scales, int64_t history_mode,
-    int64_t checkpoint_every, bool grad_input) {
+    int64_t checkpoint_every, bool grad_input, int64_t cell) {
   const c10::OptionalDeviceGuard guard(grad_out.device());
   return window_backward(backend(), grad_out, grad_h_n, grad_c_n, weights, has_bias,
                          ring_of(ring_gates, ring_cell, ring_hidden, ring_input, ring_flags,
@@ -69,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
                          h_init, c_init, window_len, last_step,
                          carry_scales.has_value() ? c10::ArrayRef<double>(*carry_scales)
                                                   : c10::ArrayRef<double>(),
-                         grad_input);
+                         grad_input, cell_of(cell));
 }
 
 }  // namespace
@@ -78,13 +85,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
 TORCH_LIBRARY(tbptt, m) {
   // Forward over one chunk; writes the chunk's steps into the ring when `record`. first_step:
   // the chunk's first step counted from the stream's start; history_mode: 0 activations,
-  // 1 states, 2 checkpoints (csrc/lstm_driver.h).
+  // 1 states, 2 checkpoints (csrc/lstm_driver.h); cell: 0 lstm, 2 gru (c0, c_n and the ring's
+  // cell zero-width: [.., B, 0]; 1 lstmp is not built yet).
   m.def(
       "chunk_forward(Tensor x, Tensor h0, Tensor c0, Tensor? flags, Tensor[] weights, "
       "bool has_bias, Tensor? dropout_masks, Tensor(a!) ring_gates, Tensor(b!) ring_cell, "
       "Tensor(c!) ring_hidden, Tensor(d!) ring_input, Tensor(e!) ring_flags, "
       "Tensor(f!) ring_mask, int first_step, bool record, int history_mode=0, "
-      "int checkpoint_every=1) -> (Tensor, Tensor, Tensor)");
+      "int checkpoint_every=1, int cell=0) -> (Tensor, Tensor, Tensor)");
   // Backward over the last window_len recorded steps, ending at step last_step; h_init, c_init:
   // the state at the stream's start; carry_scales: ARTBP's factor per window step (None: 1);
   // grad_input False: x needs no gradient (grad_x is returned empty, its GEMM skipped).
@@ -93,7 +101,7 @@ TORCH_LIBRARY(tbptt, m) {
       "bool has_bias, Tensor ring_gates, Tensor ring_cell, Tensor ring_hidden, "
       "Tensor ring_input, Tensor ring_flags, Tensor ring_mask, Tensor h_init, "
       "Tensor c_init, int window_len, int last_step, float[]? carry_scales=None, "
-      "int history_mode=0, int checkpoint_every=1, bool grad_input=True) "
+      "int history_mode=0, int checkpoint_every=1, bool grad_input=True, int cell=0) "
       "-> (Tensor, Tensor, Tensor, Tensor[])");
 }
 

@@ -1,12 +1,12 @@
-"""tbptt_cuda: LSTMs trained with truncated backpropagation through time, TBPTT(k1, k2), at
-memory set by k2, not by the sequence length."""
+"""tbptt_cuda: LSTMs and GRUs trained with truncated backpropagation through time,
+TBPTT(k1, k2), at memory set by k2, not by the sequence length."""
 from .artbp import ARTBP
 from .emulation import EmulationStats, emulate_cuda
-from .module import LSTMState, TruncatedLSTM
+from .module import GRUState, LSTMState, TruncatedGRU, TruncatedLSTM
 
 __version__ = "0.1.0"  # the one source of the version (pyproject.toml reads it)
-__all__ = ["TruncatedLSTM", "LSTMState", "ARTBP", "build_info", "emulate_cuda", "EmulationStats",
-           "set_cuda_path", "cuda_path", "cuda_plan"]
+__all__ = ["TruncatedLSTM", "LSTMState", "TruncatedGRU", "GRUState", "ARTBP", "build_info",
+           "emulate_cuda", "EmulationStats", "set_cuda_path", "cuda_path", "cuda_plan"]
 
 _CUDA_PATHS = ("auto", "persistent", "stepwise")
 

@@ -687,11 +687,12 @@ class GridSearchResult:
 
 
 def _truncated_lstms(model: torch.nn.Module):
-    from .module import TruncatedLSTM
+    from .module import TruncatedGRU, TruncatedLSTM
 
-    found = [m for m in model.modules() if isinstance(m, TruncatedLSTM)]
+    found = [m for m in model.modules() if isinstance(m, (TruncatedLSTM, TruncatedGRU))]
     if not found:
-        raise TypeError("model must contain at least one TruncatedLSTM (from tbptt_cuda import TruncatedLSTM)")
+        raise TypeError("model must contain at least one TruncatedLSTM or TruncatedGRU (from "
+                        "tbptt_cuda import TruncatedLSTM)")
     return found
 
 

@@ -11,11 +11,14 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import _backend
-from .history import History, RingBuffers
+from .history import CELLS, History, RingBuffers
 
 # The ops, loaded (or built just in time) once at import: nothing below loads anything, so
 # torch.compile can trace through the Function.
 _OPS = _backend.ops()
+
+# The ops' `cell` argument (csrc/ops.cpp): which recurrent cell the chunk runs.
+CELL_CODES = {"lstm": 0, "lstmp": 1, "gru": 2}
 
 
 @dataclass
@@ -32,10 +35,14 @@ class ChunkPlan:
     has_bias: bool
     empty: torch.Tensor              # a 0-element tensor on the device, for unused ring args
     carry_scales: Optional[list] = None  # ARTBP: per window step, oldest first (None: all 1)
+    cell: str = "lstm"               # "lstm" or "gru" (CELL_CODES)
 
 
-class TruncatedLSTMFunction(torch.autograd.Function):
-    """apply(plan, x [L,B,I], h0 [layers,B,H], c0 [layers,B,H], *weights) -> y, h_n, c_n."""
+class TruncatedRNNFunction(torch.autograd.Function):
+    """apply(plan, x [L,B,I], h0 [layers,B,H], c0, *weights) -> y, h_n, c_n, for the cell
+    plan.cell: c0 and c_n [layers,B,H] for the LSTM; for the GRU, which has no cell state,
+    zero-width [layers,B,0] (c0 of the accumulation dtype). Weights per layer in torch.nn's
+    order: w_ih, w_hh (, b_ih, b_hh)."""
 
     @staticmethod
     def forward(ctx, plan, x, h0, c0, *weights):
@@ -48,7 +55,7 @@ class TruncatedLSTMFunction(torch.autograd.Function):
             layout = (0, 1)
         y, h_n, c_n = _OPS.chunk_forward(
             x, h0, c0, plan.flags, list(weights), plan.has_bias, plan.dropout_masks,
-            *ring_args, plan.chunk_start, record, *layout)
+            *ring_args, plan.chunk_start, record, *layout, CELL_CODES[plan.cell])
         if record:
             plan.ring.end = plan.chunk_end
             plan.history.end = plan.chunk_end
@@ -63,23 +70,23 @@ class TruncatedLSTMFunction(torch.autograd.Function):
         plan = ctx.plan
         if plan.ring is None:
             raise RuntimeError(
-                "TruncatedLSTM: this chunk was run without recording history (under no_grad), "
-                "so it has no backward.")
+                f"{CELLS[plan.cell]}: this chunk was run without recording history (under "
+                "no_grad), so it has no backward.")
         weights = ctx.saved_tensors
         ring, history = plan.ring, plan.history
         w, b = plan.window_start, plan.chunk_end
         first_needed = ring.first_needed(w)
         if not ring.holds(first_needed, b):
             raise RuntimeError(
-                f"TruncatedLSTM: the history this backward needs (steps {first_needed}..{b - 1} of "
-                f"the stream) was overwritten by a later forward (the ring now holds steps "
+                f"{CELLS[plan.cell]}: the history this backward needs (steps "
+                f"{first_needed}..{b - 1} of the stream) was overwritten by a later forward (the ring now holds steps "
                 f"{max(ring.end - ring.slots, 0)}..{ring.end - 1}). Call backward() on each "
                 "chunk's loss before running the next chunk's forward, or make k2 larger than "
                 "the steps that pass between a forward and its backward.")
         grad_x, grad_h0, grad_c0, grad_weights = _OPS.window_backward(
             grad_y, grad_h_n, grad_c_n, list(weights), plan.has_bias, *ring.tensors(),
             history.h_init, history.c_init, b - w, b - 1, plan.carry_scales, ring.mode_code,
-            ring.every, ctx.needs_input_grad[1])
+            ring.every, ctx.needs_input_grad[1], CELL_CODES[plan.cell])
         needs = ctx.needs_input_grad
         return (
             None,
@@ -88,3 +95,6 @@ class TruncatedLSTMFunction(torch.autograd.Function):
             grad_c0.to(ctx.c0_dtype) if needs[3] else None,
             *grad_weights,
         )
+
+
+TruncatedLSTMFunction = TruncatedRNNFunction  # the name before the GRU (one Function for all)

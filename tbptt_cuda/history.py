@@ -1,13 +1,14 @@
 """The history a stream carries: a ring of its last steps, on the device, in one of three modes
-(csrc/lstm_driver.h, csrc/tbptt/window.h have the layouts):
+(csrc/lstm_driver.h, csrc/tbptt/window.h have the layouts; notes/cells.md section 2 per cell):
 
-- "activations": per layer and step, the activated gates (4H), the cell state c_t (H) and the
-  hidden output h_t (H); backward reads them.
-- "states": per layer and step only c_t and h_t; backward rebuilds the window's gates with two
-  window-wide GEMMs per layer.
-- "checkpoints": per step nothing of the layers; c and h of every layer only for the state
-  entering every s-th step (s = checkpoint_every); backward recomputes the window one segment
-  of s steps at a time from its checkpoint.
+- "activations": per layer and step, 4H activated gate values (the LSTM's i, f, g, o; the
+  GRU's r, z, n and hn = W_hn h + b_hn), the cell state c_t (H; the GRU has none: a zero-width
+  record) and the hidden output h_t (H); backward reads them.
+- "states": per layer and step only c_t (LSTM) and h_t; backward rebuilds the window's gates
+  with two window-wide GEMMs per layer.
+- "checkpoints": per step nothing of the layers; the state (c and h; the GRU's h) of every
+  layer only for the state entering every s-th step (s = checkpoint_every); backward
+  recomputes the window one segment of s steps at a time from its checkpoint.
 Every mode keeps, per step, the layer-0 input x_t (I), one byte of step flags per row (reset,
 hold), and, where dropout is on between layers, the mask on the input of each upper layer (H).
 Every record is in the module's dtype: a float16/bfloat16 ring is half a float32 one. The cell
@@ -23,6 +24,26 @@ import math
 import torch
 
 MODES = ("activations", "states", "checkpoints")
+
+# The cells a history can belong to, and the module that records each (for messages). The
+# ring's layout per cell: gates [layers, S, B, 4H] in "activations" for both; the cell state
+# record [.., B, H] for the LSTM and [.., B, 0] (zero-width) for the GRU, which has no c.
+CELLS = {"lstm": "TruncatedLSTM", "gru": "TruncatedGRU"}
+
+
+def cell_width(cell, hidden_size):
+    """Units of the cell state c per row: H for the LSTM, 0 for the GRU (no c)."""
+    return hidden_size if cell == "lstm" else 0
+
+
+def _saved_cell(record, who):
+    """The cell kind a saved record names; a record saved before the GRU existed has no
+    "cell_kind" (the key "cell" is the ring's c record): it is an LSTM's."""
+    cell = record.get("cell_kind", "lstm")
+    if cell not in CELLS:
+        raise ValueError(f"{who} state: unknown cell kind {cell!r}, expected one of "
+                         f"{sorted(CELLS)}")
+    return cell
 
 
 def accumulation_dtype(dtype):
@@ -48,13 +69,17 @@ class RingBuffers:
     _TENSORS = ("gates", "cell", "hidden", "input", "flags", "mask")
 
     def __init__(self, slots, num_layers, batch, input_size, hidden_size, dtype, device, with_mask,
-                 mode="activations", every=1):
+                 mode="activations", every=1, cell="lstm"):
+        if cell not in CELLS:
+            raise ValueError(f"RingBuffers: cell must be one of {sorted(CELLS)}, got {cell!r}")
         self.slots, self.mode, self.every, self.with_mask = slots, mode, every, with_mask
+        self.cell_kind = cell
         make = dict(device=device)
         layered = checkpoint_slots(slots, every) if mode == "checkpoints" else slots
         gates = (num_layers, slots, batch, 4 * hidden_size) if mode == "activations" else (0,)
         self.gates = torch.empty(gates, dtype=dtype, **make)
-        self.cell = torch.empty(num_layers, layered, batch, hidden_size, dtype=dtype, **make)
+        self.cell = torch.empty(num_layers, layered, batch, cell_width(cell, hidden_size),
+                                dtype=dtype, **make)
         self.hidden = torch.empty(num_layers, layered, batch, hidden_size, dtype=dtype, **make)
         self.input = torch.empty(slots, batch, input_size, dtype=dtype, **make)
         self.flags = torch.zeros(slots, batch, dtype=torch.uint8, **make)  # step flags
@@ -100,25 +125,33 @@ class RingBuffers:
         """Everything this ring holds, as plain tensors and ints (for torch.save)."""
         record = {name: getattr(self, name) for name in self._TENSORS}
         record.update(slots=self.slots, end=self.end, with_mask=self.with_mask, mode=self.mode,
-                      every=self.every)
+                      every=self.every, cell_kind=self.cell_kind)
         return record
 
     @classmethod
-    def from_dict(cls, record, h_init, input_size):
-        """The ring of to_dict(), checked against the stream's (h_init [layers, B, H])."""
+    def from_dict(cls, record, h_init, input_size, cell="lstm"):
+        """The ring of to_dict(), checked against the stream's (h_init [layers, B, H], its cell
+        kind)."""
+        who = CELLS[cell]
         ring = cls.__new__(cls)
-        ring.slots, ring.end, ring.with_mask = (_int(record, "slots"), _int(record, "end"),
+        saved = _saved_cell(record, who)
+        if saved != cell:
+            raise ValueError(f"{who} state: the saved ring is of cell {saved!r}, its stream of "
+                             f"cell {cell!r}")
+        ring.cell_kind = cell
+        ring.slots, ring.end, ring.with_mask = (_int(record, "slots", who), _int(record, "end", who),
                                                 bool(record["with_mask"]))
         ring.mode = record.get("mode", "activations")
         if ring.mode not in MODES:
-            raise ValueError(f"TruncatedLSTM state: unknown history mode {ring.mode!r}")
-        ring.every = _int(record, "every") if "every" in record else 1
+            raise ValueError(f"{who} state: unknown history mode {ring.mode!r}")
+        ring.every = _int(record, "every", who) if "every" in record else 1
         layers, batch, hidden = h_init.shape
         S = ring.slots
         layered = checkpoint_slots(S, ring.every) if ring.mode == "checkpoints" else S
         expected = {
             "gates": (layers, S, batch, 4 * hidden) if ring.mode == "activations" else (0,),
-            "cell": (layers, layered, batch, hidden), "hidden": (layers, layered, batch, hidden),
+            "cell": (layers, layered, batch, cell_width(cell, hidden)),
+            "hidden": (layers, layered, batch, hidden),
             "input": (S, batch, input_size), "flags": (S, batch),
             "mask": (layers - 1, S, batch, hidden) if ring.with_mask else (0,),
         }
@@ -126,7 +159,7 @@ class RingBuffers:
         for name in cls._TENSORS:
             tensor = record[name]
             if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected[name]:
-                raise ValueError(f"TruncatedLSTM state: the saved ring's `{name}` should be a "
+                raise ValueError(f"{who} state: the saved ring's `{name}` should be a "
                                  f"tensor of shape {expected[name]}, got "
                                  f"{getattr(tensor, 'shape', type(tensor).__name__)}")
             wanted = torch.uint8 if name == "flags" else dtype
@@ -135,7 +168,7 @@ class RingBuffers:
                 # round it as the ring now records it.
                 tensor = tensor.to(dtype)
             if tensor.dtype != wanted:
-                raise ValueError(f"TruncatedLSTM state: the saved ring's `{name}` should be "
+                raise ValueError(f"{who} state: the saved ring's `{name}` should be "
                                  f"{wanted}, got {tensor.dtype}")
             setattr(ring, name, tensor.contiguous())
         return ring
@@ -166,10 +199,14 @@ class RingBuffers:
 class History:
     """What a stream keeps of its earlier steps so that backward can reach k2 steps back.
 
-    h_init, c_init [layers, B, H]: the (detached) state at the stream's start.
+    h_init [layers, B, H], c_init [layers, B, H] (LSTM) or [layers, B, 0] (GRU): the
+    (detached) state at the stream's start; cell: "lstm" or "gru".
     """
 
-    def __init__(self, h_init, c_init, input_size):
+    def __init__(self, h_init, c_init, input_size, cell="lstm"):
+        if cell not in CELLS:
+            raise ValueError(f"History: cell must be one of {sorted(CELLS)}, got {cell!r}")
+        self.cell_kind = cell
         self.h_init = h_init.detach().clone()
         self.c_init = c_init.detach().to(accumulation_dtype(h_init.dtype)).clone()
         self.input_size = input_size
@@ -196,7 +233,7 @@ class History:
             return ring
         layers, batch, hidden = self.h_init.shape
         new = RingBuffers(needed, layers, batch, self.input_size, hidden, self.h_init.dtype,
-                          self.h_init.device, with_mask, mode, every)
+                          self.h_init.device, with_mask, mode, every, self.cell_kind)
         if ring is not None:
             if same_layout and ring.with_mask == with_mask:
                 # Keep what fits; at least the newest step, whose state the next chunk enters from.
@@ -221,28 +258,38 @@ class History:
 
     def to_dict(self):
         """Everything needed to continue the stream exactly, as plain tensors and ints: what
-        torch.save of a returned state writes (LSTMState.__reduce__)."""
-        return {"format": 1, "h_init": self.h_init, "c_init": self.c_init,
-                "input_size": self.input_size, "end": self.end, "floor": self.floor,
+        torch.save of a returned state writes (LSTMState.__reduce__, GRUState.__reduce_ex__)."""
+        return {"format": 1, "cell_kind": self.cell_kind, "h_init": self.h_init,
+                "c_init": self.c_init, "input_size": self.input_size, "end": self.end, "floor": self.floor,
                 "ring": self.ring.to_dict() if self.ring is not None else None}
 
     @classmethod
-    def from_dict(cls, record):
+    def from_dict(cls, record, cell=None):
+        """The history of to_dict(); cell (None: any) is the kind the caller expects."""
+        expected = CELLS.get(cell, "TruncatedLSTM")
         if not isinstance(record, dict) or record.get("format") != 1:
-            raise ValueError("TruncatedLSTM state: not a saved stream history (format 1)")
+            raise ValueError(f"{expected} state: not a saved stream history (format 1)")
+        saved = _saved_cell(record, expected)
+        who = CELLS[saved]
+        if cell is not None and saved != cell:
+            raise ValueError(f"{expected} state: the saved history is a {who}'s stream "
+                             f"(cell {saved!r}), not a {expected}'s (cell {cell!r})")
         history = cls.__new__(cls)
+        history.cell_kind = saved
         history.h_init, history.c_init = record["h_init"], record["c_init"]
-        if not (isinstance(history.h_init, torch.Tensor) and isinstance(history.c_init, torch.Tensor)
-                and history.h_init.dim() == 3 and history.c_init.shape == history.h_init.shape):
-            raise ValueError("TruncatedLSTM state: the saved initial state must be two "
-                             "[layers, B, H] tensors")
-        history.input_size = _int(record, "input_size")
-        history.end, history.floor = _int(record, "end"), _int(record, "floor")
+        h_init, c_init = history.h_init, history.c_init
+        if not (isinstance(h_init, torch.Tensor) and isinstance(c_init, torch.Tensor)
+                and h_init.dim() == 3
+                and c_init.shape == (*h_init.shape[:2], cell_width(saved, h_init.shape[2]))):
+            raise ValueError(f"{who} state: the saved initial state must be h [layers, B, H] and "
+                             f"c [layers, B, {'H' if saved == 'lstm' else '0'}] tensors")
+        history.input_size = _int(record, "input_size", who)
+        history.end, history.floor = _int(record, "end", who), _int(record, "floor", who)
         ring = record["ring"]
-        history.ring = None if ring is None else RingBuffers.from_dict(ring, history.h_init,
-                                                                       history.input_size)
+        history.ring = None if ring is None else RingBuffers.from_dict(
+            ring, history.h_init, history.input_size, saved)
         if history.ring is not None and history.ring.end != history.end:
-            raise ValueError("TruncatedLSTM state: the saved ring and stream disagree on the step")
+            raise ValueError(f"{who} state: the saved ring and stream disagree on the step")
         return history
 
     @property
@@ -253,8 +300,8 @@ class History:
         return ring_bytes + init
 
 
-def _int(record, key):
+def _int(record, key, who="TruncatedLSTM"):
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"TruncatedLSTM state: saved `{key}` must be an integer >= 0, got {value!r}")
+        raise ValueError(f"{who} state: saved `{key}` must be an integer >= 0, got {value!r}")
     return value

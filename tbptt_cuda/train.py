@@ -82,14 +82,16 @@ def history_nbytes(state) -> int:
 
 
 def set_k2(model: torch.nn.Module, k2: Optional[int]) -> int:
-    """Set ``k2`` on every TruncatedLSTM inside ``model``; returns how many were set."""
-    from .module import TruncatedLSTM
+    """Set ``k2`` on every TruncatedLSTM and TruncatedGRU inside ``model``; returns how many
+    were set."""
+    from .module import TruncatedGRU, TruncatedLSTM
 
     if k2 is not None and (isinstance(k2, bool) or not isinstance(k2, int) or k2 < 1):
         raise ValueError(f"k2 must be None or an integer >= 1, got {k2!r}")
-    found = [m for m in model.modules() if isinstance(m, TruncatedLSTM)]
+    found = [m for m in model.modules() if isinstance(m, (TruncatedLSTM, TruncatedGRU))]
     if not found:
-        raise TypeError("model must contain a TruncatedLSTM to set k2 on (from tbptt_cuda import TruncatedLSTM)")
+        raise TypeError("model must contain a TruncatedLSTM or TruncatedGRU to set k2 on (from "
+                        "tbptt_cuda import TruncatedLSTM)")
     for module in found:
         module.k2 = k2
     return len(found)

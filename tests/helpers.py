@@ -1,7 +1,29 @@
-"""Shared test helpers: run one stream through TruncatedLSTM and through the reference."""
+"""Shared test helpers: run one stream through TruncatedLSTM or TruncatedGRU and through the
+reference."""
 import torch
 
+from tbptt_cuda import TruncatedGRU, TruncatedLSTM
 from tbptt_cuda.reference import ReferenceStream
+
+MODULES = {"lstm": TruncatedLSTM, "gru": TruncatedGRU}
+
+
+def make_rnn(cell, *args, **kwargs):
+    """TruncatedLSTM or TruncatedGRU (cell "lstm" or "gru") with these arguments."""
+    return MODULES[cell](*args, **kwargs)
+
+
+def split_state(state):
+    """(h, c) of a returned state: an LSTM's (h_n, c_n); a GRU's h_n and None."""
+    if isinstance(state, torch.Tensor):
+        return state, None
+    h, c = state
+    return h, c
+
+
+def initial_state(module, h0, c0=None):
+    """The call's explicit initial state: (h0, c0) for an LSTM, the tensor h0 for a GRU."""
+    return h0 if module.cell == "gru" else (h0, c0)
 
 # Relative-error bounds ||a - b|| / ||b|| per dtype, fused code vs the reference.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -47,8 +69,10 @@ def make_stream(chunk_lengths, batch, input_size, dtype, device, reset_prob=0.0,
 def _chunk_loss(out, state, out_weights, use_state):
     loss = (out * out_weights).sum()
     if use_state:
-        h, c = state
-        loss = loss + (h * 0.7).sum() + (c * c).sum() * 0.3
+        h, c = split_state(state)
+        loss = loss + (h * 0.7).sum()
+        if c is not None:
+            loss = loss + (c * c).sum() * 0.3
     return loss
 
 
@@ -58,11 +82,12 @@ def _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=N
     ours = masks is None
     names = [n for n, _ in module.named_parameters()]
     h0 = c0 = None
-    if explicit is not None:
+    if explicit is not None:  # (h0, c0) for an LSTM, (h0,) for a GRU
         h0 = explicit[0].clone().requires_grad_()
-        c0 = explicit[1].clone().requires_grad_()
+        if module.cell == "lstm":
+            c0 = explicit[1].clone().requires_grad_()
     stream = None if ours else ReferenceStream(module, h0, c0)
-    state = (h0, c0) if h0 is not None else None
+    state = initial_state(module, h0, c0) if h0 is not None else None
     gen = torch.Generator().manual_seed(99)
     records, used_masks = [], []
     for i, (x, reset, k2) in enumerate(zip(chunks, resets, k2s)):
@@ -81,10 +106,11 @@ def _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=N
         else:
             out, state = stream.chunk(x, k2, reset=reset, masks=masks[i])
         _chunk_loss(out, state, out_weights, use_state).backward()
+        h, c = split_state(state)
         records.append({
             "out": out.detach().clone(),
-            "h": state[0].detach().clone(),
-            "c": state[1].detach().clone(),
+            "h": h.detach().clone(),
+            "c": c.detach().clone() if c is not None else None,
             "x_grad": x.grad.clone(),
             "param_grads": {n: p.grad.clone() for n, p in zip(names, module.parameters())},
             "h0_grad": h0.grad.clone() if (i == 0 and h0 is not None) else None,
@@ -94,8 +120,9 @@ def _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=N
 
 
 def run_both(module, chunks, resets, k2s, use_state=False, batch_first=False, explicit=None):
-    """The same stream through `module` (a TruncatedLSTM) and through the reference, with
-    backward after each chunk. Returns (ours, reference) lists of per-chunk records."""
+    """The same stream through `module` (a TruncatedLSTM or TruncatedGRU) and through the
+    reference, with backward after each chunk; explicit: (h0, c0) (LSTM) or (h0,) (GRU).
+    Returns (ours, reference) lists of per-chunk records."""
     ours, masks = _feed(module, chunks, resets, k2s, use_state, batch_first, explicit)
     ref, _ = _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=masks)
     return ours, ref
@@ -106,6 +133,9 @@ def assert_records_close(ours, ref, dtype):
     assert len(ours) == len(ref)
     for i, (a, b) in enumerate(zip(ours, ref)):
         for key in ("out", "h", "c", "x_grad"):
+            if b[key] is None:  # a GRU has no c
+                assert a[key] is None, key
+                continue
             err = rel_err(a[key], b[key])
             assert err <= tol, f"chunk {i}: {key} rel err {err:.3g} > {tol}"
         for name, grad in b["param_grads"].items():
@@ -118,8 +148,8 @@ def assert_records_close(ours, ref, dtype):
 
 
 def stream_records(module, chunks, resets, k2, reference=False):
-    """Per chunk of a stream: [out, x.grad, *parameter grads], from `module` (a TruncatedLSTM)
-    or, with reference=True, from the reference with the module's parameters."""
+    """Per chunk of a stream: [out, x.grad, *parameter grads], from `module` (a TruncatedLSTM or
+    TruncatedGRU) or, with reference=True, from the reference with the module's parameters."""
     stream = ReferenceStream(module) if reference else None
     state, records = None, []
     gen = torch.Generator().manual_seed(5)

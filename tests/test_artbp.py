@@ -11,7 +11,7 @@ import torch
 from tbptt_cuda import ARTBP, TruncatedLSTM
 from tbptt_cuda.reference import ReferenceStream
 
-from helpers import rel_err
+from helpers import make_rnn, rel_err
 
 DTYPE = torch.float64
 K1 = K2 = 4
@@ -25,9 +25,9 @@ def _stream(device, steps=40, seed=0):
     return [xs[i:i + K1] for i in range(0, steps, K1)], weights
 
 
-def _module(device):
+def _module(device, cell="lstm"):
     torch.manual_seed(0)
-    return TruncatedLSTM(2, 4, k2=K2, device=device, dtype=DTYPE)
+    return make_rnn(cell, 2, 4, k2=K2, device=device, dtype=DTYPE)
 
 
 def _last_chunk_gradient(lstm, chunks, loss_weights, window=None, artbp=None, k2=K2):
@@ -64,29 +64,29 @@ LAWS = {"geometric": dict(c=0.2), "power": dict(alpha=4.0, mean_length=4.0)}
 
 
 @pytest.mark.parametrize("law", list(LAWS))
-def test_exact_expectation_is_tbptt_with_k2_equal_to_cap(law, device):
-    lstm = _module(device)
+def test_exact_expectation_is_tbptt_with_k2_equal_to_cap(law, cell, device):
+    rnn = _module(device, cell)
     chunks, loss_weights = _stream(device)
     artbp = ARTBP(cap=CAP, **LAWS[law])
-    mean, _, grads = _exact(lstm, chunks, loss_weights, artbp)
-    target, _ = _last_chunk_gradient(lstm, chunks, loss_weights, k2=CAP)
+    mean, _, grads = _exact(rnn, chunks, loss_weights, artbp)
+    target, _ = _last_chunk_gradient(rnn, chunks, loss_weights, k2=CAP)
     assert rel_err(mean, target) <= 1e-10
     # negative controls: the unweighted average of plain TBPTT over W, and TBPTT with k2
-    plain = torch.stack([_last_chunk_gradient(lstm, chunks, loss_weights, k2=w)[0]
+    plain = torch.stack([_last_chunk_gradient(rnn, chunks, loss_weights, k2=w)[0]
                          for w in range(K2, CAP + 1)])
     assert rel_err(plain.mean(0), target) > 1e-3
-    short, _ = _last_chunk_gradient(lstm, chunks, loss_weights, k2=K2)
+    short, _ = _last_chunk_gradient(rnn, chunks, loss_weights, k2=K2)
     assert rel_err(short, target) > 1e-2
     # one window against the reference with the same compensation factors
     window = 11
-    reference = ReferenceStream(lstm)
+    reference = ReferenceStream(rnn)
     for x in chunks[:-1]:
         reference.chunk(x, K2)
-    lstm.zero_grad(set_to_none=True)
+    rnn.zero_grad(set_to_none=True)
     out, _ = reference.chunk(chunks[-1], K2, window=window,
                              carry_scales=artbp.carry_scales(window, K2))
     (out * loss_weights).sum().backward()
-    expected = torch.cat([p.grad.flatten() for p in lstm.parameters()])
+    expected = torch.cat([p.grad.flatten() for p in rnn.parameters()])
     assert rel_err(grads[window - K2], expected) <= 1e-10
 
 

@@ -6,43 +6,49 @@ from torch.func import functional_call
 from tbptt_cuda import TruncatedLSTM
 from tbptt_cuda import _backend
 
+from helpers import make_rnn, split_state
+
 
 def _params(module):
     return {n: p.detach().clone().requires_grad_() for n, p in module.named_parameters()}
 
 
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda n: f"layers{n}")
-def test_gradcheck_fresh_chunk(num_layers, device):
-    lstm = TruncatedLSTM(2, 3, num_layers, k2=4, device=device, dtype=torch.float64)
-    params = _params(lstm)
+def test_gradcheck_fresh_chunk(num_layers, cell, device):
+    rnn = make_rnn(cell, 2, 3, num_layers, k2=4, device=device, dtype=torch.float64)
+    params = _params(rnn)
     names = list(params)
     x = torch.randn(3, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
     h0 = torch.randn(num_layers, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
     c0 = torch.randn(num_layers, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
     reset = torch.tensor([[False, False], [True, False], [False, False]], device=device)
+    states = (h0, c0) if cell == "lstm" else (h0,)  # a GRU has no c
 
-    def fn(x, h0, c0, *weights):
-        out, (h, c) = functional_call(lstm, dict(zip(names, weights)), (x, (h0, c0)),
-                                      {"reset": reset})
-        return out, h, c
+    def fn(x, *inputs):
+        state, weights = inputs[:len(states)], inputs[len(states):]
+        out, state = functional_call(rnn, dict(zip(names, weights)),
+                                     (x, state if cell == "lstm" else state[0]), {"reset": reset})
+        h, c = split_state(state)
+        return (out, h) if c is None else (out, h, c)
 
-    assert torch.autograd.gradcheck(fn, (x, h0, c0, *params.values()))
+    assert torch.autograd.gradcheck(fn, (x, *states, *params.values()))
 
 
-def test_gradcheck_window_reaching_into_earlier_chunks(device):
+def test_gradcheck_window_reaching_into_earlier_chunks(cell, device):
     # With k2 covering the whole stream, the second chunk's gradient w.r.t. the parameters is
     # the full derivative of its loss, which gradcheck measures by re-running both chunks.
-    lstm = TruncatedLSTM(2, 3, 2, k2=8, device=device, dtype=torch.float64)
-    params = _params(lstm)
+    rnn = make_rnn(cell, 2, 3, 2, k2=8, device=device, dtype=torch.float64)
+    params = _params(rnn)
     names = list(params)
     x1 = torch.randn(3, 2, 2, dtype=torch.float64, device=device)
     x2 = torch.randn(4, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
 
     def fn(x2, *weights):
         weights = dict(zip(names, weights))
-        _, state = functional_call(lstm, {n: w.detach() for n, w in weights.items()}, (x1,))
-        out, (h, c) = functional_call(lstm, weights, (x2, state))
-        return out, h, c
+        _, state = functional_call(rnn, {n: w.detach() for n, w in weights.items()}, (x1,))
+        out, state = functional_call(rnn, weights, (x2, state))
+        h, c = split_state(state)
+        return (out, h) if c is None else (out, h, c)
 
     assert torch.autograd.gradcheck(fn, (x2, *params.values()))
 

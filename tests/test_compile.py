@@ -1,37 +1,41 @@
-"""torch.compile: a model containing TruncatedLSTM trains a stream compiled as it does eagerly,
-and a chunk compiles with fullgraph=True (no graph break). A chunk that continues a stream runs
-the LSTM outside the graph (its position in the stream is Python state)."""
+"""torch.compile: a model containing TruncatedLSTM or TruncatedGRU trains a stream compiled as
+it does eagerly, and a chunk compiles with fullgraph=True (no graph break; the GRU's state, a
+tensor subclass, is made inside the graph). A chunk that continues a stream runs the RNN
+outside the graph (its position in the stream is Python state)."""
 import pytest
 import torch
 from torch import nn
 
-from tbptt_cuda import TruncatedLSTM
+from tbptt_cuda import GRUState, LSTMState
 
-from helpers import rel_err
+from helpers import make_rnn, rel_err, split_state
 
 pytestmark = pytest.mark.slow  # Inductor compiles for ~10 s
 
 
 class Model(nn.Module):
-    def __init__(self):
+    def __init__(self, cell="lstm"):
         super().__init__()
-        self.lstm = TruncatedLSTM(3, 8, 2, k2=8)
+        self.rnn = make_rnn(cell, 3, 8, 2, k2=8)
         self.head = nn.Linear(8, 1)
 
     def forward(self, x, state=None):
-        out, state = self.lstm(x, state)
+        out, state = self.rnn(x, state)
         return torch.tanh(self.head(out)), state
 
 
-def test_one_chunk_compiles_with_fullgraph():
+def test_one_chunk_compiles_with_fullgraph(cell):
     torch.manual_seed(0)
-    eager = Model()
-    compiled_model = Model()
+    eager = Model(cell)
+    compiled_model = Model(cell)
     compiled_model.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_model, fullgraph=True)
     x = torch.randn(5, 2, 3)
-    y_eager, (h_eager, _) = eager(x)
-    y, (h, _) = compiled(x)
+    y_eager, state_eager = eager(x)
+    y, state = compiled(x)
+    assert isinstance(state, GRUState if cell == "gru" else LSTMState)
+    assert state.history.end == 5 and state.window == 5
+    h_eager, h = split_state(state_eager)[0], split_state(state)[0]
     (y_eager.sum() + h_eager.sum()).backward()
     (y.sum() + h.sum()).backward()
     assert rel_err(y, y_eager) <= 1e-6 and rel_err(h, h_eager) <= 1e-6
@@ -39,11 +43,11 @@ def test_one_chunk_compiles_with_fullgraph():
         assert rel_err(a.grad, b.grad) <= 1e-5
 
 
-def test_compiled_model_trains_a_stream_like_eager(device):
+def test_compiled_model_trains_a_stream_like_eager(cell, device):
     if device.type == "cuda":
         pytest.skip("covered by the CPU and emulated cases; the GPU check runs the suite")
     torch.manual_seed(0)
-    eager, compiled_model = Model(), Model()
+    eager, compiled_model = Model(cell), Model(cell)
     compiled_model.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_model)
     optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (eager, compiled_model)]

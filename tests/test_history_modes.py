@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import pack_sequence
 
 from tbptt_cuda import ARTBP, TruncatedLSTM
 
-from helpers import TOLERANCE, assert_records_close, make_stream, rel_err, run_both
+from helpers import TOLERANCE, assert_records_close, make_rnn, make_stream, rel_err, run_both
 from test_reference import SCHEDULES
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
@@ -22,41 +22,41 @@ MODES = [pytest.param(("states", None), id="states"),
 @pytest.mark.parametrize("num_layers", [1, 3], ids=lambda n: f"layers{n}")
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("mode", MODES)
-def test_schedules_match_reference(mode, schedule, num_layers, dtype, device):
+def test_schedules_match_reference(mode, schedule, num_layers, dtype, cell, device):
     history, every = mode
     lengths, k2s = SCHEDULES[schedule]
-    lstm = TruncatedLSTM(4, 5, num_layers, history=history, checkpoint_every=every, device=device,
-                         dtype=dtype)
+    rnn = make_rnn(cell, 4, 5, num_layers, history=history, checkpoint_every=every,
+                   device=device, dtype=dtype)
     chunks, resets = make_stream(lengths, 3, 4, dtype, device)
-    ours, ref = run_both(lstm, chunks, resets, k2s)
+    ours, ref = run_both(rnn, chunks, resets, k2s)
     assert_records_close(ours, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
 @pytest.mark.parametrize("mode", MODES)
-def test_resets_dropout_layers_state_loss_match_reference(mode, batch_first, dtype, device):
+def test_resets_dropout_layers_state_loss_match_reference(mode, batch_first, dtype, cell, device):
     history, every = mode
-    lstm = TruncatedLSTM(3, 6, 3, dropout=0.3, batch_first=batch_first, history=history,
-                         checkpoint_every=every, device=device, dtype=dtype)
+    rnn = make_rnn(cell, 3, 6, 3, dropout=0.3, batch_first=batch_first, history=history,
+                   checkpoint_every=every, device=device, dtype=dtype)
     chunks, resets = make_stream([4, 2, 5, 4, 3], 2, 3, dtype, device, reset_prob=0.15, seed=3)
     h0 = torch.randn(3, 2, 6, dtype=dtype, device=device)
     c0 = torch.randn(3, 2, 6, dtype=dtype, device=device)
-    ours, ref = run_both(lstm, chunks, resets, [7] * 5, use_state=True, batch_first=batch_first,
-                         explicit=(h0, c0))
+    ours, ref = run_both(rnn, chunks, resets, [7] * 5, use_state=True, batch_first=batch_first,
+                         explicit=(h0, c0)[:2 if cell == "lstm" else 1])
     assert_records_close(ours, ref, dtype)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_nan_before_a_reset_never_reaches_later_gradients(mode, device):
+def test_nan_before_a_reset_never_reaches_later_gradients(mode, cell, device):
     history, every = mode
-    lstm = TruncatedLSTM(2, 4, 2, k2=10, history=history, checkpoint_every=every, device=device,
-                         dtype=torch.float64)
+    rnn = make_rnn(cell, 2, 4, 2, k2=10, history=history, checkpoint_every=every,
+                   device=device, dtype=torch.float64)
     chunks, resets = make_stream([4, 4, 4], 3, 2, torch.float64, device, seed=4)
     chunks[0][2, 0, 1] = float("nan")
     resets[1] = torch.zeros(4, 3, dtype=torch.bool, device=device)
     resets[1][0, 0] = True
-    ours, ref = run_both(lstm, chunks, resets, [10] * 3)
+    ours, ref = run_both(rnn, chunks, resets, [10] * 3)
     for record in ours[1:]:
         assert torch.isfinite(record["out"]).all()
         assert all(torch.isfinite(g).all() for g in record["param_grads"].values())
@@ -64,19 +64,20 @@ def test_nan_before_a_reset_never_reaches_later_gradients(mode, device):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_k2_changes_and_artbp(mode, device):
+def test_k2_changes_and_artbp(mode, cell, device):
     history, every = mode
     dtype = torch.float64
-    lstm = TruncatedLSTM(2, 4, 2, history=history, checkpoint_every=every, device=device, dtype=dtype)
+    rnn = make_rnn(cell, 2, 4, 2, history=history, checkpoint_every=every, device=device,
+                   dtype=dtype)
     chunks, resets = make_stream([2, 2, 3, 3], 2, 2, dtype, device, seed=6)
-    ours, ref = run_both(lstm, chunks, resets, [4, 8, 10, 10])  # grows before the ring wraps
+    ours, ref = run_both(rnn, chunks, resets, [4, 8, 10, 10])  # grows before the ring wraps
     assert_records_close(ours, ref, dtype)
     # ARTBP: a forced window in each mode equals the activations mode
     results = []
     for mode_name in ("activations", history):
         torch.manual_seed(0)
-        model = TruncatedLSTM(2, 4, k2=3, artbp=ARTBP(cap=9, c=0.3), history=mode_name,
-                              checkpoint_every=every, device=device, dtype=dtype)
+        model = make_rnn(cell, 2, 4, k2=3, artbp=ARTBP(cap=9, c=0.3), history=mode_name,
+                         checkpoint_every=every, device=device, dtype=dtype)
         state = None
         for x in chunks[:3]:
             _, state = model(x, state)
@@ -89,25 +90,25 @@ def test_k2_changes_and_artbp(mode, device):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_packed_chunk_in_every_mode(mode, device):
+def test_packed_chunk_in_every_mode(mode, cell, device):
     history, every = mode
     dtype = torch.float64
     runs = []
     for mode_name in ("activations", history):
         torch.manual_seed(0)
-        lstm = TruncatedLSTM(3, 4, 2, k2=9, history=mode_name, checkpoint_every=every,
-                             device=device, dtype=dtype)
+        rnn = make_rnn(cell, 3, 4, 2, k2=9, history=mode_name, checkpoint_every=every,
+                       device=device, dtype=dtype)
         gen = torch.Generator().manual_seed(1)
         packed = pack_sequence([torch.randn(n, 3, generator=gen, dtype=dtype).to(device)
                                 for n in (5, 2, 4)], enforce_sorted=False)
-        _, state = lstm(torch.randn(3, 3, 3, generator=gen, dtype=dtype).to(device))
-        out, state = lstm(packed, state)
+        _, state = rnn(torch.randn(3, 3, 3, generator=gen, dtype=dtype).to(device))
+        out, state = rnn(packed, state)
         out.data.sum().backward()
-        grads = [p.grad.clone() for p in lstm.parameters()]
-        lstm.zero_grad()
-        out2, state = lstm(torch.randn(4, 3, 3, generator=gen, dtype=dtype).to(device), state)
+        grads = [p.grad.clone() for p in rnn.parameters()]
+        rnn.zero_grad()
+        out2, state = rnn(torch.randn(4, 3, 3, generator=gen, dtype=dtype).to(device), state)
         out2.pow(2).sum().backward()  # its window reaches back through the held steps
-        runs.append([out.data, out2] + grads + [p.grad for p in lstm.parameters()])
+        runs.append([out.data, out2] + grads + [p.grad for p in rnn.parameters()])
     for a, b in zip(*runs):
         assert rel_err(a, b) <= TOLERANCE[dtype]
 

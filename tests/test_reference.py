@@ -1,11 +1,11 @@
-"""TruncatedLSTM against tbptt_cuda/reference.py: every schedule of the literature and the
-module's options, outputs and all gradients by relative error."""
+"""TruncatedLSTM and TruncatedGRU against tbptt_cuda/reference.py: every schedule of the
+literature and the module's options, outputs and all gradients by relative error."""
 import pytest
 import torch
 
 from tbptt_cuda import TruncatedLSTM
 
-from helpers import assert_records_close, make_stream, run_both
+from helpers import assert_records_close, make_rnn, make_stream, run_both
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 
@@ -26,11 +26,11 @@ SCHEDULES = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("num_layers", [1, 3], ids=lambda n: f"layers{n}")
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-def test_schedules_match_reference(schedule, num_layers, dtype, device):
+def test_schedules_match_reference(schedule, num_layers, dtype, cell, device):
     lengths, k2s = SCHEDULES[schedule]
-    lstm = TruncatedLSTM(4, 5, num_layers, device=device, dtype=dtype)
+    rnn = make_rnn(cell, 4, 5, num_layers, device=device, dtype=dtype)
     chunks, resets = make_stream(lengths, 3, 4, dtype, device)
-    ours, ref = run_both(lstm, chunks, resets, k2s)
+    ours, ref = run_both(rnn, chunks, resets, k2s)
     assert_records_close(ours, ref, dtype)
 
 
@@ -39,33 +39,34 @@ def test_schedules_match_reference(schedule, num_layers, dtype, device):
 @pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("use_state", [False, True], ids=["out_loss", "out+state_loss"])
-def test_options_match_reference(use_state, bias, batch_first, num_layers, dtype, device):
-    lstm = TruncatedLSTM(3, 6, num_layers, bias=bias, batch_first=batch_first, device=device,
-                         dtype=dtype)
+def test_options_match_reference(use_state, bias, batch_first, num_layers, dtype, cell, device):
+    rnn = make_rnn(cell, 3, 6, num_layers, bias=bias, batch_first=batch_first, device=device,
+                   dtype=dtype)
     chunks, resets = make_stream([4, 2, 5, 4], 2, 3, dtype, device, reset_prob=0.15, seed=3)
-    ours, ref = run_both(lstm, chunks, resets, [7, 7, 7, 7], use_state=use_state,
+    ours, ref = run_both(rnn, chunks, resets, [7, 7, 7, 7], use_state=use_state,
                          batch_first=batch_first)
     assert_records_close(ours, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k2", [None, 4, 9], ids=lambda k: f"k2={k}")
-def test_resets_and_explicit_initial_state(k2, dtype, device):
-    lstm = TruncatedLSTM(3, 4, 2, device=device, dtype=dtype)
+def test_resets_and_explicit_initial_state(k2, dtype, cell, device):
+    rnn = make_rnn(cell, 3, 4, 2, device=device, dtype=dtype)
     chunks, resets = make_stream([4, 4, 3], 5, 3, dtype, device, reset_prob=0.3, seed=7)
     resets[0][0, 1] = True  # a reset at the very first step cuts the gradient to h0 there
     h0 = torch.randn(2, 5, 4, dtype=dtype, device=device)
     c0 = torch.randn(2, 5, 4, dtype=dtype, device=device)
-    ours, ref = run_both(lstm, chunks, resets, [k2] * 3, use_state=True, explicit=(h0, c0))
+    ours, ref = run_both(rnn, chunks, resets, [k2] * 3, use_state=True,
+                         explicit=(h0, c0)[:2 if cell == "lstm" else 1])
     assert_records_close(ours, ref, dtype)
     assert ours[0]["h0_grad"][:, 1].abs().max() == 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dropout_masks_reused_in_backward(dtype, device):
-    lstm = TruncatedLSTM(3, 5, 3, dropout=0.4, device=device, dtype=dtype)
+def test_dropout_masks_reused_in_backward(dtype, cell, device):
+    rnn = make_rnn(cell, 3, 5, 3, dropout=0.4, device=device, dtype=dtype)
     chunks, resets = make_stream([4, 3, 4], 2, 3, dtype, device, seed=11)
-    ours, ref = run_both(lstm, chunks, resets, [8, 8, 8])
+    ours, ref = run_both(rnn, chunks, resets, [8, 8, 8])
     assert_records_close(ours, ref, dtype)
 
 
@@ -82,8 +83,8 @@ def test_k2_changes_between_calls(dtype, device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_k2_growth_before_wrap_matches(dtype, device):
-    lstm = TruncatedLSTM(2, 4, 1, device=device, dtype=dtype)
+def test_k2_growth_before_wrap_matches(dtype, cell, device):
+    rnn = make_rnn(cell, 2, 4, 1, device=device, dtype=dtype)
     chunks, resets = make_stream([2, 2, 3, 3], 2, 2, dtype, device, seed=6)
-    ours, ref = run_both(lstm, chunks, resets, [4, 8, 10, 10])
+    ours, ref = run_both(rnn, chunks, resets, [4, 8, 10, 10])
     assert_records_close(ours, ref, dtype)

@@ -1,6 +1,6 @@
-// CPU backend: the GEMMs of gemm_cpu.cpp and this pointwise pass, lstm_math.h's element
-// functions over all B*H elements of one step; float32 layers take the fused path of
-// fused_cpu.cpp where it is available.
+// CPU backend: the GEMMs of gemm_cpu.cpp and this pointwise pass, a cell's element functions
+// (cells.h: LSTM, GRU) over all B*H elements of one step; float32 and bfloat16 LSTM layers take
+// the fused path of fused_cpu.cpp where it is available.
 // Rows are split across threads with at::parallel_for; within a row the units are contiguous
 // and the loop is written for the compiler to vectorise (this file is built with fast math so
 // that exp/tanh use glibc's vector variants), once per x86 level. float32 and float64; bfloat16
@@ -12,7 +12,7 @@
 #include <cstring>
 
 #include "backends.h"
-#include "tbptt/lstm_math.h"
+#include "tbptt/cells.h"
 
 namespace tbptt {
 namespace cpu {
@@ -75,71 +75,75 @@ inline void element_units(const Params& p, int64_t unit_begin, int64_t unit_end)
   }
 }
 
-// The backward element over rows (or units), with the ring holding activated gates or
-// pre-activations (history "states"): chosen once per call, not per element. always_inline:
-// the loop must be compiled inside each target_clones clone (an out-of-line copy would be
-// built for the baseline ISA only).
-template <typename T, typename acc_t>
+// A cell's forward element over rows (or units), and its backward element with the ring holding
+// activated gates or pre-activations (history "states"): chosen once per call, not per element.
+// always_inline: the loop must be compiled inside each target_clones clone (an out-of-line copy
+// would be built for the baseline ISA only).
+template <typename Cell, typename T, typename acc_t>
+__attribute__((always_inline)) inline void forward_rows_of(const ForwardStepParams& p, int64_t b, int64_t e) {
+  element_rows<ForwardStepParams, Cell::template forward<T, acc_t>>(p, b, e);
+}
+template <typename Cell, typename T, typename acc_t>
+__attribute__((always_inline)) inline void forward_units_of(const ForwardStepParams& p, int64_t b, int64_t e) {
+  element_units<ForwardStepParams, Cell::template forward<T, acc_t>>(p, b, e);
+}
+template <typename Cell, typename T, typename acc_t>
 __attribute__((always_inline)) inline void backward_rows_of(const BackwardStepParams& p, int64_t b, int64_t e) {
   if (p.gates_are_pre_activations) {
-    element_rows<BackwardStepParams, backward_step_element<T, acc_t, true>>(p, b, e);
+    element_rows<BackwardStepParams, Cell::template backward<T, acc_t, true>>(p, b, e);
   } else {
-    element_rows<BackwardStepParams, backward_step_element<T, acc_t, false>>(p, b, e);
+    element_rows<BackwardStepParams, Cell::template backward<T, acc_t, false>>(p, b, e);
   }
 }
-template <typename T, typename acc_t>
+template <typename Cell, typename T, typename acc_t>
 __attribute__((always_inline)) inline void backward_units_of(const BackwardStepParams& p, int64_t b, int64_t e) {
   if (p.gates_are_pre_activations) {
-    element_units<BackwardStepParams, backward_step_element<T, acc_t, true>>(p, b, e);
+    element_units<BackwardStepParams, Cell::template backward<T, acc_t, true>>(p, b, e);
   } else {
-    element_units<BackwardStepParams, backward_step_element<T, acc_t, false>>(p, b, e);
+    element_units<BackwardStepParams, Cell::template backward<T, acc_t, false>>(p, b, e);
   }
 }
 
-// One clone set per dtype (target_clones takes plain functions, not templates).
-TBPTT_CPU_CLONES void forward_rows_float(const ForwardStepParams& p, int64_t b, int64_t e) {
-  element_rows<ForwardStepParams, forward_step_element<float, float>>(p, b, e);
-}
-TBPTT_CPU_CLONES void forward_rows_double(const ForwardStepParams& p, int64_t b, int64_t e) {
-  element_rows<ForwardStepParams, forward_step_element<double, double>>(p, b, e);
-}
-TBPTT_CPU_CLONES void forward_rows_bf16(const ForwardStepParams& p, int64_t b, int64_t e) {
-  element_rows<ForwardStepParams, forward_step_element<Bf16, float>>(p, b, e);
-}
-TBPTT_CPU_CLONES void forward_rows_half(const ForwardStepParams& p, int64_t b, int64_t e) {
-  element_rows<ForwardStepParams, forward_step_element<Fp16, float>>(p, b, e);
-}
-TBPTT_CPU_CLONES void backward_rows_bf16(const BackwardStepParams& p, int64_t b, int64_t e) {
-  backward_rows_of<Bf16, float>(p, b, e);
-}
-TBPTT_CPU_CLONES void backward_rows_half(const BackwardStepParams& p, int64_t b, int64_t e) {
-  backward_rows_of<Fp16, float>(p, b, e);
-}
-TBPTT_CPU_CLONES void backward_rows_float(const BackwardStepParams& p, int64_t b, int64_t e) {
-  backward_rows_of<float, float>(p, b, e);
-}
-TBPTT_CPU_CLONES void backward_rows_double(const BackwardStepParams& p, int64_t b, int64_t e) {
-  backward_rows_of<double, double>(p, b, e);
-}
+// One clone set per (cell, dtype) and direction: target_clones takes plain functions, not
+// templates.
+#define TBPTT_CPU_ROW_LOOPS(cell_name, Cell, type_name, T, acc_t)                              \
+  TBPTT_CPU_CLONES void forward_rows_##cell_name##_##type_name(const ForwardStepParams& p,    \
+                                                               int64_t b, int64_t e) {        \
+    forward_rows_of<Cell, T, acc_t>(p, b, e);                                                  \
+  }                                                                                            \
+  TBPTT_CPU_CLONES void backward_rows_##cell_name##_##type_name(const BackwardStepParams& p,  \
+                                                                int64_t b, int64_t e) {       \
+    backward_rows_of<Cell, T, acc_t>(p, b, e);                                                 \
+  }
+TBPTT_CPU_ROW_LOOPS(lstm, LstmCell, float, float, float)
+TBPTT_CPU_ROW_LOOPS(lstm, LstmCell, double, double, double)
+TBPTT_CPU_ROW_LOOPS(lstm, LstmCell, bf16, Bf16, float)
+TBPTT_CPU_ROW_LOOPS(lstm, LstmCell, half, Fp16, float)
+TBPTT_CPU_ROW_LOOPS(gru, GruCell, float, float, float)
+TBPTT_CPU_ROW_LOOPS(gru, GruCell, double, double, double)
+TBPTT_CPU_ROW_LOOPS(gru, GruCell, bf16, Bf16, float)
+TBPTT_CPU_ROW_LOOPS(gru, GruCell, half, Fp16, float)
+#undef TBPTT_CPU_ROW_LOOPS
 
 }  // namespace
 
+// The fused LSTM layers' share of a step (fused_cpu.cpp).
 TBPTT_CPU_CLONES void forward_units_float(const ForwardStepParams& p, int64_t unit_begin,
                                           int64_t unit_end) {
-  element_units<ForwardStepParams, forward_step_element<float, float>>(p, unit_begin, unit_end);
+  forward_units_of<LstmCell, float, float>(p, unit_begin, unit_end);
 }
 TBPTT_CPU_CLONES void backward_units_float(const BackwardStepParams& p, int64_t unit_begin,
                                            int64_t unit_end) {
-  backward_units_of<float, float>(p, unit_begin, unit_end);
+  backward_units_of<LstmCell, float, float>(p, unit_begin, unit_end);
 }
 
 TBPTT_CPU_CLONES void forward_units_bf16(const ForwardStepParams& p, int64_t unit_begin,
                                          int64_t unit_end) {
-  element_units<ForwardStepParams, forward_step_element<Bf16, float>>(p, unit_begin, unit_end);
+  forward_units_of<LstmCell, Bf16, float>(p, unit_begin, unit_end);
 }
 TBPTT_CPU_CLONES void backward_units_bf16(const BackwardStepParams& p, int64_t unit_begin,
                                           int64_t unit_end) {
-  backward_units_of<Bf16, float>(p, unit_begin, unit_end);
+  backward_units_of<LstmCell, Bf16, float>(p, unit_begin, unit_end);
 }
 
 namespace {
@@ -156,28 +160,41 @@ void for_each_row_block(const Params& shared_params,
   });
 }
 
-void forward_step(const ForwardStepParams& params, at::ScalarType storage) {
+// The row loop of a (cell, storage type): one of four per cell, float32, float64, bfloat16,
+// float16 in that order.
+template <typename Rows>
+Rows rows_for(CellKind cell, at::ScalarType storage, const Rows (&lstm)[4], const Rows (&gru)[4]) {
+  TORCH_CHECK(cell == CellKind::kLstm || cell == CellKind::kGru,
+              "tbptt: the CPU backend has no elements for cell ", static_cast<int>(cell));
+  const Rows(&rows)[4] = cell == CellKind::kGru ? gru : lstm;
   switch (storage) {
-    case at::kFloat: return for_each_row_block(params, forward_rows_float);
-    case at::kDouble: return for_each_row_block(params, forward_rows_double);
-    case at::kBFloat16: return for_each_row_block(params, forward_rows_bf16);
-    case at::kHalf: return for_each_row_block(params, forward_rows_half);
+    case at::kFloat: return rows[0];
+    case at::kDouble: return rows[1];
+    case at::kBFloat16: return rows[2];
+    case at::kHalf: return rows[3];
     default:
       TORCH_CHECK(false, "tbptt: the CPU backend supports float32, float64, bfloat16 and float16, got ",
                   storage);
   }
 }
 
+using ForwardRows = void (*)(const ForwardStepParams&, int64_t, int64_t);
+using BackwardRows = void (*)(const BackwardStepParams&, int64_t, int64_t);
+
+void forward_step(const ForwardStepParams& params, at::ScalarType storage) {
+  static const ForwardRows lstm[4] = {forward_rows_lstm_float, forward_rows_lstm_double,
+                                      forward_rows_lstm_bf16, forward_rows_lstm_half};
+  static const ForwardRows gru[4] = {forward_rows_gru_float, forward_rows_gru_double,
+                                     forward_rows_gru_bf16, forward_rows_gru_half};
+  for_each_row_block(params, rows_for(params.cell_kind, storage, lstm, gru));
+}
+
 void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
-  switch (storage) {
-    case at::kFloat: return for_each_row_block(params, backward_rows_float);
-    case at::kDouble: return for_each_row_block(params, backward_rows_double);
-    case at::kBFloat16: return for_each_row_block(params, backward_rows_bf16);
-    case at::kHalf: return for_each_row_block(params, backward_rows_half);
-    default:
-      TORCH_CHECK(false, "tbptt: the CPU backend supports float32, float64, bfloat16 and float16, got ",
-                  storage);
-  }
+  static const BackwardRows lstm[4] = {backward_rows_lstm_float, backward_rows_lstm_double,
+                                       backward_rows_lstm_bf16, backward_rows_lstm_half};
+  static const BackwardRows gru[4] = {backward_rows_gru_float, backward_rows_gru_double,
+                                      backward_rows_gru_bf16, backward_rows_gru_half};
+  for_each_row_block(params, rows_for(params.cell_kind, storage, lstm, gru));
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // Launch glue of the kernels in lstm_kernels.cuh: grid sizes and the choice of instantiation
-// by storage type. Written once and compiled into both builds, tbptt::cuda (nvcc, by
+// by cell and storage type. Written once and compiled into both builds, tbptt::cuda (nvcc, by
 // lstm_kernels.cu) and tbptt::emu (g++, by csrc/emulation/lstm_kernels_emu.cpp), so that the
 // emulated run exercises this code too. No ATen. Each build includes it in exactly one
 // translation unit (the launchers are ordinary functions, declared for the ATen glue in
@@ -25,28 +25,41 @@ inline simt::Dim3 pointwise_grid(int64_t elements) {
                     1, 1};
 }
 
-// One forward step of one layer over B*H elements. Returns the launch status.
+// One forward step of one layer over B*H elements, params.cell's element. Returns the launch
+// status (invalid value for a cell without elements).
 simt::Status launch_forward_step(const ForwardStepParams& params, StorageType storage,
                                  simt::Stream stream) {
   const simt::Dim3 grid = pointwise_grid(params.batch * params.hidden);
-  return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
-    using T = decltype(storage_tag);
-    using acc_t = decltype(acc_tag);
-    return simt::launch(kForwardStep, forward_step_kernel<T, acc_t>, grid,
-                        simt::Dim3{kPointwiseThreads, 1, 1}, 0, stream, params);
-  });
+  return with_cell(
+      params.cell_kind,
+      [&](auto cell) {
+        using Cell = decltype(cell);
+        return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
+          using T = decltype(storage_tag);
+          using acc_t = decltype(acc_tag);
+          return simt::launch(kForwardStep, forward_step_kernel<Cell, T, acc_t>, grid,
+                              simt::Dim3{kPointwiseThreads, 1, 1}, 0, stream, params);
+        });
+      },
+      [] { return simt::Status(1); });  // cudaErrorInvalidValue
 }
 
 // One backward step of one layer over B*H elements. Returns the launch status.
 simt::Status launch_backward_step(const BackwardStepParams& params, StorageType storage,
                                   simt::Stream stream) {
   const simt::Dim3 grid = pointwise_grid(params.batch * params.hidden);
-  return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
-    using T = decltype(storage_tag);
-    using acc_t = decltype(acc_tag);
-    return simt::launch(kBackwardStep, backward_step_kernel<T, acc_t>, grid,
-                        simt::Dim3{kPointwiseThreads, 1, 1}, 0, stream, params);
-  });
+  return with_cell(
+      params.cell_kind,
+      [&](auto cell) {
+        using Cell = decltype(cell);
+        return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
+          using T = decltype(storage_tag);
+          using acc_t = decltype(acc_tag);
+          return simt::launch(kBackwardStep, backward_step_kernel<Cell, T, acc_t>, grid,
+                              simt::Dim3{kPointwiseThreads, 1, 1}, 0, stream, params);
+        });
+      },
+      [] { return simt::Status(1); });
 }
 
 }  // namespace SIMT_NS

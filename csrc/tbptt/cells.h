@@ -1,0 +1,65 @@
+// The recurrent cells as a compile-time parameter: one traits struct per cell, read by the
+// element loops (csrc/cpu/lstm_cpu.cpp), the stepwise kernels (csrc/cuda/lstm_kernels.cuh) and
+// the driver's sizes, so that these are written once for every cell. Framework-free.
+//
+//   cell   kGates  state            a step records ([B, 4H] T)   elements
+//   lstm   4       h [B,H], c [B,H]  i, f, g, o (activated)        lstm_math.h
+//   gru    3       h [B,H]           r, z, n, hn                   gru_math.h
+//
+// (lstmp, nn.LSTM with proj_size, is planned: notes/cells.md.)
+#pragma once
+
+#include "gru_math.h"
+#include "lstm_math.h"
+
+namespace tbptt {
+
+struct LstmCell {
+  static constexpr CellKind kKind = CellKind::kLstm;
+  static constexpr int kGates = 4;         // gate blocks in W_ih / W_hh rows: G = kGates * H
+  static constexpr bool kHasCell = true;   // state (h, c)
+  template <typename T, typename acc_t>
+  static TBPTT_HD void forward(const ForwardStepParams& p, int64_t row, int64_t unit) {
+    forward_step_element<T, acc_t>(p, row, unit);
+  }
+  template <typename T, typename acc_t, bool kPreActivations>
+  static TBPTT_HD void backward(const BackwardStepParams& p, int64_t row, int64_t unit) {
+    backward_step_element<T, acc_t, kPreActivations>(p, row, unit);
+  }
+};
+
+struct GruCell {
+  static constexpr CellKind kKind = CellKind::kGru;
+  static constexpr int kGates = 3;
+  static constexpr bool kHasCell = false;  // state h only: cell tensors are [.., B, 0]
+  template <typename T, typename acc_t>
+  static TBPTT_HD void forward(const ForwardStepParams& p, int64_t row, int64_t unit) {
+    gru_forward_step_element<T, acc_t>(p, row, unit);
+  }
+  template <typename T, typename acc_t, bool kPreActivations>
+  static TBPTT_HD void backward(const BackwardStepParams& p, int64_t row, int64_t unit) {
+    gru_backward_step_element<T, acc_t, kPreActivations>(p, row, unit);
+  }
+};
+
+// Values a step records per unit (the gates ring's and grad_gates' width is this times H), the
+// same for every cell so that the ring's layout is one.
+constexpr int kRecordsPerUnit = 4;
+
+// Gate blocks of a cell's products (G = gates_of(cell) * H); 0 for a kind no build serves.
+inline constexpr int gates_of(CellKind cell) {
+  return cell == CellKind::kLstm ? LstmCell::kGates : cell == CellKind::kGru ? GruCell::kGates : 0;
+}
+
+// Calls f(LstmCell{}) or f(GruCell{}), or otherwise() for a kind no element serves (lstmp):
+// the one switch from a runtime CellKind to an instantiation.
+template <typename F, typename Otherwise>
+auto with_cell(CellKind cell, F&& f, Otherwise&& otherwise) {
+  switch (cell) {
+    case CellKind::kLstm: return f(LstmCell{});
+    case CellKind::kGru: return f(GruCell{});
+    default: return otherwise();
+  }
+}
+
+}  // namespace tbptt

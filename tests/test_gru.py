@@ -1,0 +1,615 @@
+"""TruncatedGRU (issue 18): nn.GRU's drop-in, streaming like TruncatedLSTM.
+
+Against nn.GRU on the same weights (k2=None, one chunk per call: outputs, h_n and every
+gradient), in every calling convention (hx positional or keyword, batch_first, unbatched,
+PackedSequence, bias=False); against tbptt_cuda/reference.py over multi-chunk streams whose
+windows reach into earlier chunks (k2 > L) in every history mode, with resets, dropout and
+ARTBP; the state is a tensor (GRUState) that carries the stream, saves and resumes exactly;
+the history's layout and bytes; the errors. The paths: the CPU stepwise path (the fused CPU
+layers decline the GRU), the CUDA stepwise kernels under the emulator, the GPU where there is
+one; the persistent kernels decline the GRU and the driver falls back to the stepwise ones.
+The reference comparisons shared with the LSTM run over the `cell` fixture in
+test_reference.py, test_history_modes.py, test_resets.py, test_artbp.py and test_autograd.py.
+"""
+import copy
+import io
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
+
+import tbptt_cuda
+from tbptt_cuda import ARTBP, GRUState, TruncatedGRU, TruncatedLSTM, _backend, emulate_cuda
+from tbptt_cuda.history import History, RingBuffers
+from tbptt_cuda.reference import GRU, ReferenceStream, cell_of
+
+from helpers import (TOLERANCE, assert_records_close, assert_within_low_precision_bar,
+                     make_stream, rel_err, run_both, stream_records)
+
+DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
+MODES = ["activations", "states", "checkpoints"]
+EMULATION = tbptt_cuda.build_info()["cuda_emulation"]
+needs_emulation = pytest.mark.skipif(not EMULATION, reason="built without the emulated kernels")
+
+
+@pytest.fixture
+def cell():
+    """Every test here is the GRU's: conftest's `device` then skips "emulated" (the forced
+    persistent path hands the GRU to the stepwise kernels, which "emulated_stepwise" runs;
+    test_the_persistent_path_falls_back_to_the_stepwise_kernels checks the hand-over)."""
+    return "gru"
+
+
+pytestmark = pytest.mark.usefixtures("cell")
+
+
+def _pair(device, dtype, layers=2, batch_first=False, bias=True, I=3, H=5, k2=None):
+    theirs = nn.GRU(I, H, layers, bias=bias, batch_first=batch_first).to(device, dtype)
+    ours = TruncatedGRU(I, H, layers, bias=bias, batch_first=batch_first, k2=k2, device=device,
+                        dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def _grads(module):
+    return [p.grad.clone() for p in module.parameters()]
+
+
+# ---------------------------------------------------------------------------------------------
+# nn.GRU's parameters and calling conventions
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_parameters_initialisation_and_state_dict_both_ways(bias):
+    ours = TruncatedGRU(3, 5, 2, bias=bias)
+    theirs = nn.GRU(3, 5, 2, bias=bias)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == \
+           [(n, p.shape) for n, p in theirs.named_parameters()]
+    assert ours.weight_hh_l1.shape == (15, 5) and ours.cell == "gru" and cell_of(ours) is GRU
+    bound = 1 / math.sqrt(5)
+    for name, p in ours.named_parameters():  # nn.GRU's uniform(-1/sqrt(H), 1/sqrt(H))
+        assert p.abs().max() <= bound and p.std() > bound / 4, name
+    ours.load_state_dict(theirs.state_dict())
+    for (n, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(a, b), n
+    fresh = nn.GRU(3, 5, 2, bias=bias)
+    fresh.load_state_dict(ours.state_dict())
+    for a, b in zip(fresh.parameters(), ours.parameters()):
+        assert torch.equal(a, b)
+    assert repr(TruncatedGRU(3, 5, 2, k2=6)) == "TruncatedGRU(3, 5, num_layers=2, k2=6)"
+    assert TruncatedGRU(3, 5).flatten_parameters() is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("num_layers", [1, 2], ids=lambda n: f"layers{n}")
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
+def test_k2_none_equals_nn_gru_chunked_with_detach(batch_first, num_layers, dtype, device):
+    """k2=None is BPTT(k, k): each chunk's gradient stops at its start, as nn.GRU fed chunk by
+    chunk from the detached state. Outputs, h_n, x's, h0's and every parameter's gradient."""
+    ours, theirs = _pair(device, dtype, num_layers, batch_first, I=4, H=6)
+    B = 3
+    h0 = torch.randn(num_layers, B, 6, device=device, dtype=dtype)
+    xs = [torch.randn(*((B, L) if batch_first else (L, B)), 4, device=device, dtype=dtype)
+          for L in (5, 3, 6)]
+    tol = TOLERANCE[dtype]
+    state_ours = state_theirs = None
+    for i, x in enumerate(xs):
+        results = []
+        for module in (ours, theirs):
+            module.zero_grad(set_to_none=True)
+            xi = x.clone().requires_grad_()
+            if i == 0:
+                hi = h0.clone().requires_grad_()
+                hx = hi
+            elif module is ours:
+                hx = state_ours  # the stream: never detached
+            else:
+                hx = state_theirs.detach()
+            out, h_n = module(xi, hx)
+            (out.pow(2).sum() + h_n.sum() + h_n[-1].pow(2).sum()).backward()
+            grads = [xi.grad] + _grads(module) + ([hi.grad] if i == 0 else [])
+            results.append((out, h_n, grads))
+            if module is ours:
+                assert isinstance(h_n, GRUState)
+                state_ours = h_n
+            else:
+                state_theirs = h_n
+        (out_a, h_a, g_a), (out_b, h_b, g_b) = results
+        assert rel_err(out_a, out_b) <= tol and rel_err(h_a, h_b) <= tol
+        for a, b in zip(g_a, g_b):
+            assert rel_err(a, b) <= tol
+
+
+def test_bias_false_hx_positional_and_keyword_equal_nn_gru(device):
+    for bias in (False, True):
+        ours, theirs = _pair(device, torch.float64, bias=bias)
+        x = torch.randn(4, 2, 3, device=device, dtype=torch.float64)
+        h0 = torch.randn(2, 2, 5, device=device, dtype=torch.float64)
+        b, h_b = theirs(x, h0)
+        for a, h_a in (ours(x, h0), ours(x, hx=h0)):
+            assert rel_err(a, b) <= 1e-10 and rel_err(h_a, h_b) <= 1e-10
+        a, h_a = ours(x)  # hx=None: zeros
+        b, h_b = theirs(x)
+        assert rel_err(a, b) <= 1e-10 and rel_err(h_a, h_b) <= 1e-10
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
+def test_unbatched_input_equals_nn_gru(batch_first, dtype, device):
+    ours, theirs = _pair(device, dtype, batch_first=batch_first)
+    x = torch.randn(6, 3, device=device, dtype=dtype)  # [L, I]: batch_first does not apply
+    h0 = torch.randn(2, 5, device=device, dtype=dtype)
+    results = []
+    for module in (ours, theirs):
+        module.zero_grad(set_to_none=True)
+        xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        out, h = module(xi, hi)
+        assert out.shape == (6, 5) and h.shape == (2, 5)
+        (out.pow(2).sum() + h.sum()).backward()
+        results.append([out, h, xi.grad, hi.grad] + _grads(module))
+    for a, b in zip(*results):
+        assert rel_err(a, b) <= TOLERANCE[dtype]
+
+
+def test_unbatched_stream_continues_like_a_batch_of_one(device):
+    gru = TruncatedGRU(3, 4, 2, k2=6, device=device, dtype=torch.float64)
+    xs = [torch.randn(L, 3, device=device, dtype=torch.float64) for L in (3, 4, 2)]
+    runs = []
+    for batched in (False, True):
+        state, record = None, []
+        for x in xs:
+            gru.zero_grad(set_to_none=True)
+            out, state = gru(x.unsqueeze(1) if batched else x, state)
+            (out.sum() + state.pow(2).sum()).backward()
+            record.append([out.reshape(-1, 4).detach(), state.reshape(2, 4).detach()] + _grads(gru))
+        if not batched:
+            assert isinstance(state, GRUState) and state.shape == (2, 4)
+            assert state.history_nbytes > 0 and state.window == 6
+        runs.append(record)
+    for a, b in zip(*runs):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+def test_packed_sequence_equals_nn_gru(enforce_sorted, batch_first, dtype, device):
+    ours, theirs = _pair(device, dtype, batch_first=batch_first)
+    lengths = [5, 4, 2] if enforce_sorted else [5, 2, 4]
+    packed = pack_sequence([torch.randn(n, 3, device=device, dtype=dtype) for n in lengths],
+                           enforce_sorted=enforce_sorted)
+    h0 = torch.randn(2, 3, 5, device=device, dtype=dtype)  # original batch order
+    results = []
+    for module in (ours, theirs):
+        module.zero_grad(set_to_none=True)
+        data = packed.data.clone().requires_grad_()
+        hi = h0.clone().requires_grad_()
+        out, h = module(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                                       packed.unsorted_indices), hi)
+        assert isinstance(out, PackedSequence)
+        (out.data.pow(2).sum() + h.sum()).backward()
+        results.append((out, [out.data, h, data.grad, hi.grad] + _grads(module)))
+    (out_a, a), (out_b, b) = results
+    assert torch.equal(out_a.batch_sizes, out_b.batch_sizes)
+    for ta, tb in zip(a, b):
+        assert rel_err(ta, tb) <= TOLERANCE[dtype]
+    padded = torch.randn(4, 6, 3, device=device, dtype=dtype)  # from a padded batch, lengths
+    packed = pack_padded_sequence(padded, torch.tensor([6, 1, 3, 6]), batch_first=True,
+                                  enforce_sorted=False)
+    (out_a, h_a), (out_b, h_b) = ours(packed), theirs(packed)
+    assert rel_err(out_a.data, out_b.data) <= TOLERANCE[dtype]
+    assert rel_err(h_a, h_b) <= TOLERANCE[dtype]
+
+
+def test_packed_chunk_inside_a_stream_matches_the_reference(device):
+    """Rows past their length hold still; a later window reaches back through the held steps."""
+    dtype = torch.float64
+    gru = TruncatedGRU(3, 4, 2, k2=9, device=device, dtype=dtype)
+    gen = torch.Generator().manual_seed(3)
+    chunk1 = torch.randn(3, 3, 3, generator=gen, dtype=dtype).to(device)
+    lengths = torch.tensor([5, 2, 4])
+    seqs = [torch.randn(n, 3, generator=gen, dtype=dtype).to(device) for n in lengths.tolist()]
+    packed = pack_sequence(seqs, enforce_sorted=False)
+    chunk3 = torch.randn(4, 3, 3, generator=gen, dtype=dtype).to(device)
+    padded = torch.zeros(5, 3, 3, dtype=dtype, device=device)
+    for row, seq in enumerate(seqs):
+        padded[:len(seq), row] = seq
+    hold = (torch.arange(5).unsqueeze(1) >= lengths.unsqueeze(0)).to(device)
+
+    def run(reference):
+        stream = ReferenceStream(gru) if reference else None
+        h, records = None, []
+        for i, x in enumerate((chunk1, packed, chunk3)):
+            gru.zero_grad(set_to_none=True)
+            if reference:
+                out, h = stream.chunk(padded if i == 1 else x, 9, hold=hold if i == 1 else None)
+                if i == 1:
+                    out = out.transpose(0, 1)[~hold.t()]  # per row, its steps
+            else:
+                out, h = gru(x, h)
+                if i == 1:
+                    out = torch.cat([seq for seq in _unpacked(out)])
+            (out.pow(2).sum() + h.sum()).backward()
+            records.append([out.detach(), h.detach()] + _grads(gru))
+        return records
+
+    for a, b in zip(run(False), run(True)):
+        for ta, tb in zip(a, b):
+            assert rel_err(ta, tb) <= 1e-10
+
+
+def _unpacked(packed):
+    """The sequences of a PackedSequence, in the original batch order."""
+    padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(packed)
+    return [padded[:n, row] for row, n in enumerate(lengths.tolist())]
+
+
+# ---------------------------------------------------------------------------------------------
+# streams against the reference: windows into earlier chunks, modes, resets, dropout, ARTBP
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("history", MODES)
+def test_stream_with_resets_and_dropout_matches_the_reference(history, dtype, device):
+    """2 layers with dropout (the reference replays the module's recorded masks), resets, an
+    explicit h0 that gets gradient, a loss on out and h_n, k2 = 7 over chunks of 2 to 5 steps:
+    every window but the first reaches into earlier chunks."""
+    gru = TruncatedGRU(3, 6, 2, dropout=0.3, history=history, device=device, dtype=dtype)
+    chunks, resets = make_stream([4, 2, 5, 4, 3], 2, 3, dtype, device, reset_prob=0.15, seed=3)
+    h0 = torch.randn(2, 2, 6, dtype=dtype, device=device)
+    ours, ref = run_both(gru, chunks, resets, [7] * 5, use_state=True, explicit=(h0,))
+    assert_records_close(ours, ref, dtype)
+    assert gru.last_dropout_masks.shape == (1, 3, 2, 6)
+
+
+@pytest.mark.parametrize("history", MODES)
+def test_artbp_matches_the_reference(history, device):
+    """A forced ARTBP window of 8 steps over chunks of 3 (k2 = 3, cap 9): the reference with
+    the same compensation factors on the carried gradient."""
+    dtype = torch.float64
+    torch.manual_seed(0)
+    gru = TruncatedGRU(2, 4, 2, k2=3, artbp=ARTBP(cap=9, c=0.3), history=history,
+                       checkpoint_every=2 if history == "checkpoints" else None, device=device,
+                       dtype=dtype)
+    chunks, _ = make_stream([3, 3, 3, 3], 2, 2, dtype, device, seed=6)
+    stream, state = ReferenceStream(gru), None
+    for x in chunks[:3]:
+        _, state = gru(x, state)
+        stream.chunk(x, 3)
+    gru.zero_grad(set_to_none=True)
+    with gru.artbp.force(8):
+        out, state = gru(chunks[3], state)
+    assert state.window == 8
+    (out.pow(2).sum() + state.sum()).backward()
+    ours = [out.detach(), state.detach()] + _grads(gru)
+    gru.zero_grad(set_to_none=True)
+    out, h = stream.chunk(chunks[3], 3, window=8, carry_scales=gru.artbp.carry_scales(8, 3))
+    (out.pow(2).sum() + h.sum()).backward()
+    for a, b in zip(ours, [out.detach(), h.detach()] + _grads(gru)):
+        assert rel_err(a, b) <= 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_sixteen_bit_streams_within_the_bar(dtype, device):
+    """16-bit storage by the LSTM's rules: each record at most LOW_PRECISION_RATIO times as far
+    from float64 as plain PyTorch at that dtype."""
+    exact = TruncatedGRU(16, 32, 2, dtype=torch.float64, device=device)
+    ours = TruncatedGRU(16, 32, 2, dtype=dtype, device=device)
+    plain = TruncatedGRU(16, 32, 2, dtype=dtype, device=device)
+    ours.load_state_dict(exact.state_dict())
+    plain.load_state_dict(exact.state_dict())
+    chunks, resets = make_stream([8] * 3, 8, 16, torch.float64, device, reset_prob=0.05)
+    truth = stream_records(exact, chunks, resets, 16, reference=True)
+    low = [c.to(dtype) for c in chunks]
+    got = stream_records(ours, low, resets, 16)
+    baseline = stream_records(plain, low, resets, 16, reference=True)
+    assert_within_low_precision_bar(truth, got, baseline, dtype, check_dtype=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the state: a tensor that carries the stream
+
+def test_the_state_is_a_tensor_that_carries_the_stream(device):
+    gru = TruncatedGRU(2, 3, 2, k2=8, device=device)
+    out, h = gru(torch.randn(4, 5, 2, device=device))
+    assert isinstance(h, GRUState) and isinstance(h, torch.Tensor)
+    assert h.shape == (2, 5, 3) and out.shape == (4, 5, 3)
+    assert torch.equal(out[-1], h[-1])
+    for derived in (h[-1], h * 2, h.detach(), h.clone(), torch.tanh(h), h.to(torch.float64)):
+        assert type(derived) is torch.Tensor  # operations give plain tensors
+    assert h.history.end == 4 and h.step == 4 and h.window == 4 and h.history_nbytes > 0
+    out, h2 = gru(torch.randn(3, 5, 2, device=device), h)  # nn.GRU's `out, h = gru(x, h)`
+    assert h2.history is h.history and h2.step == 7 and h2.window == 7
+    (out.sum() + h2.sum()).backward()
+    _, fresh = gru(torch.randn(3, 5, 2, device=device), h2.detach())  # a new stream
+    assert fresh.history is not h.history and fresh.step == 3
+    with pytest.raises(ValueError, match="this state is stale"):
+        gru(torch.randn(3, 5, 2, device=device), h)
+    with torch.no_grad():
+        _, quiet = gru(torch.randn(3, 5, 2, device=device), h2)
+    assert isinstance(quiet, GRUState) and quiet.history is None and quiet.history_nbytes == 0
+    assert h2.history.end == 7  # no_grad wrote nothing
+    gru.eval()
+    _, evaluated = gru(torch.randn(3, 5, 2, device=device), h2)
+    assert evaluated.history is None
+
+
+def test_history_layout_and_bytes_per_mode():
+    """Per layer and step, activations: r, z, n, hn (4H) and h (H); states: h; checkpoints: h
+    every s steps; a zero-width cell record (notes/cells.md section 4's formulas)."""
+    I, H, B, layers, k2, t = 24, 32, 3, 2, 64, 4
+    init = layers * B * H * t  # h_init; c_init is [layers, B, 0]
+    expected = {
+        "activations": (k2 + 1) * B * (layers * (4 * H + H) * t + I * t + 1),
+        "states": (k2 + 1) * B * (layers * H * t + I * t + 1),
+        # s = ceil(sqrt(64)) = 8: k2 + s slots of input and flags, ceil(slots / s) + 1 checkpoints
+        "checkpoints": (k2 + 8) * B * (I * t + 1) + ((k2 + 8) // 8 + 1) * layers * B * H * t,
+    }
+    for mode, nbytes in expected.items():
+        gru = TruncatedGRU(I, H, layers, k2=k2, history=mode)
+        _, h = gru(torch.randn(4, B, I))
+        ring = h.history.ring
+        assert ring.cell_kind == "gru" and ring.cell.shape[-1] == 0 and ring.hidden.shape[-1] == H
+        assert h.history.c_init.shape == (layers, B, 0)
+        assert ring.gates.shape == ((layers, k2 + 1, B, 4 * H) if mode == "activations" else (0,))
+        assert h.history_nbytes == nbytes + init, mode
+    # notes/cells.md section 4's worked example: 82,960 bytes a step in "activations"
+    ring = RingBuffers(1, 1, 16, 16, 256, torch.float32, "cpu", False, cell="gru")
+    assert ring.nbytes == 82_960
+
+
+def _chunks(seed, lengths=(3, 4, 2, 4, 3), batch=3, features=2):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(L, batch, features, generator=gen, dtype=torch.float64) for L in lengths]
+
+
+def _continue(gru, h, chunks, seed=123):
+    """Runs `chunks` from the state h (dropout masks from `seed`): per chunk, out, h_n, grads."""
+    torch.manual_seed(seed)
+    records = []
+    for x in chunks:
+        gru.zero_grad(set_to_none=True)
+        out, h = gru(x, h)
+        (out.pow(2).sum() + h.sum()).backward()
+        records.append([out.detach(), h.detach()] + _grads(gru))
+    return records, h
+
+
+@pytest.mark.parametrize("history", MODES)
+def test_resumed_stream_continues_exactly(history, device):
+    torch.manual_seed(0)
+    gru = TruncatedGRU(2, 5, 2, dropout=0.25, k2=7, history=history, device=device,
+                       dtype=torch.float64)
+    chunks = [x.to(device) for x in _chunks(1)]
+    _, h = _continue(gru, None, chunks[:3], seed=7)
+    buffer = io.BytesIO()
+    torch.save({"state": h, "model": gru.state_dict()}, buffer)
+    uninterrupted, _ = _continue(gru, h, chunks[3:])
+    buffer.seek(0)
+    restored = torch.load(buffer)["state"]  # weights_only=True, torch's default
+    assert isinstance(restored, GRUState) and restored.requires_grad is False
+    assert restored.step == h.step and restored.window == h.window
+    assert restored.history_nbytes == h.history_nbytes and restored.history.cell_kind == "gru"
+    assert torch.equal(restored, h.detach())
+    copied = copy.deepcopy(restored)  # a deep copy is a state too, with its own history
+    assert isinstance(copied, GRUState) and copied.history is not restored.history
+    resumed, _ = _continue(gru, restored, chunks[3:])
+    for a, b in zip(uninterrupted, resumed):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+    again, _ = _continue(gru, copied, chunks[3:])
+    for a, b in zip(uninterrupted, again):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    import tbptt_cuda  # allowlists the state's rebuild function for weights_only loading
+    from tbptt_cuda import TruncatedGRU
+    saved = torch.load(sys.argv[1])  # weights_only=True
+    gru = TruncatedGRU(2, 5, 2, k2=7, dtype=torch.float64)
+    gru.load_state_dict(saved["model"])
+    h, records = saved["state"], []
+    for x in saved["chunks"]:
+        gru.zero_grad(set_to_none=True)
+        out, h = gru(x, h)
+        (out.pow(2).sum() + h.sum()).backward()
+        records.append([out.detach(), h.detach()] + [p.grad.clone() for p in gru.parameters()])
+    torch.save(records, sys.argv[2])
+""")
+
+
+def test_resume_in_a_new_process_continues_exactly(tmp_path):
+    torch.manual_seed(0)
+    gru = TruncatedGRU(2, 5, 2, k2=7, dtype=torch.float64)
+    chunks = _chunks(2)
+    _, h = _continue(gru, None, chunks[:3])
+    torch.save({"model": gru.state_dict(), "state": h, "chunks": chunks[3:]}, tmp_path / "c.pt")
+    uninterrupted, _ = _continue(gru, h, chunks[3:])
+    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "c.pt"),
+                             str(tmp_path / "resumed.pt")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    for a, b in zip(uninterrupted, torch.load(tmp_path / "resumed.pt")):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+
+
+def test_saved_records_name_their_cell_and_are_checked(tmp_path):
+    """The saved history names its cell ("cell_kind"; "cell" is the ring's c record); a record
+    without it is an LSTM's (saved before the GRU); a record of the other cell, or with the
+    LSTM's c width, is refused; a state without history saves its values."""
+    from tbptt_cuda.module import _restore_gru_state, _restore_state
+
+    _, h = TruncatedGRU(2, 3, k2=4)(torch.randn(2, 1, 2))
+    plain, record, step, window = h.__reduce_ex__(2)[1]
+    assert record["cell_kind"] == "gru" and record["ring"]["cell_kind"] == "gru"
+    assert type(plain) is torch.Tensor
+    assert isinstance(_restore_gru_state(plain, copy.deepcopy(record), step, window), GRUState)
+    with pytest.raises(ValueError, match=r"TruncatedLSTM state: the saved history is a "
+                                         r"TruncatedGRU's stream \(cell 'gru'\), not a "
+                                         r"TruncatedLSTM's \(cell 'lstm'\)"):
+        _restore_state(plain, plain, copy.deepcopy(record), step)
+    bad = copy.deepcopy(record)
+    bad["ring"]["cell"] = torch.zeros(1, 5, 1, 3)  # the LSTM's width
+    with pytest.raises(ValueError, match=r"TruncatedGRU state: the saved ring's `cell` should be "
+                                         r"a tensor of shape \(1, 5, 1, 0\)"):
+        _restore_gru_state(plain, bad, step)
+    bad = copy.deepcopy(record)
+    bad["ring"]["cell_kind"] = "lstm"
+    with pytest.raises(ValueError, match="the saved ring is of cell 'lstm', its stream of cell 'gru'"):
+        _restore_gru_state(plain, bad, step)
+    bad = copy.deepcopy(record)
+    bad["cell_kind"] = "rnn"
+    with pytest.raises(ValueError, match="unknown cell kind 'rnn'"):
+        _restore_gru_state(plain, bad, step)
+    with pytest.raises(ValueError, match="step must be an integer"):
+        _restore_gru_state(plain, record, -1)
+    # an LSTM record from before the GRU: no "cell_kind" anywhere
+    _, state = TruncatedLSTM(2, 3, k2=4)(torch.randn(2, 1, 2))
+    h_l, c_l, lstm_record, lstm_step, _ = state.__reduce__()[1]
+    del lstm_record["cell_kind"], lstm_record["ring"]["cell_kind"]
+    assert History.from_dict(lstm_record).cell_kind == "lstm"
+    assert _restore_state(h_l, c_l, lstm_record, lstm_step).history.ring.cell_kind == "lstm"
+    with pytest.raises(ValueError, match=r"is a TruncatedLSTM's stream \(cell 'lstm'\), not a "
+                                         r"TruncatedGRU's"):
+        _restore_gru_state(h_l, lstm_record, lstm_step)
+    with torch.no_grad():
+        _, quiet = TruncatedGRU(2, 3)(torch.randn(4, 2, 2))
+    torch.save(quiet, tmp_path / "s.pt")
+    restored = torch.load(tmp_path / "s.pt")
+    assert isinstance(restored, GRUState) and restored.history is None
+    assert torch.equal(restored, quiet)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="TruncatedGRU: bidirectional=True is not supported: a "
+                                         "stream is consumed forward in time"):
+        TruncatedGRU(2, 3, bidirectional=True)
+    with pytest.raises(ValueError, match=r"TruncatedGRU: dropout must be in \[0, 1\)"):
+        TruncatedGRU(2, 3, 2, dropout=1.0)
+    with pytest.raises(ValueError, match="TruncatedGRU: hidden_size must be a positive integer"):
+        TruncatedGRU(2, 0)
+    with pytest.raises(TypeError, match="proj_size"):  # nn.GRU has none either
+        TruncatedGRU(2, 3, proj_size=2)
+    gru = TruncatedGRU(3, 4, 2, k2=5)
+    x = torch.randn(4, 2, 3)
+    with pytest.raises(ValueError, match=r"TruncatedGRU: state hx must be \[num_layers, B, "
+                                         r"hidden_size\] = \[2, 2, 4\], got \[1, 2, 4\]"):
+        gru(x, torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match=r"state hx must be .* got \[2, 3, 4\]"):
+        gru(x, hx=torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match=r"for an unbatched 2-D input the state hx must be 2-D"):
+        gru(x[:, 0], torch.zeros(2, 1, 4))
+    with pytest.raises(TypeError, match=r"TruncatedGRU: state hx dtype torch.float64"):
+        gru(x, torch.zeros(2, 2, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"TruncatedGRU: hx must be None, the h_n returned by the "
+                                        r"previous call, or a tensor .* got tuple"):
+        gru(x, (torch.zeros(2, 2, 4), torch.zeros(2, 2, 4)))
+    with pytest.raises(ValueError, match=r"TruncatedGRU: the chunk has L=6 steps but k2=5"):
+        gru(torch.randn(6, 2, 3))
+    with pytest.raises(ValueError, match=r"TruncatedGRU: input has 2 features"):
+        gru(torch.randn(4, 2, 2))
+    _, lstm_state = TruncatedLSTM(3, 4, 2, k2=5)(x)
+    with pytest.raises(TypeError, match="TruncatedGRU: hx must be None"):
+        gru(x, lstm_state)  # an LSTM's (h, c)
+    _, h = gru(x)
+    with pytest.raises(TypeError, match="TruncatedLSTM: state must be None"):
+        TruncatedLSTM(3, 4, 2, k2=5)(x, h)
+    with pytest.raises(ValueError, match=r"TruncatedGRU: state: its history was recorded by a "
+                                         r"TruncatedGRU with num_layers=2, hidden_size=4, "
+                                         r"input_size=3; this module has num_layers=2, "
+                                         r"hidden_size=4, input_size=2"):
+        TruncatedGRU(2, 4, 2, k2=5)(torch.randn(4, 2, 2), h)
+    with pytest.raises(ValueError, match=r"TruncatedGRU: reset of shape \[B\] must have B=2"):
+        gru(x, reset=torch.zeros(3, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------
+# the paths: which backend runs the GRU
+
+def _records_on(path, module=TruncatedGRU):
+    """A float32 stream of two 12-step chunks (B = 3, H = 40: where "auto" takes the persistent
+    kernels for an LSTM) on the CPU ("cpu") or under the emulator on that CUDA path."""
+    torch.manual_seed(0)
+    rnn = module(5, 40, 2, k2=16)
+    chunks, resets = make_stream([12, 12], 3, 5, torch.float32, "cpu", reset_prob=0.1, seed=2)
+    if path == "cpu":
+        return stream_records(rnn, chunks, resets, 16), None
+    with emulate_cuda(path=path) as stats:
+        return stream_records(rnn, chunks, resets, 16), dict(stats.launches)
+
+
+@needs_emulation
+def test_the_persistent_path_falls_back_to_the_stepwise_kernels():
+    """The persistent kernels decline the GRU: forced ("persistent") or chosen by the rule
+    ("auto", at a shape where it takes them for the LSTM), the driver runs the stepwise
+    kernels, with the stepwise path's results bit for bit."""
+    _, lstm_launches = _records_on("auto", TruncatedLSTM)
+    assert set(lstm_launches) == {"persistent_forward", "persistent_backward"}
+    stepwise, launches = _records_on("stepwise")
+    assert set(launches) == {"forward_step", "backward_step"}
+    for path in ("persistent", "auto"):
+        results, launched = _records_on(path)
+        assert launched == launches, path
+        for a, b in zip(results, stepwise):
+            for ta, tb in zip(a, b):
+                assert torch.equal(ta, tb), path
+
+
+def test_the_fused_cpu_layers_decline_the_gru():
+    """On the CPU, "auto" (fused layers where available) runs the GRU stepwise: the same bits as
+    the forced stepwise path."""
+    module = _backend.load()
+    before = module.cpu_path()
+    try:
+        module.set_cpu_path("stepwise")
+        stepwise, _ = _records_on("cpu")
+        module.set_cpu_path("auto")
+        auto, _ = _records_on("cpu")
+    finally:
+        module.set_cpu_path(before)
+    for a, b in zip(auto, stepwise):
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
+
+
+def test_opcheck_registered_ops_for_the_gru(device):
+    """The ops and their fake (shape-only) implementations agree for cell = 2: c0, c_n and the
+    cell records zero-width."""
+    ops = _backend.ops()
+    gru = TruncatedGRU(3, 4, 2, k2=5, device=device)
+    x = torch.randn(3, 2, 3, device=device)
+    _, h = gru(x)
+    ring = h.history.ring
+    weights = [p.detach() for p in gru.parameters()]
+    h0 = torch.randn(2, 2, 4, device=device)
+    c0 = torch.zeros(2, 2, 0, device=device)
+    flags = torch.zeros(3, 2, dtype=torch.uint8, device=device)
+    forward_args = (x, h0, c0, flags, weights, True, None, *[t.clone() for t in ring.tensors()],
+                    1, True, 0, 1, 2)
+    y, h_n, c_n = ops.chunk_forward(*forward_args)
+    assert y.shape == (3, 2, 4) and h_n.shape == (2, 2, 4) and c_n.shape == (2, 2, 0)
+    torch.library.opcheck(ops.chunk_forward.default, forward_args)
+    backward_args = (torch.randn(3, 2, 4, device=device), torch.randn(2, 2, 4, device=device),
+                     torch.zeros(2, 2, 0, device=device), weights, True, *ring.tensors(), h0, c0,
+                     3, 2, None, 0, 1, True, 2)
+    grad_x, grad_h, grad_c, grad_w = ops.window_backward(*backward_args)
+    assert grad_x.shape == x.shape and grad_h.shape == (2, 2, 4) and grad_c.shape == (2, 2, 0)
+    assert [g.shape for g in grad_w] == [w.shape for w in weights]
+    torch.library.opcheck(ops.window_backward.default, backward_args)
+
+
+def test_set_k2_reaches_a_gru():
+    from tbptt_cuda.train import set_k2
+
+    model = nn.ModuleDict({"gru": TruncatedGRU(2, 3), "lstm": TruncatedLSTM(2, 3)})
+    assert set_k2(model, 12) == 2 and model["gru"].k2 == 12
