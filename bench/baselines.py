@@ -1,6 +1,7 @@
 """Identical work for TruncatedLSTM and its plain-PyTorch peers (DESIGN.md sections 8-9).
 
-One ``Workload`` holds what every variant shares: the weights (one seeded nn.LSTM state_dict),
+One ``Workload`` holds what every variant shares: the weights (one seeded nn.LSTM state_dict,
+or nn.GRU's for a case with cell="gru": TruncatedGRU against nn.GRU, the same runners),
 the input stream x [n, B, I] and the upstream gradient of a chunk g [k1, B, H] (the loss of a
 chunk is ``(out * g).sum()``, so every variant gets the same, non-zero dL/dout). A runner
 processes the whole stream once, from a zero state, doing forward + backward per update:
@@ -11,7 +12,7 @@ processes the whole stream once, from a zero state, doing forward + backward per
   nn_rerun    nn.LSTM TBPTT(k1, k2) by re-running the last k2 steps from a detached state at
               every update (k2 forward + k2 backward per update; what users do for k1 < k2)
   retained    the retained-graph recipe: one nn.LSTM call per step, each step's graph kept for
-              k2 steps, gradients passed back step by step (slow; a second oracle)
+              k2 steps, gradients passed back step by step (slow; a second oracle; LSTM only)
 
 The last chunk may be shorter than k1 (n need not be a multiple of k1). Gradients are those of
 DESIGN.md section 2, so with fixed weights ours, nn_rerun and retained agree to rounding.
@@ -57,21 +58,25 @@ def schedule_name(variant, k1, k2):
 # --------------------------------------------------------------------------------------------
 # our module (optional until it is built)
 
-_OURS = None
+CELLS = ("lstm", "gru")
+_OURS = {}
 _OURS_ERROR = None
 
 
-def ours_class():
-    """TruncatedLSTM, or None (with ours_error() saying why) when tbptt_cuda does not import."""
-    global _OURS, _OURS_ERROR
-    if _OURS is None and _OURS_ERROR is None:
+def ours_class(cell="lstm"):
+    """TruncatedLSTM (TruncatedGRU for cell="gru"), or None (with ours_error() saying why) when
+    tbptt_cuda does not import."""
+    global _OURS_ERROR
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+    if not _OURS and _OURS_ERROR is None:
         try:
-            from tbptt_cuda import TruncatedLSTM
+            from tbptt_cuda import TruncatedGRU, TruncatedLSTM
 
-            _OURS = TruncatedLSTM
+            _OURS.update(lstm=TruncatedLSTM, gru=TruncatedGRU)
         except Exception as e:  # noqa: BLE001 - any import failure means "not built yet"
             _OURS_ERROR = f"{type(e).__name__}: {e}"
-    return _OURS
+    return _OURS.get(cell)
 
 
 def ours_error():
@@ -93,6 +98,7 @@ class Case:
     n: int
     layers: int = 1
     I: int = 0  # input size; 0 means I = H
+    cell: str = "lstm"  # "lstm" | "gru": TruncatedGRU against nn.GRU
 
     @property
     def input_size(self):
@@ -109,18 +115,21 @@ class Case:
             s += f"-L{self.layers}"
         if self.I:
             s += f"-I{self.I}"
+        if self.cell != "lstm":
+            s += f"-{self.cell}"
         return s
 
     @classmethod
     def from_id(cls, s):
         m = re.fullmatch(
             r"(cpu|cuda)-(f32|bf16|f64)-H(\d+)-B(\d+)-k(\d+)-k2_(\d+)-n(\d+)"
-            r"(?:-L(\d+))?(?:-I(\d+))?", s
+            r"(?:-L(\d+))?(?:-I(\d+))?(?:-(gru))?", s
         )
         if not m:
             raise ValueError(f"not a case id: {s!r}")
-        dev, dt, H, B, k1, k2, n, L, I = m.groups()
-        return cls(dev, dt, int(H), int(B), int(k1), int(k2), int(n), int(L or 1), int(I or 0))
+        dev, dt, H, B, k1, k2, n, L, I, cell = m.groups()
+        return cls(dev, dt, int(H), int(B), int(k1), int(k2), int(n), int(L or 1), int(I or 0),
+                   cell or "lstm")
 
     def chunks(self):
         """(a, b) bounds of the updates: chunks of k1 steps, the last one possibly shorter."""
@@ -142,7 +151,7 @@ class Workload:
         dev, dt = torch.device(case.device), case.torch_dtype
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        ref = nn.LSTM(case.input_size, case.H, case.layers)  # nn.LSTM's own init, seeded
+        ref = self.nn_class()(case.input_size, case.H, case.layers)  # nn's own init, seeded
         self.state_dict = {k: v.detach().clone() for k, v in ref.state_dict().items()}
         # N(0,1) inputs and gradients: never all-zero, never constant
         self.x = torch.randn(case.n, case.B, case.input_size, generator=gen).to(dev, dt)
@@ -158,14 +167,19 @@ class Workload:
             cls._last = ((case, seed), cls(case, seed))
         return cls._last[1]
 
-    def nn_lstm(self):
+    def nn_class(self):
+        """nn.LSTM, or nn.GRU for a GRU case."""
+        return nn.GRU if self.case.cell == "gru" else nn.LSTM
+
+    def nn_rnn(self):
+        """The peer: nn.LSTM (nn.GRU for a GRU case) with the workload's weights."""
         c = self.case
-        m = nn.LSTM(c.input_size, c.H, c.layers, device=c.device, dtype=c.torch_dtype)
+        m = self.nn_class()(c.input_size, c.H, c.layers, device=c.device, dtype=c.torch_dtype)
         m.load_state_dict(self.state_dict)
         return m
 
     def ours(self, history="activations"):
-        cls = ours_class()
+        cls = ours_class(self.case.cell)
         if cls is None:
             raise RuntimeError(f"tbptt_cuda is not importable: {ours_error()}")
         c = self.case
@@ -204,10 +218,10 @@ class Runner:
         self.model = self.make_model()
         self.input_grad = input_grad  # make the current chunk's x a leaf (for gradient checks)
         self.probe = None  # SavedBytesProbe while measuring bytes held for backward
-        self.backend = None  # grad_fn name of the LSTM op last used (which kernel ran)
+        self.backend = None  # grad_fn name of the RNN op last used (which kernel ran)
 
     def make_model(self):
-        return self.wl.nn_lstm()
+        return self.wl.nn_rnn()
 
     def parameters(self):
         return list(self.model.parameters())
@@ -232,7 +246,10 @@ class Runner:
 
 
 def _detach(s):
-    return None if s is None else tuple(t.detach() for t in s)
+    """A detached copy of an nn.LSTM state (h, c), an nn.GRU state h, or None."""
+    if s is None:
+        return None
+    return s.detach() if isinstance(s, torch.Tensor) else tuple(t.detach() for t in s)
 
 
 class OursRunner(Runner):
@@ -334,6 +351,11 @@ class RetainedRunner(Runner):
 
     variant = "retained"
 
+    def make_model(self):
+        if self.case.cell != "lstm":
+            raise ValueError("the retained-graph recipe is written for nn.LSTM's (h, c) state")
+        return super().make_model()
+
     def updates(self):
         c = self.case
         L, B, H = c.layers, c.B, c.H
@@ -400,7 +422,8 @@ def variants_for(case: Case, retained_max_h=256, retained_max_n=1024):
     v = ["ours", "nn_full", "nn_chunked"]
     if case.k2 > case.k1:
         v.append("nn_rerun")
-        if case.H <= retained_max_h and (case.device != "cpu" or case.n <= retained_max_n):
+        if case.cell == "lstm" and case.H <= retained_max_h and (
+                case.device != "cpu" or case.n <= retained_max_n):
             v.append("retained")
     return v
 

@@ -11,6 +11,12 @@ Each ratio is ours / peer, a ratio of medians of interleaved runs (test_bench_sp
 torch's threads set to 1 or 2 for the case (torch.set_num_threads, restored after). The
 summary prints them as one table against the targets (bench/summary.py, cpu_step_table).
 
+The GRU (issue 18): the same rows with cell="gru", TruncatedGRU against nn.GRU (in training
+on the CPU, torch's own cells step by step: grad_fn StackBackward0, the rows' "backend"; oneDNN's
+fused RNN is nn.LSTM's), BPTT(k,k) and TBPTT(k,2k) only, H in {128, 256} (H <= 1024 with
+--bench-full). TruncatedGRU runs the stepwise CPU path (the fused layers are LSTM-only): the
+summary prints its own table, "CPU GRU per step", without targets (reported, not judged).
+
 bfloat16 (issue 19; test_cpu_bf16_step): ours with a bf16 module against ours float32 and
 against nn.LSTM under torch.autocast("cpu", dtype=torch.bfloat16), BPTT(k,k) as above, H in
 {128, 256, 512, 1024}, 1 and 2 threads (bench/cpu_bf16_step.py's workload; the CPU's ISA is
@@ -27,16 +33,17 @@ from test_bench_speed import time_against_ours
 CHUNK, BATCH = 64, 32
 
 
-def cpu_step_cases(full):
-    """(case, peer, threads, schedule) rows of the table."""
+def cpu_step_cases(full, cell="lstm"):
+    """(case, peer, threads, schedule) rows of the table of `cell` ("lstm" or "gru")."""
+    lstm = cell == "lstm"
     rows = []
     for threads in (1, 2):
-        for H in (128, 256, 512, 1024):
-            rows.append((bl.Case("cpu", "f32", H, BATCH, CHUNK, CHUNK, 4 * CHUNK), "nn_chunked",
-                         threads, "BPTT(k,k)"))
-            rows.append((bl.Case("cpu", "f32", H, BATCH, CHUNK, 2 * CHUNK, 4 * CHUNK), "nn_rerun",
-                         threads, "TBPTT(k,2k)"))
-            if H <= (512 if full else 256):
+        for H in (128, 256, 512, 1024) if lstm or full else (128, 256):
+            rows.append((bl.Case("cpu", "f32", H, BATCH, CHUNK, CHUNK, 4 * CHUNK, cell=cell),
+                         "nn_chunked", threads, "BPTT(k,k)"))
+            rows.append((bl.Case("cpu", "f32", H, BATCH, CHUNK, 2 * CHUNK, 4 * CHUNK, cell=cell),
+                         "nn_rerun", threads, "TBPTT(k,2k)"))
+            if lstm and H <= (512 if full else 256):
                 rows.append((bl.Case("cpu", "f32", H, BATCH, 1, CHUNK, 2 * CHUNK), "nn_rerun",
                              threads, "BPTT(1,64)"))
     return rows
@@ -45,7 +52,8 @@ def cpu_step_cases(full):
 def pytest_generate_tests(metafunc):
     if "cpu_step_row" in metafunc.fixturenames:
         from conftest import is_full
-        rows = cpu_step_cases(is_full(metafunc.config))
+        full = is_full(metafunc.config)
+        rows = [row for cell in bl.CELLS for row in cpu_step_cases(full, cell)]
         metafunc.parametrize("cpu_step_row", rows, ids=[
             f"{case.id}-{peer}-t{threads}" for case, peer, threads, _ in rows])
 
@@ -63,7 +71,7 @@ def test_cpu_step(benchmark, cpu_step_row, bench_full, request):
     finally:
         torch.set_num_threads(before)
     benchmark.extra_info.update(threads=threads, table_schedule=schedule,
-                                case=f"{case.id}-t{threads}")
+                                case=f"{case.id}-t{threads}")  # cell: from time_against_ours
 
 
 def cpu_bf16_cases():

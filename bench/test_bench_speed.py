@@ -35,12 +35,12 @@ def test_speed(benchmark, speed_case, variant, bench_full):
 def time_against_ours(benchmark, case, variant, bench_full, kind, min_rounds=None):
     """Times `variant` over the case's stream, interleaved with ours (history "activations")
     on identical work; records us/step and the ratio ours / variant in extra_info."""
-    if variant == "ours" and bl.ours_class() is None:
+    if variant == "ours" and bl.ours_class(case.cell) is None:
         pytest.skip(f"tbptt_cuda not importable: {bl.ours_error()}")
     wl = bl.Workload.get(case)
     peer = bl.make_runner(variant, wl)
     ours = None
-    if variant != "ours" and bl.ours_class() is not None:
+    if variant != "ours" and bl.ours_class(case.cell) is not None:
         ours = bl.make_runner("ours", wl)
     timer = bl.StreamTimer(case.device)
 
@@ -67,7 +67,7 @@ def time_against_ours(benchmark, case, variant, bench_full, kind, min_rounds=Non
     n = case.n
     med, q1, q3 = (v / n * 1e6 for v in bl.quantiles(peer_t))
     info = dict(
-        kind=kind, case=case.id, variant=variant, I=case.input_size,
+        kind=kind, case=case.id, variant=variant, I=case.input_size, cell=case.cell,
         schedule=bl.schedule_name(variant, case.k1, case.k2),
         device=case.device, dtype=case.dtype, H=case.H, B=case.B, k1=case.k1, k2=case.k2, n=n,
         layers=case.layers, rounds=rounds,

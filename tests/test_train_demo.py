@@ -283,6 +283,7 @@ def test_demo_lm_amp_on_the_cpu_records_bfloat16_bits_per_char_at_the_same_updat
     assert "mixed precision (--amp): torch.autocast('cpu', dtype=torch.bfloat16)" in capsys.readouterr().out
     saved = {name: json.loads((tmp_path / name / "lm_summary.json").read_text()) for name in ("f32", "bf16")}
     assert saved["f32"]["amp"] is None and saved["bf16"]["amp"] == "bfloat16"
+    assert saved["f32"]["cell"] == "lstm"  # the default --cell
     for summary in saved.values():
         assert summary["eval_every"] == 10 and summary["eval_seconds"] is None
         assert [u for u, _ in summary["evals"]] == [10, 20, 30]
@@ -295,6 +296,30 @@ def test_demo_lm_amp_on_the_cpu_records_bfloat16_bits_per_char_at_the_same_updat
         demo.main(flags + ["--out", str(tmp_path), "--eval-every", "0"])
     with pytest.raises(SystemExit, match=r"--amp needs CUDA or the CPU \(bfloat16 there\); this run is on meta"):
         demo.main(flags + ["--out", str(tmp_path), "--device", "meta", "--amp"])
+
+
+def test_demo_lm_gru_trains_and_records_the_cell(tmp_path, capsys):
+    flags = ["--max-chars", "20000", "--val-chars", "2000", "--hidden", "16", "--embed", "8", "--batch", "4",
+             "--k1", "8", "--no-progress", "--threads", "1", "--lr", "0.01"]
+    summary = demo.main(flags + ["--cell", "gru", "--out", str(tmp_path / "lm"), "--steps", "30",
+                                 "--eval-every", "30"])
+    printed = capsys.readouterr().out
+    assert "character-level GRU language model" in printed
+    assert "TruncatedGRU(hidden 16, layers 1, history activations)" in printed
+    saved = json.loads((tmp_path / "lm" / "lm_summary.json").read_text())
+    assert saved["cell"] == summary["cell"] == "gru"
+    assert saved["updates"] == 30 and saved["history_nbytes"] > 0
+    assert saved["val_bits_per_char"] < saved["val_bits_per_char_before"] - 0.5
+    # compare takes --cell too (the same language model)
+    result = demo.main(["compare", "--cell", "gru", "--out", str(tmp_path / "compare"), "--n", "16", "--steps", "2",
+                        "--minutes", "1", "--eval-seconds", "1000"] + flags)
+    assert result["cell"] == "gru" and [r["updates"] for r in result["rows"]] == [2, 2, 2]
+    assert "Character GRU" in (tmp_path / "compare" / "compare.md").read_text()
+    # memory and balance have no --cell: refused, saying why
+    with pytest.raises(SystemExit, match="--cell: the memory demo trains TruncatedLSTM models only"):
+        demo.main(["memory", "--cell", "gru", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--cell: the balance demo has no recurrent layer to choose"):
+        demo.main(["balance", "--cell=gru", "--out", str(tmp_path)])
 
 
 def test_demo_lm_on_given_text(tmp_path):

@@ -1,6 +1,6 @@
-"""Demos of TBPTT(k1, k2) with TruncatedLSTM: ``python -m tbptt_cuda.demo [lm|memory|compare]``.
+"""Demos of TBPTT(k1, k2) with TruncatedLSTM: ``python -m tbptt_cuda.demo [lm|memory|compare|balance]``.
 
-One module per experiment: :mod:`.lm` (the default: a character-level language model),
+One module per experiment: :mod:`.lm` (the default: a character-level language model; ``--cell gru`` for TruncatedGRU),
 :mod:`.memory` (delayed copy: BPTT(k, k) vs BPTT(k, k2 > d)) and :mod:`.compare` (BPTT(k, k),
 BPTT(k, 2k) and BPTT(n, n) on the language model at equal wall time); :mod:`.common` holds what
 they share and :mod:`.cli` the registry of commands and ``main``.

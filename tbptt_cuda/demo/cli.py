@@ -19,7 +19,8 @@ class Command(NamedTuple):
 
 
 COMMANDS: Dict[str, Command] = {
-    "lm": Command(lm.add_arguments, lm.run_lm, "Character-level LSTM language model with TBPTT(k1, k2)."),
+    "lm": Command(lm.add_arguments, lm.run_lm,
+                  "Character-level LSTM (--cell gru: GRU) language model with TBPTT(k1, k2)."),
     "memory": Command(memory.add_arguments, memory.run_memory, "Delayed-copy task: BPTT(k,k) vs BPTT(k,k2>d)."),
     "compare": Command(compare.add_arguments, compare.run_compare,
                        "BPTT(k,k) vs BPTT(k,2k) vs BPTT(n,n) on the language model."),
@@ -27,6 +28,13 @@ COMMANDS: Dict[str, Command] = {
                        "Influence balancing: TBPTT diverges, ARTBP converges to theta* = -1/6."),
 }
 DEFAULT_COMMAND = "lm"
+# Why a command has no --cell (lm and compare take --cell lstm|gru): said instead of argparse's
+# "unrecognized arguments".
+NO_CELL = {
+    "memory": "the memory demo trains TruncatedLSTM models only (--cell is a flag of lm and compare)",
+    "balance": "the balance demo has no recurrent layer to choose: it is a linear system with one scalar "
+               "parameter (--cell is a flag of lm and compare)",
+}
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -48,5 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     elif argv and not argv[0].startswith("-"):
         raise SystemExit(f"unknown command {argv[0]!r}: choose one of {', '.join(COMMANDS)} "
                          f"(default {DEFAULT_COMMAND})")
+    if command in NO_CELL and any(a == "--cell" or a.startswith("--cell=") for a in argv):
+        raise SystemExit(f"--cell: {NO_CELL[command]}")
     args = build_parser(command).parse_args(argv)
     return COMMANDS[command].run(args)

@@ -108,8 +108,8 @@ def add_common_args(parser: argparse.ArgumentParser, minutes: Optional[float], h
                              "Adam in float32; bfloat16 on the CPU, bfloat16 (float16 with a GradScaler where "
                              "the GPU lacks bfloat16) on CUDA")
     parser.add_argument("--history", default="activations", choices=("activations", "states", "checkpoints"),
-                        help="what TruncatedLSTM's history stores (default activations; states and "
-                             "checkpoints store less and recompute in backward)")
+                        help="what the TruncatedLSTM's (TruncatedGRU's) history stores (default activations; "
+                             "states and checkpoints store less and recompute in backward)")
     parser.add_argument("--checkpoint-every", type=int, default=None,
                         help="with --history checkpoints: steps between stored states (default sqrt(k2))")
     parser.add_argument("--progress", default="auto", choices=PROGRESS_MODES,
@@ -221,11 +221,11 @@ def progress_args(args) -> dict:
     return {"progress": progress, "log_every": getattr(args, "log_every", None)}
 
 
-def use_history(lstm, args):
-    """Sets --history and --checkpoint-every on a TruncatedLSTM; returns it."""
-    lstm.history = getattr(args, "history", "activations")
-    lstm.checkpoint_every = getattr(args, "checkpoint_every", None)
-    return lstm
+def use_history(rnn, args):
+    """Sets --history and --checkpoint-every on a TruncatedLSTM or TruncatedGRU; returns it."""
+    rnn.history = getattr(args, "history", "activations")
+    rnn.checkpoint_every = getattr(args, "checkpoint_every", None)
+    return rnn
 
 
 def clip_norm(args, default: Optional[float] = 1.0) -> Optional[float]:

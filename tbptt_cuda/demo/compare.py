@@ -1,6 +1,7 @@
-"""``compare``: the language model of :mod:`.lm` with BPTT(k, k), BPTT(k, 2k) and BPTT(n, n)
-with n as large as a history budget allows, each for the same wall time from the same initial
-weights: bits per character, time, memory. A table and a PNG."""
+"""``compare``: the language model of :mod:`.lm` (``--cell``: its LSTM or GRU) with
+BPTT(k, k), BPTT(k, 2k) and BPTT(n, n) with n as large as a history budget allows, each for the
+same wall time from the same initial weights: bits per character, time, memory. A table and a
+PNG."""
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ def run_compare(args) -> Dict:
     """Train the language model per schedule for equal time; writes compare.md, .json, .png."""
     device, out = setup_run(args)
     k = args.k1
-    say(f"tbptt_cuda demo: language model, BPTT({k},{k}) vs BPTT({k},{2 * k}) vs BPTT(n,n); "
-        f"{args.minutes} min each")
+    say(f"tbptt_cuda demo: {args.cell.upper()} language model, BPTT({k},{k}) vs BPTT({k},{2 * k}) vs "
+        f"BPTT(n,n); {args.minutes} min each")
     say(machine_line(device))
     data = LMData(args.text, args.max_chars, args.val_chars, args.seed)
     say(data.describe())
@@ -38,7 +39,7 @@ def run_compare(args) -> Dict:
 
     # bytes of history per step of the window, measured on one chunk of k steps
     torch.manual_seed(args.seed)
-    probe = CharLM(len(data.vocab), args.hidden, args.layers, args.embed, k2=k).to(device)
+    probe = CharLM(len(data.vocab), args.hidden, args.layers, args.embed, k2=k, cell=args.cell).to(device)
     probe_chunk = next(iter(data.stream("train", k, args.batch, device)))
     _, probe_state = probe(probe_chunk.inputs, None, reset=probe_chunk.reset)
     per_step = max(1, history_nbytes(probe_state)) / k
@@ -48,14 +49,14 @@ def run_compare(args) -> Dict:
         f"(budget {args.max_history_mb} MiB" + (", from --n" if args.n else "") + ")")
     settings = [(k, k), (k, 2 * k), (n, n)]
     torch.manual_seed(args.seed)
-    untrained = CharLM(len(data.vocab), args.hidden, args.layers, args.embed, k2=k).to(device)
+    untrained = CharLM(len(data.vocab), args.hidden, args.layers, args.embed, k2=k, cell=args.cell).to(device)
     initial = evaluate(untrained, data.stream("val", k, args.batch, device), bits_cross_entropy, amp=args.amp).loss
     say(f"held-out bits/char before training (same initial weights for every schedule): {initial:.3f}")
     rows = []
     for k1, k2 in settings:
         torch.manual_seed(args.seed)
-        model = CharLM(len(data.vocab), args.hidden, args.layers, args.embed, k2=k2).to(device)
-        use_history(model.lstm, args)
+        model = CharLM(len(data.vocab), args.hidden, args.layers, args.embed, k2=k2, cell=args.cell).to(device)
+        use_history(model.rnn, args)
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         train_stream = data.stream("train", k1, args.batch, device)
         val_stream = data.stream("val", k, args.batch, device)
@@ -98,10 +99,11 @@ def run_compare(args) -> Dict:
         ax_mem.set_ylabel("history ring (MiB)")
         return fig
 
-    title = (f"Character LSTM (hidden {args.hidden}, batch {args.batch}), {args.minutes} min per schedule, same "
-             f"initial weights and data order; unigram entropy {unigram:.3f} bits/char; {machine_line(device)}")
-    payload = {"machine": machine_line(device), "unigram_entropy_bits": unigram,
+    title = (f"Character {args.cell.upper()} (hidden {args.hidden}, batch {args.batch}), {args.minutes} min per "
+             f"schedule, same initial weights and data order; unigram entropy {unigram:.3f} bits/char; "
+             f"{machine_line(device)}")
+    payload = {"machine": machine_line(device), "cell": args.cell, "unigram_entropy_bits": unigram,
                "val_bits_per_char_before": initial, "minutes_each": args.minutes,
                "rows": [{k_: v for k_, v in r.items() if k_ != "update_seconds"} for r in rows]}
     table_text, plot = write_table_results(out, "compare", title, table, payload, "compare", draw)
-    return {"command": "compare", "rows": rows, "table": table_text, "plot": plot, "n": n}
+    return {"command": "compare", "cell": args.cell, "rows": rows, "table": table_text, "plot": plot, "n": n}

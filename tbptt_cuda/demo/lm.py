@@ -1,10 +1,11 @@
 """``lm`` (the default command): a character-level language model (embedding -> TruncatedLSTM ->
-linear) trained with TBPTT(k1, k2) on the source files of the running interpreter's standard
-library (or any text: ``--text PATH``). Files are laid end to end in B lanes by
-:class:`tbptt_cuda.data.SequenceStream` (state reset at each file's start); every 10th file is
-held out and scored in bits per character (every --eval-seconds, or every --eval-every N updates:
-the same points in two runs, e.g. float32 and --amp). Prints the loss falling, the history bytes
-and the throughput, and a generated sample at the end. CPU when no GPU exists.
+linear; ``--cell gru``: TruncatedGRU) trained with TBPTT(k1, k2) on the source files of the
+running interpreter's standard library (or any text: ``--text PATH``). Files are laid end to end
+in B lanes by :class:`tbptt_cuda.data.SequenceStream` (state reset at each file's start); every
+10th file is held out and scored in bits per character (every --eval-seconds, or every
+--eval-every N updates: the same points in two runs, e.g. float32 and --amp). Prints the loss
+falling, the history bytes and the throughput, and a generated sample at the end. CPU when no GPU
+exists.
 
 The corpus, vocabulary, model and data here also serve ``compare``."""
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import SequenceStream
-from ..module import TruncatedLSTM
+from ..module import TruncatedGRU, TruncatedLSTM
 from ..train import evaluate, train_tbptt
 from .common import (LN2, add_common_args, amp_dtype_name, clip_norm, machine_line, progress_args, say, setup_run,
                      smooth, try_plot, use_history, write_json)
@@ -119,18 +120,25 @@ class CharVocabulary:
         return float(-np.log2(p[ids.long().numpy()]).mean())
 
 
+CELLS = {"lstm": TruncatedLSTM, "gru": TruncatedGRU}
+
+
 class CharLM(nn.Module):
-    """embedding -> TruncatedLSTM -> linear. tokens [L, B] (int) -> logits [L, B, V]."""
+    """embedding -> TruncatedLSTM (``cell="gru"``: TruncatedGRU), as ``rnn`` -> linear.
+    tokens [L, B] (int) -> logits [L, B, V]."""
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int = 1, embed_size: int = 64,
-                 dropout: float = 0.0, k2: Optional[int] = None):
+                 dropout: float = 0.0, k2: Optional[int] = None, cell: str = "lstm"):
         super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {tuple(CELLS)}, got {cell!r}")
+        self.cell = cell
         self.embed = nn.Embedding(vocab_size, embed_size)
-        self.lstm = TruncatedLSTM(embed_size, hidden_size, num_layers=num_layers, dropout=dropout, k2=k2)
+        self.rnn = CELLS[cell](embed_size, hidden_size, num_layers=num_layers, dropout=dropout, k2=k2)
         self.head = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, tokens: torch.Tensor, state=None, reset: Optional[torch.Tensor] = None):
-        hidden, state = self.lstm(self.embed(tokens.long()), state, reset=reset)
+        hidden, state = self.rnn(self.embed(tokens.long()), state, reset=reset)
         return self.head(hidden), state
 
 
@@ -150,7 +158,7 @@ def generate(model: CharLM, vocab: CharVocabulary, prompt: str, length: int, tem
     if not prompt:
         raise ValueError("prompt must hold at least one character")
     ids = vocab.encode(prompt).long().to(device)[:, None]  # [P, 1]
-    piece = model.lstm.k2 or ids.shape[0]  # a call may not be longer than k2
+    piece = model.rnn.k2 or ids.shape[0]  # a call may not be longer than k2
     state = None
     for start in range(0, ids.shape[0], piece):
         logits, state = model(ids[start:start + piece], state)
@@ -233,6 +241,10 @@ def _cap(docs, max_chars):
 
 def add_char_lm_args(parser: argparse.ArgumentParser) -> None:
     """The corpus and model flags of the language model (``lm`` and ``compare``)."""
+    parser.add_argument("--cell", default="lstm", choices=tuple(CELLS),
+                        help="the recurrent layer: lstm = TruncatedLSTM (default), gru = TruncatedGRU "
+                             "(nn.GRU's drop-in; on the CPU it runs the stepwise path, the fused CPU "
+                             "layers being LSTM-only)")
     parser.add_argument("--text", default=None, help="corpus: a text file or a folder (default: the stdlib sources)")
     parser.add_argument("--max-chars", type=int, default=None, help="cap on training characters (default: all)")
     parser.add_argument("--val-chars", type=int, default=60_000, help="held-out characters scored (default 60000)")
@@ -257,7 +269,7 @@ def run_lm(args) -> Dict:
     """Train and score the language model; writes lm_summary.json, lm_sample.txt, lm_curve.png."""
     device, out = setup_run(args)
     k2 = args.k2 if args.k2 is not None else 2 * args.k1
-    say(f"tbptt_cuda demo: character-level LSTM language model, TBPTT(k1={args.k1}, k2={k2})")
+    say(f"tbptt_cuda demo: character-level {args.cell.upper()} language model, TBPTT(k1={args.k1}, k2={k2})")
     say(machine_line(device))
     data = LMData(args.text, args.max_chars, args.val_chars, args.seed)
     say(data.describe())
@@ -269,11 +281,12 @@ def run_lm(args) -> Dict:
     val_stream = data.stream("val", args.k1, args.batch, device)
     say(f"train stream: {train_stream}")
     torch.manual_seed(args.seed)
-    model = CharLM(len(data.vocab), args.hidden, num_layers=args.layers, embed_size=args.embed, k2=k2).to(device)
-    use_history(model.lstm, args)
+    model = CharLM(len(data.vocab), args.hidden, num_layers=args.layers, embed_size=args.embed, k2=k2,
+                   cell=args.cell).to(device)
+    use_history(model.rnn, args)
     parameters = sum(p.numel() for p in model.parameters())
-    say(f"model: embedding {args.embed} -> TruncatedLSTM(hidden {args.hidden}, layers {args.layers}, "
-        f"history {model.lstm.history}) -> "
+    say(f"model: embedding {args.embed} -> {type(model.rnn).__name__}(hidden {args.hidden}, layers {args.layers}, "
+        f"history {model.rnn.history}) -> "
         f"linear {len(data.vocab)}; {parameters:,} parameters; batch {train_stream.batch_size} lanes")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     initial = evaluate(model, val_stream, bits_cross_entropy, amp=args.amp).loss
@@ -297,7 +310,7 @@ def run_lm(args) -> Dict:
     say("sample (temperature 0.7):\n" + "-" * 60 + "\n" + sample + "\n" + "-" * 60)
     (out / "lm_sample.txt").write_text(sample + "\n")
     summary = {
-        "command": "lm", "k1": args.k1, "k2": k2, "hidden": args.hidden, "layers": args.layers,
+        "command": "lm", "cell": args.cell, "k1": args.k1, "k2": k2, "hidden": args.hidden, "layers": args.layers,
         "batch": train_stream.batch_size, "device": str(device), "machine": machine_line(device),
         "corpus": data.corpus_name, "train_chars": data.train_chars, "val_chars": data.val_chars,
         "vocabulary": len(data.vocab), "unigram_entropy_bits": unigram, "unigram_val_bits": unigram_val,
@@ -321,7 +334,7 @@ def run_lm(args) -> Dict:
         ax.set_xlabel("training seconds")
         ax.set_ylabel("bits per character")
         precision = f", {summary['amp']} autocast" if summary["amp"] else ""
-        ax.set_title(f"char LSTM, TBPTT({args.k1},{k2}), H={args.hidden}, {device}{precision}", fontsize=10)
+        ax.set_title(f"char {args.cell.upper()}, TBPTT({args.k1},{k2}), H={args.hidden}, {device}{precision}", fontsize=10)
         ax.legend()
         return fig
 
