@@ -2,8 +2,9 @@
 one process. A stream of B lanes; rank r of W trains lanes [r*B/W, (r+1)*B/W) with
 TBPTT(4, 8), gloo on the CPU; the per-chunk gradients (after DDP's all-reduce) go to a file.
 
-    python tests/ddp_worker.py RANK WORLD PORT OUT [emulated]
-("emulated": the LSTM runs on csrc/cuda's kernels under the SIMT emulator.)
+    python tests/ddp_worker.py RANK WORLD PORT OUT [cpu|emulated] [lstm|gru]
+("emulated": the recurrent layer runs on csrc/cuda's kernels under the SIMT emulator; the cell:
+TruncatedLSTM or TruncatedGRU.)
 """
 import contextlib
 import os
@@ -13,19 +14,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tbptt_cuda import TruncatedLSTM, emulate_cuda
+from tbptt_cuda import TruncatedGRU, TruncatedLSTM, emulate_cuda
 
 LANES, CHUNKS, CHUNK, K2 = 4, 5, 4, 8
 
 
 class Model(nn.Module):
-    def __init__(self):
+    def __init__(self, cell="lstm"):
         super().__init__()
-        self.lstm = TruncatedLSTM(3, 6, 2, k2=K2, dtype=torch.float64)
+        rnn = TruncatedGRU if cell == "gru" else TruncatedLSTM
+        self.rnn = rnn(3, 6, 2, k2=K2, dtype=torch.float64)
         self.head = nn.Linear(6, 1, dtype=torch.float64)
 
     def forward(self, x, state=None):
-        out, state = self.lstm(x, state)
+        out, state = self.rnn(x, state)
         return self.head(out), state
 
 
@@ -52,17 +54,17 @@ def train(model, parameters, lanes):
     return grads
 
 
-def single_process():
+def single_process(cell="lstm"):
     torch.manual_seed(1)
-    model = Model()
+    model = Model(cell)
     return train(model, list(model.parameters()), slice(None))
 
 
-def main(rank, world, port, out, emulated=False):
+def main(rank, world, port, out, emulated=False, cell="lstm"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(1)
-    model = nn.parallel.DistributedDataParallel(Model())
+    model = nn.parallel.DistributedDataParallel(Model(cell))
     per_rank = LANES // world
     with emulate_cuda() if emulated else contextlib.nullcontext():
         grads = train(model, list(model.parameters()), slice(rank * per_rank, (rank + 1) * per_rank))
@@ -72,4 +74,4 @@ def main(rank, world, port, out, emulated=False):
 
 if __name__ == "__main__":
     main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
-         len(sys.argv) > 5 and sys.argv[5] == "emulated")
+         len(sys.argv) > 5 and sys.argv[5] == "emulated", sys.argv[6] if len(sys.argv) > 6 else "lstm")

@@ -23,18 +23,19 @@ def _free_port():
 
 @pytest.mark.parametrize("backend", ["cpu", pytest.param("emulated", marks=pytest.mark.skipif(
     not tbptt_cuda.build_info()["cuda_emulation"], reason="built without the emulated kernels"))])
-def test_ddp_two_processes_match_one_process(backend, tmp_path):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_ddp_two_processes_match_one_process(cell, backend, tmp_path):
     port, world = _free_port(), 2
     outputs = [tmp_path / f"rank{rank}.pt" for rank in range(world)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ranks = [subprocess.Popen([sys.executable, os.path.join(HERE, "ddp_worker.py"), str(rank),
-                               str(world), str(port), str(outputs[rank]), backend],
+                               str(world), str(port), str(outputs[rank]), backend, cell],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
              for rank in range(world)]
     for process in ranks:
         log, _ = process.communicate(timeout=300)
         assert process.returncode == 0, log
-    expected = ddp_worker.single_process()
+    expected = ddp_worker.single_process(cell)
     per_rank = [torch.load(path) for path in outputs]
     assert len(expected) == ddp_worker.CHUNKS
     for chunk, grads in enumerate(expected):

@@ -437,6 +437,16 @@ def test_demo_runs_as_a_module():
     assert "--delay" in done.stdout and "--k2s" in done.stdout
 
 
+def test_demo_help_lists_every_command():
+    from tbptt_cuda.demo import cli
+
+    text = cli.build_parser(cli.DEFAULT_COMMAND).format_help()
+    for name, command in cli.COMMANDS.items():
+        if name != cli.DEFAULT_COMMAND:
+            assert f"python -m tbptt_cuda.demo {name}" in text and command.description in text
+    assert "other commands" not in cli.build_parser("memory").format_help()
+
+
 def test_demo_without_matplotlib_skips_the_plot_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)

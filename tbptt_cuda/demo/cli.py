@@ -42,7 +42,14 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     if command not in COMMANDS:
         raise ValueError(f"command must be one of {tuple(COMMANDS)}, got {command!r}")
     prog = "python -m tbptt_cuda.demo" + ("" if command == DEFAULT_COMMAND else f" {command}")
-    parser = argparse.ArgumentParser(prog=prog, description=COMMANDS[command].description)
+    epilog = None
+    if command == DEFAULT_COMMAND:  # the bare --help also lists the other experiments
+        epilog = "other commands (each with its own --help):\n" + "\n".join(
+            f"  python -m tbptt_cuda.demo {name:<8} {cmd.description}"
+            for name, cmd in COMMANDS.items() if name != DEFAULT_COMMAND)
+    parser = argparse.ArgumentParser(prog=prog, description=COMMANDS[command].description,
+                                     epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     COMMANDS[command].add_arguments(parser)
     return parser
 
