@@ -85,8 +85,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>> window_b
 TORCH_LIBRARY(tbptt, m) {
   // Forward over one chunk; writes the chunk's steps into the ring when `record`. first_step:
   // the chunk's first step counted from the stream's start; history_mode: 0 activations,
-  // 1 states, 2 checkpoints (csrc/lstm_driver.h); cell: 0 lstm, 2 gru (c0, c_n and the ring's
-  // cell zero-width: [.., B, 0]; 1 lstmp is not built yet).
+  // 1 states, 2 checkpoints (csrc/lstm_driver.h); cell: 0 lstm, 1 lstmp (h of size P, one more
+  // weight per layer: w_hr), 2 gru (c0, c_n and the ring's cell zero-width: [.., B, 0]).
   m.def(
       "chunk_forward(Tensor x, Tensor h0, Tensor c0, Tensor? flags, Tensor[] weights, "
       "bool has_bias, Tensor? dropout_masks, Tensor(a!) ring_gates, Tensor(b!) ring_cell, "

@@ -105,16 +105,21 @@ __attribute__((always_inline)) inline void backward_units_of(const BackwardStepP
 }
 
 // One clone set per (cell, dtype) and direction: target_clones takes plain functions, not
-// templates.
-#define TBPTT_CPU_ROW_LOOPS(cell_name, Cell, type_name, T, acc_t)                              \
+// templates. lstmp's forward pass over [B, H] has its own element; its backward over [B, H] is
+// the LSTM's; its passes over [B, P] are ProjectionPass's.
+#define TBPTT_CPU_FORWARD_ROWS(cell_name, Cell, type_name, T, acc_t)                           \
   TBPTT_CPU_CLONES void forward_rows_##cell_name##_##type_name(const ForwardStepParams& p,    \
                                                                int64_t b, int64_t e) {        \
     forward_rows_of<Cell, T, acc_t>(p, b, e);                                                  \
-  }                                                                                            \
+  }
+#define TBPTT_CPU_BACKWARD_ROWS(cell_name, Cell, type_name, T, acc_t)                          \
   TBPTT_CPU_CLONES void backward_rows_##cell_name##_##type_name(const BackwardStepParams& p,  \
                                                                 int64_t b, int64_t e) {       \
     backward_rows_of<Cell, T, acc_t>(p, b, e);                                                 \
   }
+#define TBPTT_CPU_ROW_LOOPS(cell_name, Cell, type_name, T, acc_t) \
+  TBPTT_CPU_FORWARD_ROWS(cell_name, Cell, type_name, T, acc_t)    \
+  TBPTT_CPU_BACKWARD_ROWS(cell_name, Cell, type_name, T, acc_t)
 TBPTT_CPU_ROW_LOOPS(lstm, LstmCell, float, float, float)
 TBPTT_CPU_ROW_LOOPS(lstm, LstmCell, double, double, double)
 TBPTT_CPU_ROW_LOOPS(lstm, LstmCell, bf16, Bf16, float)
@@ -123,7 +128,17 @@ TBPTT_CPU_ROW_LOOPS(gru, GruCell, float, float, float)
 TBPTT_CPU_ROW_LOOPS(gru, GruCell, double, double, double)
 TBPTT_CPU_ROW_LOOPS(gru, GruCell, bf16, Bf16, float)
 TBPTT_CPU_ROW_LOOPS(gru, GruCell, half, Fp16, float)
+TBPTT_CPU_ROW_LOOPS(projection, ProjectionPass, float, float, float)
+TBPTT_CPU_ROW_LOOPS(projection, ProjectionPass, double, double, double)
+TBPTT_CPU_ROW_LOOPS(projection, ProjectionPass, bf16, Bf16, float)
+TBPTT_CPU_ROW_LOOPS(projection, ProjectionPass, half, Fp16, float)
+TBPTT_CPU_FORWARD_ROWS(lstmp, LstmpCell, float, float, float)
+TBPTT_CPU_FORWARD_ROWS(lstmp, LstmpCell, double, double, double)
+TBPTT_CPU_FORWARD_ROWS(lstmp, LstmpCell, bf16, Bf16, float)
+TBPTT_CPU_FORWARD_ROWS(lstmp, LstmpCell, half, Fp16, float)
 #undef TBPTT_CPU_ROW_LOOPS
+#undef TBPTT_CPU_BACKWARD_ROWS
+#undef TBPTT_CPU_FORWARD_ROWS
 
 }  // namespace
 
@@ -160,18 +175,18 @@ void for_each_row_block(const Params& shared_params,
   });
 }
 
-// The row loop of a (cell, storage type): one of four per cell, float32, float64, bfloat16,
-// float16 in that order.
+// The row loop of a (cell, storage type): rows[kind] holds one per storage type, float32,
+// float64, bfloat16, float16 in that order, or nullptrs where the kind has no such pass.
 template <typename Rows>
-Rows rows_for(CellKind cell, at::ScalarType storage, const Rows (&lstm)[4], const Rows (&gru)[4]) {
-  TORCH_CHECK(cell == CellKind::kLstm || cell == CellKind::kGru,
-              "tbptt: the CPU backend has no elements for cell ", static_cast<int>(cell));
-  const Rows(&rows)[4] = cell == CellKind::kGru ? gru : lstm;
+Rows rows_for(CellKind cell, at::ScalarType storage, const Rows (&rows)[4][4]) {
+  const int kind = static_cast<int>(cell);
+  TORCH_CHECK(kind >= 0 && kind < 4 && rows[kind][0] != nullptr,
+              "tbptt: the CPU backend has no such pass for cell ", kind);
   switch (storage) {
-    case at::kFloat: return rows[0];
-    case at::kDouble: return rows[1];
-    case at::kBFloat16: return rows[2];
-    case at::kHalf: return rows[3];
+    case at::kFloat: return rows[kind][0];
+    case at::kDouble: return rows[kind][1];
+    case at::kBFloat16: return rows[kind][2];
+    case at::kHalf: return rows[kind][3];
     default:
       TORCH_CHECK(false, "tbptt: the CPU backend supports float32, float64, bfloat16 and float16, got ",
                   storage);
@@ -181,20 +196,25 @@ Rows rows_for(CellKind cell, at::ScalarType storage, const Rows (&lstm)[4], cons
 using ForwardRows = void (*)(const ForwardStepParams&, int64_t, int64_t);
 using BackwardRows = void (*)(const BackwardStepParams&, int64_t, int64_t);
 
+// Indexed by CellKind: lstm, lstmp, gru, projection.
 void forward_step(const ForwardStepParams& params, at::ScalarType storage) {
-  static const ForwardRows lstm[4] = {forward_rows_lstm_float, forward_rows_lstm_double,
-                                      forward_rows_lstm_bf16, forward_rows_lstm_half};
-  static const ForwardRows gru[4] = {forward_rows_gru_float, forward_rows_gru_double,
-                                     forward_rows_gru_bf16, forward_rows_gru_half};
-  for_each_row_block(params, rows_for(params.cell_kind, storage, lstm, gru));
+  static const ForwardRows rows[4][4] = {
+      {forward_rows_lstm_float, forward_rows_lstm_double, forward_rows_lstm_bf16, forward_rows_lstm_half},
+      {forward_rows_lstmp_float, forward_rows_lstmp_double, forward_rows_lstmp_bf16, forward_rows_lstmp_half},
+      {forward_rows_gru_float, forward_rows_gru_double, forward_rows_gru_bf16, forward_rows_gru_half},
+      {forward_rows_projection_float, forward_rows_projection_double, forward_rows_projection_bf16,
+       forward_rows_projection_half}};
+  for_each_row_block(params, rows_for(params.cell_kind, storage, rows));
 }
 
 void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
-  static const BackwardRows lstm[4] = {backward_rows_lstm_float, backward_rows_lstm_double,
-                                       backward_rows_lstm_bf16, backward_rows_lstm_half};
-  static const BackwardRows gru[4] = {backward_rows_gru_float, backward_rows_gru_double,
-                                      backward_rows_gru_bf16, backward_rows_gru_half};
-  for_each_row_block(params, rows_for(params.cell_kind, storage, lstm, gru));
+  static const BackwardRows rows[4][4] = {
+      {backward_rows_lstm_float, backward_rows_lstm_double, backward_rows_lstm_bf16, backward_rows_lstm_half},
+      {nullptr, nullptr, nullptr, nullptr},  // lstmp's backward over [B, H] runs as kLstm
+      {backward_rows_gru_float, backward_rows_gru_double, backward_rows_gru_bf16, backward_rows_gru_half},
+      {backward_rows_projection_float, backward_rows_projection_double, backward_rows_projection_bf16,
+       backward_rows_projection_half}};
+  for_each_row_block(params, rows_for(params.cell_kind, storage, rows));
 }
 
 }  // namespace

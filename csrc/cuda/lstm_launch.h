@@ -30,7 +30,7 @@ inline simt::Dim3 pointwise_grid(int64_t elements) {
 simt::Status launch_forward_step(const ForwardStepParams& params, StorageType storage,
                                  simt::Stream stream) {
   const simt::Dim3 grid = pointwise_grid(params.batch * params.hidden);
-  return with_cell(
+  return with_forward_cell(
       params.cell_kind,
       [&](auto cell) {
         using Cell = decltype(cell);
@@ -48,7 +48,7 @@ simt::Status launch_forward_step(const ForwardStepParams& params, StorageType st
 simt::Status launch_backward_step(const BackwardStepParams& params, StorageType storage,
                                   simt::Stream stream) {
   const simt::Dim3 grid = pointwise_grid(params.batch * params.hidden);
-  return with_cell(
+  return with_backward_cell(
       params.cell_kind,
       [&](auto cell) {
         using Cell = decltype(cell);

@@ -44,8 +44,9 @@ constexpr uint8_t kFlagHold = 2;
 constexpr uint8_t kFlagCut = 4;
 
 // The recurrent cell of a layer (csrc/tbptt/cells.h has each cell's traits and elements); the
-// ops take it as an int (tbptt_cuda: 0 "lstm", 1 "lstmp", 2 "gru").
-enum class CellKind : int { kLstm = 0, kLstmp = 1, kGru = 2 };
+// ops take it as an int (tbptt_cuda: 0 "lstm", 1 "lstmp", 2 "gru"). kProjection is internal:
+// the lstmp's passes over [B, P] (a step's params say which pass a launch runs).
+enum class CellKind : int { kLstm = 0, kLstmp = 1, kGru = 2, kProjection = 3 };
 
 }  // namespace tbptt
 
@@ -110,7 +111,8 @@ struct ForwardStepParams {
 struct ForwardRecord {
   void* gates;                // [S, B, R] T: this layer's gates ring, or nullptr (not kept)
   void* cell;                 // [S or C, B, H] T, or nullptr (not recording, or no cell state)
-  void* hidden;               // [S or C, B, H] T
+  void* hidden;               // [S or C, B, O] T
+  int64_t hidden_units;       // O: units of the h record (H; P for lstmp)
   int64_t first_step;         // global step of the chunk's first step (step s: first_step + s)
   int64_t slots;              // S: per-step slots (global step t in slot t mod S)
   int64_t checkpoint_every;   // 0: c, h of every step; k > 0: the state entering step m * k
@@ -127,7 +129,7 @@ TBPTT_HD void set_record_targets(ForwardStepParams& p, const ForwardRecord& r, i
   const int64_t step = r.first_step + s;
   const int64_t gates_bytes = p.batch * 4 * p.hidden * storage_bytes;
   const int64_t cell_bytes = p.batch * p.hidden * storage_bytes;
-  const int64_t hidden_bytes = p.batch * p.hidden * storage_bytes;
+  const int64_t hidden_bytes = p.batch * r.hidden_units * storage_bytes;
   const int64_t slot = ring_slot(step, r.slots);
   p.ring_gates = r.gates ? static_cast<char*>(r.gates) + slot * gates_bytes : scratch_gates;
   int64_t state_slot = -1;
@@ -185,15 +187,17 @@ struct BackwardSource {
                               // gates_are_pre_activations, [W, B, R] acc indexed by window step
   bool gates_are_pre_activations;
   const void* cell;           // [S, B, H] T cell ring of this layer (nullptr: no cell state)
-  const void* hidden;         // [S, B, H] T hidden ring of this layer
+  const void* hidden;         // [S, B, O] T hidden ring of this layer
+  int64_t hidden_units;       // O: units of the h record (H; P for lstmp)
   int64_t first_slot;         // slot of window step 0
   int64_t slots;              // S
-  const void* h_before;       // [B, H] T the state entering window step 0, as stored
+  const void* h_before;       // [B, O] T the state entering window step 0, as stored
   const void* c_before;       // [B, H] T
 };
 
-// Points p.gates, cell, cell_prev, hidden_prev at window step j's. Element sizes in bytes
-// (acc_bytes: the rebuilt pre-activations' only).
+// Points p.gates, cell, cell_prev, hidden_prev at window step j's (p.hidden = H: gates and c
+// are H-sized rows; h rows are src.hidden_units). Element sizes in bytes (acc_bytes: the rebuilt
+// pre-activations' only).
 TBPTT_HD void set_backward_sources(BackwardStepParams& p, const BackwardSource& src, int64_t j,
                                    int64_t storage_bytes, int64_t acc_bytes) {
   const int64_t BH = p.batch * p.hidden;
@@ -209,8 +213,8 @@ TBPTT_HD void set_backward_sources(BackwardStepParams& p, const BackwardSource& 
   } else {
     p.cell = p.cell_prev = nullptr;
   }
-  p.hidden_prev =
-      j > 0 ? static_cast<const char*>(src.hidden) + prev * BH * storage_bytes : src.h_before;
+  p.hidden_prev = j > 0 ? static_cast<const char*>(src.hidden) + prev * p.batch * src.hidden_units * storage_bytes
+                        : src.h_before;
 }
 
 }  // namespace tbptt
