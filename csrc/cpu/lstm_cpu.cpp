@@ -56,10 +56,12 @@ using Fp16 = _Float16;
 #define TBPTT_CPU_CLONES
 #endif
 
-// Rows [row_begin, row_end) of one step through `element` (forward_step_element or
-// backward_step_element of lstm_math.h); within a row the units are contiguous.
+// Rows [row_begin, row_end) of one step through `element` (a cell's element of cells.h);
+// within a row the units are contiguous. always_inline, as the wrappers below: with many
+// instantiations in this file GCC's unit-growth limit would leave some loops out of line, built
+// for the baseline ISA with scalar exp/tanh (slower, and other roundings than the clones').
 template <typename Params, void (*element)(const Params&, int64_t, int64_t)>
-inline void element_rows(const Params& p, int64_t row_begin, int64_t row_end) {
+__attribute__((always_inline)) inline void element_rows(const Params& p, int64_t row_begin, int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
 #pragma omp simd
     for (int64_t unit = 0; unit < p.hidden; ++unit) element(p, row, unit);
@@ -68,7 +70,7 @@ inline void element_rows(const Params& p, int64_t row_begin, int64_t row_end) {
 
 // Units [unit_begin, unit_end) of every row: the fused layer's (fused_cpu.cpp) share of a step.
 template <typename Params, void (*element)(const Params&, int64_t, int64_t)>
-inline void element_units(const Params& p, int64_t unit_begin, int64_t unit_end) {
+__attribute__((always_inline)) inline void element_units(const Params& p, int64_t unit_begin, int64_t unit_end) {
   for (int64_t row = 0; row < p.batch; ++row) {
 #pragma omp simd
     for (int64_t unit = unit_begin; unit < unit_end; ++unit) element(p, row, unit);
