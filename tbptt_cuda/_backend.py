@@ -44,40 +44,42 @@ def _accumulation_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# The ops' `cell` argument: 0 lstm, 1 lstmp (reserved), 2 gru (tbptt_cuda/function.py CELL_CODES).
+# The ops' `cell` argument: 0 lstm, 1 lstmp, 2 gru (tbptt_cuda/function.py CELL_CODES).
 _GRU = 2
 
 
-def _cell_width(cell, hidden):
-    """Units of the cell state c: H for the LSTM, 0 for the GRU (a zero-width c)."""
-    return 0 if cell == _GRU else hidden
+def _cell_width(cell, weights):
+    """Units of the cell state c: H = w_ih's rows / 4 for the LSTMs (lstmp included, whose h
+    is P wide), 0 for the GRU (a zero-width c)."""
+    return 0 if cell == _GRU else weights[0].shape[0] // 4
 
 
 def _register_fakes():
     """Shape-only implementations, for torch.compile / FakeTensor / opcheck. `cell` is the ops'
-    trailing argument (0 lstm, 2 gru)."""
+    trailing argument (0 lstm, 1 lstmp, 2 gru). O, the size of h and of the output, is the
+    columns of w_hh for every cell: [4H, H] (lstm), [4H, P] (lstmp), [3H, H] (gru)."""
 
     @torch.library.register_fake("tbptt::chunk_forward")
     def _chunk_forward_fake(x, h0, c0, flags, weights, has_bias, dropout_masks, ring_gates,
                             ring_cell, ring_hidden, ring_input, ring_flags, ring_mask,
                             first_step, record, history_mode=0, checkpoint_every=1, cell=0):
         L, B, _ = x.shape
-        # H: w_hh is [4H, H] (LSTM) or [3H, H] (GRU): its columns are H for both
-        layers, H = h0.shape[0], weights[1].shape[1]
-        return (x.new_empty(L, B, H), x.new_empty(layers, B, H),
-                x.new_empty(layers, B, _cell_width(cell, H), dtype=_accumulation_dtype(x.dtype)))
+        layers, O = h0.shape[0], weights[1].shape[1]
+        return (x.new_empty(L, B, O), x.new_empty(layers, B, O),
+                x.new_empty(layers, B, _cell_width(cell, weights),
+                            dtype=_accumulation_dtype(x.dtype)))
 
     @torch.library.register_fake("tbptt::window_backward")
     def _window_backward_fake(grad_out, grad_h_n, grad_c_n, weights, has_bias, ring_gates,
                               ring_cell, ring_hidden, ring_input, ring_flags, ring_mask,
                               h_init, c_init, window_len, last_step, carry_scales=None,
                               history_mode=0, checkpoint_every=1, grad_input=True, cell=0):
-        L, B, H = grad_out.shape
+        L, B, O = grad_out.shape  # O: the size of h (P for lstmp)
         layers = grad_h_n.shape[0]
         return (grad_out.new_empty(L, B, weights[0].shape[1]) if grad_input
                 else grad_out.new_empty(0),
-                grad_out.new_empty(layers, B, H),
-                grad_out.new_empty(layers, B, _cell_width(cell, H),
+                grad_out.new_empty(layers, B, O),
+                grad_out.new_empty(layers, B, _cell_width(cell, weights),
                                    dtype=_accumulation_dtype(grad_out.dtype)),
                 [torch.empty_like(w) for w in weights])
 

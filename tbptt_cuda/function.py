@@ -31,18 +31,19 @@ class ChunkPlan:
     chunk_end: int                   # b
     window_start: int                # w
     flags: Optional[torch.Tensor]    # [L, B] uint8 step flags (reset, hold), or None
-    dropout_masks: Optional[torch.Tensor]  # [layers-1, L, B, H]
+    dropout_masks: Optional[torch.Tensor]  # [layers-1, L, B, O] (O: the size of h)
     has_bias: bool
     empty: torch.Tensor              # a 0-element tensor on the device, for unused ring args
     carry_scales: Optional[list] = None  # ARTBP: per window step, oldest first (None: all 1)
-    cell: str = "lstm"               # "lstm" or "gru" (CELL_CODES)
+    cell: str = "lstm"               # "lstm", "lstmp" or "gru" (CELL_CODES)
 
 
 class TruncatedRNNFunction(torch.autograd.Function):
-    """apply(plan, x [L,B,I], h0 [layers,B,H], c0, *weights) -> y, h_n, c_n, for the cell
-    plan.cell: c0 and c_n [layers,B,H] for the LSTM; for the GRU, which has no cell state,
-    zero-width [layers,B,0] (c0 of the accumulation dtype). Weights per layer in torch.nn's
-    order: w_ih, w_hh (, b_ih, b_hh)."""
+    """apply(plan, x [L,B,I], h0 [layers,B,O], c0, *weights) -> y [L,B,O], h_n [layers,B,O],
+    c_n, for the cell plan.cell: c0 and c_n [layers,B,H] for the LSTMs; for the GRU, which has
+    no cell state, zero-width [layers,B,0] (c0 of the accumulation dtype). O, the size of h:
+    proj_size P for "lstmp", else H. Weights per layer in torch.nn's order: w_ih, w_hh
+    (, b_ih, b_hh) (, w_hr [P, H] for "lstmp")."""
 
     @staticmethod
     def forward(ctx, plan, x, h0, c0, *weights):

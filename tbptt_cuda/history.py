@@ -3,14 +3,15 @@
 
 - "activations": per layer and step, 4H activated gate values (the LSTM's i, f, g, o; the
   GRU's r, z, n and hn = W_hn h + b_hn), the cell state c_t (H; the GRU has none: a zero-width
-  record) and the hidden output h_t (H); backward reads them.
+  record) and the hidden output h_t (O: H, or P = proj_size for the LSTM with projections);
+  backward reads them.
 - "states": per layer and step only c_t (LSTM) and h_t; backward rebuilds the window's gates
   with two window-wide GEMMs per layer.
 - "checkpoints": per step nothing of the layers; the state (c and h; the GRU's h) of every
   layer only for the state entering every s-th step (s = checkpoint_every); backward
   recomputes the window one segment of s steps at a time from its checkpoint.
 Every mode keeps, per step, the layer-0 input x_t (I), one byte of step flags per row (reset,
-hold), and, where dropout is on between layers, the mask on the input of each upper layer (H).
+hold), and, where dropout is on between layers, the mask on the input of each upper layer (O).
 Every record is in the module's dtype: a float16/bfloat16 ring is half a float32 one. The cell
 state a step carries to the next stays float32 (accumulation_dtype); its record is rounded.
 
@@ -25,15 +26,25 @@ import torch
 
 MODES = ("activations", "states", "checkpoints")
 
-# The cells a history can belong to, and the module that records each (for messages). The
-# ring's layout per cell: gates [layers, S, B, 4H] in "activations" for both; the cell state
-# record [.., B, H] for the LSTM and [.., B, 0] (zero-width) for the GRU, which has no c.
-CELLS = {"lstm": "TruncatedLSTM", "gru": "TruncatedGRU"}
+# The cells a history can belong to, and the module that records each (for messages): "lstmp"
+# is TruncatedLSTM(proj_size=P). The ring's layout per cell: gates [layers, S, B, 4H] in
+# "activations" for all; the cell state record [.., B, H] for the LSTMs and [.., B, 0]
+# (zero-width) for the GRU, which has no c; h (and the dropout masks on the upper layers'
+# input) [.., B, O], O = P for "lstmp", H otherwise.
+CELLS = {"lstm": "TruncatedLSTM", "lstmp": "TruncatedLSTM", "gru": "TruncatedGRU"}
 
 
 def cell_width(cell, hidden_size):
-    """Units of the cell state c per row: H for the LSTM, 0 for the GRU (no c)."""
-    return hidden_size if cell == "lstm" else 0
+    """Units of the cell state c per row: H for the LSTMs, 0 for the GRU (no c)."""
+    return 0 if cell == "gru" else hidden_size
+
+
+def state_sizes(cell, h, c):
+    """(H, P) of a stream from its state tensors h [.., O] and c [.., H or 0]: the hidden size
+    and the projection size (0 but for "lstmp")."""
+    if cell == "lstmp":
+        return c.shape[-1], h.shape[-1]
+    return h.shape[-1], 0
 
 
 def _saved_cell(record, who):
@@ -69,21 +80,25 @@ class RingBuffers:
     _TENSORS = ("gates", "cell", "hidden", "input", "flags", "mask")
 
     def __init__(self, slots, num_layers, batch, input_size, hidden_size, dtype, device, with_mask,
-                 mode="activations", every=1, cell="lstm"):
+                 mode="activations", every=1, cell="lstm", proj_size=0):
         if cell not in CELLS:
             raise ValueError(f"RingBuffers: cell must be one of {sorted(CELLS)}, got {cell!r}")
+        if (proj_size > 0) != (cell == "lstmp"):
+            raise ValueError(f"RingBuffers: proj_size={proj_size} for cell {cell!r} (a projection "
+                             "is the \"lstmp\" cell's and only its)")
         self.slots, self.mode, self.every, self.with_mask = slots, mode, every, with_mask
         self.cell_kind = cell
         make = dict(device=device)
+        out = proj_size or hidden_size  # O: the width of h
         layered = checkpoint_slots(slots, every) if mode == "checkpoints" else slots
         gates = (num_layers, slots, batch, 4 * hidden_size) if mode == "activations" else (0,)
         self.gates = torch.empty(gates, dtype=dtype, **make)
         self.cell = torch.empty(num_layers, layered, batch, cell_width(cell, hidden_size),
                                 dtype=dtype, **make)
-        self.hidden = torch.empty(num_layers, layered, batch, hidden_size, dtype=dtype, **make)
+        self.hidden = torch.empty(num_layers, layered, batch, out, dtype=dtype, **make)
         self.input = torch.empty(slots, batch, input_size, dtype=dtype, **make)
         self.flags = torch.zeros(slots, batch, dtype=torch.uint8, **make)  # step flags
-        mask_shape = (num_layers - 1, slots, batch, hidden_size) if with_mask else (0,)
+        mask_shape = (num_layers - 1, slots, batch, out) if with_mask else (0,)
         self.mask = torch.empty(mask_shape, dtype=dtype, **make)
         self.end = 0  # steps [0, end) of the stream have been written
 
@@ -129,9 +144,9 @@ class RingBuffers:
         return record
 
     @classmethod
-    def from_dict(cls, record, h_init, input_size, cell="lstm"):
-        """The ring of to_dict(), checked against the stream's (h_init [layers, B, H], its cell
-        kind)."""
+    def from_dict(cls, record, h_init, input_size, cell="lstm", hidden_size=None):
+        """The ring of to_dict(), checked against the stream's (h_init [layers, B, O], its cell
+        kind, its hidden size H: None for O, which it is but for "lstmp")."""
         who = CELLS[cell]
         ring = cls.__new__(cls)
         saved = _saved_cell(record, who)
@@ -145,15 +160,16 @@ class RingBuffers:
         if ring.mode not in MODES:
             raise ValueError(f"{who} state: unknown history mode {ring.mode!r}")
         ring.every = _int(record, "every", who) if "every" in record else 1
-        layers, batch, hidden = h_init.shape
+        layers, batch, out = h_init.shape
+        hidden = out if hidden_size is None else hidden_size
         S = ring.slots
         layered = checkpoint_slots(S, ring.every) if ring.mode == "checkpoints" else S
         expected = {
             "gates": (layers, S, batch, 4 * hidden) if ring.mode == "activations" else (0,),
             "cell": (layers, layered, batch, cell_width(cell, hidden)),
-            "hidden": (layers, layered, batch, hidden),
+            "hidden": (layers, layered, batch, out),
             "input": (S, batch, input_size), "flags": (S, batch),
-            "mask": (layers - 1, S, batch, hidden) if ring.with_mask else (0,),
+            "mask": (layers - 1, S, batch, out) if ring.with_mask else (0,),
         }
         dtype = h_init.dtype
         for name in cls._TENSORS:
@@ -199,8 +215,9 @@ class RingBuffers:
 class History:
     """What a stream keeps of its earlier steps so that backward can reach k2 steps back.
 
-    h_init [layers, B, H], c_init [layers, B, H] (LSTM) or [layers, B, 0] (GRU): the
-    (detached) state at the stream's start; cell: "lstm" or "gru".
+    h_init [layers, B, O], c_init [layers, B, H] (LSTMs) or [layers, B, 0] (GRU): the
+    (detached) state at the stream's start (O = P for "lstmp", else H); cell: "lstm",
+    "lstmp" (TruncatedLSTM with proj_size) or "gru".
     """
 
     def __init__(self, h_init, c_init, input_size, cell="lstm"):
@@ -231,9 +248,10 @@ class History:
             needed = max(needed, ring.slots)
         if same_layout and ring.slots == needed and ring.with_mask == with_mask:
             return ring
-        layers, batch, hidden = self.h_init.shape
+        layers, batch, _ = self.h_init.shape
+        hidden, proj = state_sizes(self.cell_kind, self.h_init, self.c_init)
         new = RingBuffers(needed, layers, batch, self.input_size, hidden, self.h_init.dtype,
-                          self.h_init.device, with_mask, mode, every, self.cell_kind)
+                          self.h_init.device, with_mask, mode, every, self.cell_kind, proj)
         if ring is not None:
             if same_layout and ring.with_mask == with_mask:
                 # Keep what fits; at least the newest step, whose state the next chunk enters from.
@@ -278,16 +296,25 @@ class History:
         history.cell_kind = saved
         history.h_init, history.c_init = record["h_init"], record["c_init"]
         h_init, c_init = history.h_init, history.c_init
-        if not (isinstance(h_init, torch.Tensor) and isinstance(c_init, torch.Tensor)
-                and h_init.dim() == 3
-                and c_init.shape == (*h_init.shape[:2], cell_width(saved, h_init.shape[2]))):
-            raise ValueError(f"{who} state: the saved initial state must be h [layers, B, H] and "
-                             f"c [layers, B, {'H' if saved == 'lstm' else '0'}] tensors")
+        if saved == "lstmp":  # h [layers, B, P], c [layers, B, H], 0 < P < H
+            fits = (isinstance(h_init, torch.Tensor) and isinstance(c_init, torch.Tensor)
+                    and h_init.dim() == 3 and c_init.dim() == 3
+                    and c_init.shape[:2] == h_init.shape[:2]
+                    and 0 < h_init.shape[2] < c_init.shape[2])
+            shapes = "h [layers, B, P] and c [layers, B, H] tensors (0 < P < H)"
+        else:
+            fits = (isinstance(h_init, torch.Tensor) and isinstance(c_init, torch.Tensor)
+                    and h_init.dim() == 3
+                    and c_init.shape == (*h_init.shape[:2], cell_width(saved, h_init.shape[2])))
+            shapes = f"h [layers, B, H] and c [layers, B, {'H' if saved == 'lstm' else '0'}] tensors"
+        if not fits:
+            raise ValueError(f"{who} state: the saved initial state must be {shapes}")
         history.input_size = _int(record, "input_size", who)
         history.end, history.floor = _int(record, "end", who), _int(record, "floor", who)
         ring = record["ring"]
+        hidden, _ = state_sizes(saved, h_init, c_init)
         history.ring = None if ring is None else RingBuffers.from_dict(
-            ring, history.h_init, history.input_size, saved)
+            ring, history.h_init, history.input_size, saved, hidden)
         if history.ring is not None and history.ring.end != history.end:
             raise ValueError(f"{who} state: the saved ring and stream disagree on the step")
         return history

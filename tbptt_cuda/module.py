@@ -6,7 +6,9 @@ back in; each chunk's backward reaches k2 steps back through a history ring inst
 that grows with the stream. Both are one class, _TruncatedRNN, which holds the whole forward
 (streams, history modes, ARTBP, packed and unbatched input, resets, dropout, state checks);
 the subclasses give the cell, the parameters' gate count, the call's state argument and the
-state object returned (LSTMState, a tuple (h_n, c_n); GRUState, the tensor h_n).
+state object returned (LSTMState, a tuple (h_n, c_n); GRUState, the tensor h_n). With
+proj_size = P > 0 a TruncatedLSTM is nn.LSTM's LSTM with projections (cell "lstmp"): h and
+the output are of size P, c of size H.
 """
 import math
 import numbers
@@ -17,13 +19,14 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .artbp import ARTBP
 from .function import ChunkPlan, TruncatedRNNFunction
-from .history import CELLS, MODES, History, accumulation_dtype
+from .history import CELLS, MODES, History, accumulation_dtype, state_sizes
 
 FLAG_RESET, FLAG_HOLD = 1, 2  # step flags, as csrc/tbptt/window.h defines them
 
 
 class LSTMState(tuple):
-    """(h_n, c_n), each [num_layers, B, H], as nn.LSTM returns, plus the stream's history.
+    """(h_n, c_n), as nn.LSTM returns, plus the stream's history: h_n [num_layers, B, O]
+    (O = proj_size if proj_size > 0 else hidden_size), c_n [num_layers, B, hidden_size].
 
     Pass it back as the next call's state to continue the stream; unpack it like nn.LSTM's.
     A plain (h0, c0) tuple instead starts a fresh window from those tensors.
@@ -59,7 +62,9 @@ def _restore_state(h, c, history, step, window=None):
         raise ValueError(f"TruncatedLSTM state: step must be an integer >= 0, got {step!r}")
     if window is not None and (isinstance(window, bool) or not isinstance(window, int)):
         raise ValueError(f"TruncatedLSTM state: window must be an integer, got {window!r}")
-    return LSTMState(h, c, History.from_dict(history, "lstm") if history is not None else None,
+    # an LSTM's stream or, with proj_size, an "lstmp" one (a GRU's is refused by name)
+    cell = "lstmp" if isinstance(history, dict) and history.get("cell_kind") == "lstmp" else "lstm"
+    return LSTMState(h, c, History.from_dict(history, cell) if history is not None else None,
                      step, window)
 
 
@@ -145,6 +150,7 @@ class _TruncatedRNN(nn.Module):
     what each argument does). A subclass sets:
 
         cell            "lstm" or "gru": the ops' cell, what tbptt_cuda.reference.cell_of reads
+                        (a TruncatedLSTM with proj_size > 0 sets "lstmp" on the instance)
         _gates          gate blocks of H rows in weight_ih / weight_hh (4 or 3)
         _state_type     the state class it returns (LSTMState, GRUState)
         _split_state    the call's state argument -> its tensors and the stream it continues
@@ -158,7 +164,7 @@ class _TruncatedRNN(nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, k2=None, artbp=None, history="activations",
-                 checkpoint_every=None, device=None, dtype=None):
+                 checkpoint_every=None, device=None, dtype=None, proj_size=0):
         super().__init__()
         who = self._who
         if bidirectional:
@@ -169,6 +175,16 @@ class _TruncatedRNN(nn.Module):
         self.input_size = _positive_int("input_size", input_size, who)
         self.hidden_size = _positive_int("hidden_size", hidden_size, who)
         self.num_layers = _positive_int("num_layers", num_layers, who)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) \
+                or proj_size < 0:
+            raise ValueError(f"{who}: proj_size must be an integer >= 0 (0: no projection), got "
+                             f"{proj_size!r}")
+        if proj_size >= self.hidden_size:
+            raise ValueError(f"{who}: proj_size must be smaller than hidden_size (nn.LSTM's "
+                             f"rule), got proj_size={proj_size}, hidden_size={self.hidden_size}")
+        self.proj_size = int(proj_size)
+        if self.proj_size:
+            self.cell = "lstmp"  # h = (o * tanh(c)) W_hr^T: the ops' cell 1
         if not isinstance(dropout, numbers.Real) or isinstance(dropout, bool) \
                 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"{who}: dropout must be in [0, 1), got {dropout!r}")
@@ -180,21 +196,31 @@ class _TruncatedRNN(nn.Module):
         self.artbp = artbp
         self.history = history
         self.checkpoint_every = checkpoint_every
-        self.last_dropout_masks = None  # [layers-1, L, B, H] of the last training call (tests)
+        self.last_dropout_masks = None  # [layers-1, L, B, O] of the last training call (tests)
         factory = dict(device=device, dtype=dtype)
         gates = self._gates * self.hidden_size
+        out = self._out_size
+        # nn.LSTM's (nn.GRU's) names, shapes and order: per layer w_ih, w_hh, b_ih, b_hh, w_hr
         for layer in range(self.num_layers):
-            layer_input = self.input_size if layer == 0 else self.hidden_size
+            layer_input = self.input_size if layer == 0 else out
             self.register_parameter(f"weight_ih_l{layer}",
                                     nn.Parameter(torch.empty(gates, layer_input, **factory)))
             self.register_parameter(f"weight_hh_l{layer}",
-                                    nn.Parameter(torch.empty(gates, self.hidden_size, **factory)))
+                                    nn.Parameter(torch.empty(gates, out, **factory)))
             if self.bias:
                 self.register_parameter(f"bias_ih_l{layer}",
                                         nn.Parameter(torch.empty(gates, **factory)))
                 self.register_parameter(f"bias_hh_l{layer}",
                                         nn.Parameter(torch.empty(gates, **factory)))
+            if self.proj_size:
+                self.register_parameter(f"weight_hr_l{layer}", nn.Parameter(
+                    torch.empty(self.proj_size, self.hidden_size, **factory)))
         self.reset_parameters()
+
+    @property
+    def _out_size(self):
+        """O, the size of h and of the output: proj_size if > 0, else hidden_size."""
+        return self.proj_size or self.hidden_size
 
     @property
     def _who(self):
@@ -245,7 +271,8 @@ class _TruncatedRNN(nn.Module):
         self._checkpoint_every = value
 
     def reset_parameters(self):
-        """nn.LSTM's and nn.GRU's initialisation: uniform(-1/sqrt(H), 1/sqrt(H))."""
+        """nn.LSTM's and nn.GRU's initialisation: uniform(-1/sqrt(H), 1/sqrt(H)), weight_hr
+        included."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
@@ -253,10 +280,13 @@ class _TruncatedRNN(nn.Module):
     @property
     def _flat_weights(self):
         names = ["weight_ih_l{}", "weight_hh_l{}"] + (["bias_ih_l{}", "bias_hh_l{}"] if self.bias else [])
+        names += ["weight_hr_l{}"] if self.proj_size else []  # the ops' order (nn.LSTM's)
         return [getattr(self, n.format(layer)) for layer in range(self.num_layers) for n in names]
 
     def extra_repr(self):
         text = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            text += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             text += f", num_layers={self.num_layers}"
         if not self.bias:
@@ -285,7 +315,8 @@ class _TruncatedRNN(nn.Module):
 
     def _split_state(self, state):
         """The call's state -> (pairs, stream): pairs, [(name, tensor)] of the state's values
-        with h first ([num_layers, B, H] each, [num_layers, H] unbatched), or None for no state;
+        with h first (h [num_layers, B, O], c [num_layers, B, H]; [num_layers, O] and
+        [num_layers, H] unbatched), or None for no state;
         stream, the returned state object that `state` is (it may continue its stream), or
         None for plain tensors (a new stream from their values, which get gradient)."""
         raise NotImplementedError
@@ -297,7 +328,7 @@ class _TruncatedRNN(nn.Module):
     # ----------------------------------------------------------------------------------------
     def _forward(self, input, state, reset):  # noqa: A002  (torch.nn's names)
         """out, state for input: a tensor [L, B, I] ([B, L, I] with batch_first), an unbatched
-        [L, I] (state [num_layers, H]), or a PackedSequence (output packed the same way)."""
+        [L, I] (state [num_layers, O]), or a PackedSequence (output packed the same way)."""
         who = self._who
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, state, reset)
@@ -359,8 +390,8 @@ class _TruncatedRNN(nn.Module):
                               unsorted_indices), new_state
 
     def _run(self, x, state, flags, input, unbatched=False):  # noqa: A002
-        """The chunk x [L, B, I] (time-major), flags [L, B] uint8 or None -> out [L, B, H] and the
-        new state ([num_layers, H] tensors when unbatched)."""
+        """The chunk x [L, B, I] (time-major), flags [L, B] uint8 or None -> out [L, B, O] and the
+        new state ([num_layers, O] and [num_layers, H] tensors when unbatched)."""
         who = self._who
         weights = self._flat_weights
         param = weights[0]
@@ -411,7 +442,7 @@ class _TruncatedRNN(nn.Module):
         masks = None
         if training and self.dropout > 0 and self.num_layers > 1:
             keep = 1.0 - self.dropout
-            masks = torch.empty(self.num_layers - 1, L, B, self.hidden_size,
+            masks = torch.empty(self.num_layers - 1, L, B, self._out_size,
                                 dtype=param.dtype, device=param.device).bernoulli_(keep).div_(keep)
             self.last_dropout_masks = masks
 
@@ -479,15 +510,19 @@ class _TruncatedRNN(nn.Module):
         return flags.contiguous()
 
     def _resolve_state(self, state, B, param, unbatched=False, cast=None):
-        """-> (h0 [layers, B, H], c0 (the LSTM's [layers, B, H]; the GRU's zero-width
+        """-> (h0 [layers, B, O], c0 (the LSTMs' [layers, B, H]; the GRU's zero-width
         [layers, B, 0] of the accumulation dtype), history or None, explicit: gradient may
         reach the given state tensors)."""
         who = self._who
-        shape = (self.num_layers, B, self.hidden_size)
+        has_cell = self.cell != "gru"
+        # per state tensor (h first, then the LSTMs' c): its last size and that size's name
+        sizes = [(self._out_size, "proj_size" if self.proj_size else "hidden_size"),
+                 (self.hidden_size, "hidden_size")][:2 if has_cell else 1]
         pairs, stream = self._split_state(state)
         if pairs is None:
-            pairs = [(name, torch.zeros(shape, dtype=param.dtype, device=param.device))
-                     for name in ("h0", "c0")[:2 if self.cell == "lstm" else 1]]
+            pairs = [(name, torch.zeros(self.num_layers, B, size, dtype=param.dtype,
+                                        device=param.device))
+                     for name, (size, _) in zip(("h0", "c0"), sizes)]
             unbatched = False  # made batched
             explicit = False
         else:
@@ -497,18 +532,17 @@ class _TruncatedRNN(nn.Module):
             pairs = [(name, t.to(cast) if isinstance(t, torch.Tensor) and t.dtype == torch.float32
                       else t) for name, t in pairs]
         rank = 2 if unbatched else 3
-        for name, t in pairs:
+        for (name, t), (size, size_name) in zip(pairs, sizes):
+            layout = f"[num_layers, {size_name}]" if unbatched else f"[num_layers, B, {size_name}]"
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{who}: state {name} must be a tensor")
             if t.dim() != rank:
                 raise ValueError(
                     f"{who}: for {'an unbatched 2-D' if unbatched else 'a batched 3-D'} "
-                    f"input the state {name} must be {rank}-D "
-                    f"{'[num_layers, hidden_size]' if unbatched else '[num_layers, B, hidden_size]'}, "
+                    f"input the state {name} must be {rank}-D {layout}, "
                     f"got {t.dim()}-D {list(t.shape)}")
-            expected = (shape[0], shape[2]) if unbatched else shape
+            expected = (self.num_layers, size) if unbatched else (self.num_layers, B, size)
             if tuple(t.shape) != expected:
-                layout = "[num_layers, hidden_size]" if unbatched else "[num_layers, B, hidden_size]"
                 raise ValueError(f"{who}: state {name} must be {layout} = "
                                  f"{list(expected)}, got {list(t.shape)}")
             if t.dtype != param.dtype:
@@ -519,7 +553,7 @@ class _TruncatedRNN(nn.Module):
                                  f"on {param.device}")
         tensors = [t.unsqueeze(1) if unbatched else t for _, t in pairs]
         h0 = tensors[0]
-        if self.cell == "lstm":
+        if has_cell:
             c0 = tensors[1]
         else:  # no cell state: a zero-width one keeps the ops' (h, c) schema (notes/cells.md §2)
             c0 = h0.new_empty(self.num_layers, B, 0, dtype=accumulation_dtype(h0.dtype))
@@ -538,14 +572,19 @@ class _TruncatedRNN(nn.Module):
     def _check_history(self, history, B, param):
         """A state's history (e.g. from a checkpoint) must come from a module of this shape."""
         who = self._who
-        layers, batch, hidden = history.h_init.shape
-        if (history.cell_kind, layers, hidden, history.input_size) != (
-                self.cell, self.num_layers, self.hidden_size, self.input_size):
+        layers = history.h_init.shape[0]
+        hidden, proj = state_sizes(history.cell_kind, history.h_init, history.c_init)
+        if (history.cell_kind, layers, hidden, proj, history.input_size) != (
+                self.cell, self.num_layers, self.hidden_size, self.proj_size, self.input_size):
+            def described(num_layers, hidden_size, proj_size, input_size):
+                projection = f", proj_size={proj_size}" if proj_size else ""
+                return (f"num_layers={num_layers}, hidden_size={hidden_size}{projection}, "
+                        f"input_size={input_size}")
+
             raise ValueError(
                 f"{who}: state: its history was recorded by a {CELLS[history.cell_kind]} with "
-                f"num_layers={layers}, hidden_size={hidden}, input_size={history.input_size}; this "
-                f"module has num_layers={self.num_layers}, hidden_size={self.hidden_size}, "
-                f"input_size={self.input_size}")
+                f"{described(layers, hidden, proj, history.input_size)}; this module has "
+                f"{described(self.num_layers, self.hidden_size, self.proj_size, self.input_size)}")
         if history.h_init.dtype != param.dtype or history.h_init.device != param.device:
             raise ValueError(
                 f"{who}: state: its history is {history.h_init.dtype} on "
@@ -558,6 +597,11 @@ class TruncatedLSTM(_TruncatedRNN):
 
     Args:
         input_size, hidden_size, num_layers, bias, batch_first, dropout: as torch.nn.LSTM.
+        proj_size: as torch.nn.LSTM's (LSTM with projections): 0 (default) for none, or
+            0 < P < hidden_size: each layer's h is (o * tanh(c)) W_hr^T of size P, with
+            parameters weight_hr_l{k} [P, hidden_size] after the biases (nn.LSTM's names, order
+            and initialisation; state_dict loads from and into nn.LSTM(proj_size=P)); h, the
+            output and the upper layers' input are of size P, c stays hidden_size.
         k2: how many steps, ending at a chunk's last step, its gradient flows back through
             (into earlier chunks of the stream via the history). None: truncate at the chunk's
             start (BPTT(k, k)). A chunk may not be longer than k2. May change between calls.
@@ -566,7 +610,8 @@ class TruncatedLSTM(_TruncatedRNN):
             expectation is TBPTT's with k2 = cap (k2 is then the shortest window; the history
             holds cap + 1 steps). May change between calls.
         history: what the history stores, trading memory for recomputation in backward:
-            "activations" (gates, c, h per step and layer: the default), "states" (c, h per
+            "activations" (gates, c, h per step and layer: the default; with proj_size h is
+            P wide), "states" (c, h per
             step and layer; backward rebuilds the gates with two GEMMs per layer) or
             "checkpoints" (per step only the input; c, h of every layer every checkpoint_every
             steps; backward recomputes the window a segment at a time). The same gradient in
@@ -578,13 +623,13 @@ class TruncatedLSTM(_TruncatedRNN):
     Call: ``out, state = lstm(x, state=None, reset=None)``
         x: [L, B, input_size] ([B, L, input_size] with batch_first).
         state: None (zero state, new stream), the state returned by the previous call
-            (continue the stream; never detach it), or a plain tuple (h0, c0) of
-            [num_layers, B, hidden_size] tensors (a new stream from those values; gradient
-            reaches them as in nn.LSTM).
+            (continue the stream; never detach it), or a plain tuple (h0, c0): h0
+            [num_layers, B, O] and c0 [num_layers, B, hidden_size], O = proj_size if > 0 else
+            hidden_size (a new stream from those values; gradient reaches them as in nn.LSTM).
         reset: bool [B] (reset at the chunk's first step) or [L, B] ([B, L] with batch_first):
             where True, that row's state (all layers) is zeroed before that step, which also
             stops the gradient there.
-        Returns out [L, B, H] ([B, L, H]) and an LSTMState (h_n, c_n); its `window` is the
+        Returns out [L, B, O] ([B, L, O]) and an LSTMState (h_n, c_n); its `window` is the
         number of steps this chunk's backward reaches.
 
     Gradient: of the chunk's loss through the window of its last k2 steps, with the current
@@ -595,7 +640,7 @@ class TruncatedLSTM(_TruncatedRNN):
     eval mode nothing is written to the history.
     """
 
-    cell = "lstm"
+    cell = "lstm"  # "lstmp" on an instance with proj_size > 0
     _gates = 4  # i, f, g, o
     _state_type = LSTMState
     _plain_state_hint = "a plain tuple (h, c)"
@@ -603,17 +648,15 @@ class TruncatedLSTM(_TruncatedRNN):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, k2=None, artbp=None,
                  history="activations", checkpoint_every=None, device=None, dtype=None):
-        if proj_size:
-            raise ValueError("TruncatedLSTM: proj_size is not supported (the history and the "
-                             "kernels keep h at hidden_size); use proj_size=0.")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, k2, artbp, history, checkpoint_every, device, dtype)
-        self.proj_size = 0
+                         bidirectional, k2, artbp, history, checkpoint_every, device, dtype,
+                         proj_size)
 
     def forward(self, input, state=None, reset=None, *, hx=None):  # noqa: A002  (nn.LSTM's names)
         """out, state = lstm(input, state=None, reset=None); `hx=` is accepted as nn.LSTM's name
         for the state. input: a tensor [L, B, I] ([B, L, I] with batch_first), an unbatched
-        [L, I] (state [num_layers, H]), or a PackedSequence (output packed the same way)."""
+        [L, I] (state h [num_layers, O], c [num_layers, H]), or a PackedSequence (output
+        packed the same way)."""
         if hx is not None:
             if state is not None:
                 raise TypeError("TruncatedLSTM: pass the state once, as `state` or as `hx`")

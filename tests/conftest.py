@@ -29,10 +29,11 @@ DEVICES = [
 ]
 
 
-@pytest.fixture(params=["lstm", "gru"])
+@pytest.fixture(params=["lstm", "lstmp", "gru"])
 def cell(request):
-    """The recurrent cell of a test run for both: TruncatedLSTM ("lstm"), TruncatedGRU ("gru");
-    helpers.make_rnn(cell, ...) builds the module."""
+    """The recurrent cell of a test run for all three: TruncatedLSTM ("lstm"), TruncatedLSTM
+    with proj_size ("lstmp"), TruncatedGRU ("gru"); helpers.make_rnn(cell, ...) builds the
+    module."""
     return request.param
 
 
@@ -40,13 +41,15 @@ def cell(request):
 def device(request):
     """The tensors' device. For "emulated" (and "emulated_stepwise"), CPU tensors inside
     tbptt_cuda.emulate_cuda(path="persistent" or "stepwise"); the test must then have launched
-    our kernels (unless marked no_kernels). A test over the `cell` fixture skips the GRU on
-    "emulated": the persistent kernels decline the GRU and the stepwise ones run it, as
-    "emulated_stepwise" does already (tests/test_gru.py checks that fallback)."""
+    our kernels (unless marked no_kernels). A test over the `cell` fixture skips the GRU and
+    the LSTM with projections on "emulated": the persistent kernels decline them and the
+    stepwise ones run them, as "emulated_stepwise" does already (tests/test_gru.py and
+    tests/test_lstmp.py check that fallback)."""
     if request.param == "emulated" and "cell" in request.fixturenames \
-            and request.getfixturevalue("cell") == "gru":
-        pytest.skip("the GRU on the persistent path falls back to the stepwise kernels "
-                    "(emulated_stepwise runs them; test_gru.py checks the fallback)")
+            and request.getfixturevalue("cell") in ("gru", "lstmp"):
+        pytest.skip("this cell on the persistent path falls back to the stepwise kernels "
+                    "(emulated_stepwise runs them; test_gru.py and test_lstmp.py check the "
+                    "fallback)")
     if not request.param.startswith("emulated"):
         yield torch.device(request.param)
         return

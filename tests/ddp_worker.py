@@ -2,9 +2,9 @@
 one process. A stream of B lanes; rank r of W trains lanes [r*B/W, (r+1)*B/W) with
 TBPTT(4, 8), gloo on the CPU; the per-chunk gradients (after DDP's all-reduce) go to a file.
 
-    python tests/ddp_worker.py RANK WORLD PORT OUT [cpu|emulated] [lstm|gru]
+    python tests/ddp_worker.py RANK WORLD PORT OUT [cpu|emulated] [lstm|lstmp|gru]
 ("emulated": the recurrent layer runs on csrc/cuda's kernels under the SIMT emulator; the cell:
-TruncatedLSTM or TruncatedGRU.)
+TruncatedLSTM, TruncatedLSTM with proj_size=3, or TruncatedGRU.)
 """
 import contextlib
 import os
@@ -22,9 +22,12 @@ LANES, CHUNKS, CHUNK, K2 = 4, 5, 4, 8
 class Model(nn.Module):
     def __init__(self, cell="lstm"):
         super().__init__()
-        rnn = TruncatedGRU if cell == "gru" else TruncatedLSTM
-        self.rnn = rnn(3, 6, 2, k2=K2, dtype=torch.float64)
-        self.head = nn.Linear(6, 1, dtype=torch.float64)
+        if cell == "gru":
+            self.rnn = TruncatedGRU(3, 6, 2, k2=K2, dtype=torch.float64)
+        else:
+            self.rnn = TruncatedLSTM(3, 6, 2, k2=K2, dtype=torch.float64,
+                                     proj_size=3 if cell == "lstmp" else 0)
+        self.head = nn.Linear(self.rnn.proj_size or 6, 1, dtype=torch.float64)
 
     def forward(self, x, state=None):
         out, state = self.rnn(x, state)

@@ -1,16 +1,42 @@
-"""Shared test helpers: run one stream through TruncatedLSTM or TruncatedGRU and through the
-reference."""
+"""Shared test helpers: run one stream through TruncatedLSTM (with or without proj_size) or
+TruncatedGRU and through the reference."""
 import torch
 
 from tbptt_cuda import TruncatedGRU, TruncatedLSTM
 from tbptt_cuda.reference import ReferenceStream
 
-MODULES = {"lstm": TruncatedLSTM, "gru": TruncatedGRU}
+MODULES = {"lstm": TruncatedLSTM, "lstmp": TruncatedLSTM, "gru": TruncatedGRU}
+
+
+def proj_size_for(hidden_size):
+    """The proj_size the "lstmp" cell's tests give a TruncatedLSTM of this hidden size: about
+    half of it, never H (so that a P/H mix-up shows)."""
+    return (hidden_size + 1) // 2
 
 
 def make_rnn(cell, *args, **kwargs):
-    """TruncatedLSTM or TruncatedGRU (cell "lstm" or "gru") with these arguments."""
+    """TruncatedLSTM or TruncatedGRU (cell "lstm", "lstmp" or "gru") with these arguments;
+    "lstmp": a TruncatedLSTM with proj_size = proj_size_for(hidden_size) unless given."""
+    if cell == "lstmp":
+        hidden = kwargs["hidden_size"] if "hidden_size" in kwargs else args[1]
+        kwargs.setdefault("proj_size", proj_size_for(hidden))
     return MODULES[cell](*args, **kwargs)
+
+
+def out_size(module):
+    """O: the size of h and of the output (proj_size for "lstmp", else hidden_size)."""
+    return getattr(module, "proj_size", 0) or module.hidden_size
+
+
+def random_state(module, batch, dtype, device, layers=None):
+    """A random explicit initial state for `module`, in run_both's `explicit` form: (h0, c0)
+    for an LSTM (h0 [layers, B, O], c0 [layers, B, H]), (h0,) for a GRU. h0 and c0 are drawn
+    in that order for every cell (the GRU's c0 is drawn and dropped), so a test draws the same
+    numbers whatever the cell."""
+    layers = module.num_layers if layers is None else layers
+    h0 = torch.randn(layers, batch, out_size(module), dtype=dtype, device=device)
+    c0 = torch.randn(layers, batch, module.hidden_size, dtype=dtype, device=device)
+    return (h0,) if module.cell == "gru" else (h0, c0)
 
 
 def split_state(state):
@@ -84,7 +110,7 @@ def _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=N
     h0 = c0 = None
     if explicit is not None:  # (h0, c0) for an LSTM, (h0,) for a GRU
         h0 = explicit[0].clone().requires_grad_()
-        if module.cell == "lstm":
+        if module.cell != "gru":
             c0 = explicit[1].clone().requires_grad_()
     stream = None if ours else ReferenceStream(module, h0, c0)
     state = initial_state(module, h0, c0) if h0 is not None else None
@@ -93,7 +119,7 @@ def _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=N
     for i, (x, reset, k2) in enumerate(zip(chunks, resets, k2s)):
         x = x.clone().requires_grad_()
         module.zero_grad(set_to_none=True)
-        out_weights = torch.randn(x.shape[0], x.shape[1], module.hidden_size, generator=gen,
+        out_weights = torch.randn(x.shape[0], x.shape[1], out_size(module), generator=gen,
                                   dtype=torch.float64).to(x)
         if ours:
             module.k2 = k2
@@ -121,7 +147,8 @@ def _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=N
 
 def run_both(module, chunks, resets, k2s, use_state=False, batch_first=False, explicit=None):
     """The same stream through `module` (a TruncatedLSTM or TruncatedGRU) and through the
-    reference, with backward after each chunk; explicit: (h0, c0) (LSTM) or (h0,) (GRU).
+    reference, with backward after each chunk; explicit: (h0, c0) (LSTM) or (h0,) (GRU), as
+    random_state gives.
     Returns (ours, reference) lists of per-chunk records."""
     ours, masks = _feed(module, chunks, resets, k2s, use_state, batch_first, explicit)
     ref, _ = _feed(module, chunks, resets, k2s, use_state, batch_first, explicit, masks=masks)

@@ -11,17 +11,17 @@ import torch
 from tbptt_cuda import ARTBP, TruncatedLSTM
 from tbptt_cuda.reference import ReferenceStream
 
-from helpers import make_rnn, rel_err
+from helpers import make_rnn, out_size, rel_err
 
 DTYPE = torch.float64
 K1 = K2 = 4
 CAP = 16
 
 
-def _stream(device, steps=40, seed=0):
+def _stream(device, steps=40, seed=0, width=4):
     gen = torch.Generator().manual_seed(seed)
     xs = torch.randn(steps, 2, 2, generator=gen, dtype=DTYPE).to(device)
-    weights = torch.randn(K1, 2, 4, generator=gen, dtype=DTYPE).to(device)  # loss: sum out * R
+    weights = torch.randn(K1, 2, width, generator=gen, dtype=DTYPE).to(device)  # loss: sum out * R
     return [xs[i:i + K1] for i in range(0, steps, K1)], weights
 
 
@@ -66,7 +66,7 @@ LAWS = {"geometric": dict(c=0.2), "power": dict(alpha=4.0, mean_length=4.0)}
 @pytest.mark.parametrize("law", list(LAWS))
 def test_exact_expectation_is_tbptt_with_k2_equal_to_cap(law, cell, device):
     rnn = _module(device, cell)
-    chunks, loss_weights = _stream(device)
+    chunks, loss_weights = _stream(device, width=out_size(rnn))
     artbp = ARTBP(cap=CAP, **LAWS[law])
     mean, _, grads = _exact(rnn, chunks, loss_weights, artbp)
     target, _ = _last_chunk_gradient(rnn, chunks, loss_weights, k2=CAP)

@@ -6,7 +6,7 @@ from torch.func import functional_call
 from tbptt_cuda import TruncatedLSTM
 from tbptt_cuda import _backend
 
-from helpers import make_rnn, split_state
+from helpers import make_rnn, out_size, split_state
 
 
 def _params(module):
@@ -19,15 +19,16 @@ def test_gradcheck_fresh_chunk(num_layers, cell, device):
     params = _params(rnn)
     names = list(params)
     x = torch.randn(3, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
-    h0 = torch.randn(num_layers, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    h0 = torch.randn(num_layers, 2, out_size(rnn), dtype=torch.float64, device=device,
+                     requires_grad=True)
     c0 = torch.randn(num_layers, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
     reset = torch.tensor([[False, False], [True, False], [False, False]], device=device)
-    states = (h0, c0) if cell == "lstm" else (h0,)  # a GRU has no c
+    states = (h0,) if cell == "gru" else (h0, c0)  # a GRU has no c
 
     def fn(x, *inputs):
         state, weights = inputs[:len(states)], inputs[len(states):]
         out, state = functional_call(rnn, dict(zip(names, weights)),
-                                     (x, state if cell == "lstm" else state[0]), {"reset": reset})
+                                     (x, state[0] if cell == "gru" else state), {"reset": reset})
         h, c = split_state(state)
         return (out, h) if c is None else (out, h, c)
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from tbptt_cuda import GRUState, LSTMState
 
-from helpers import make_rnn, rel_err, split_state
+from helpers import make_rnn, out_size, rel_err, split_state
 
 pytestmark = pytest.mark.slow  # Inductor compiles for ~10 s
 
@@ -17,7 +17,7 @@ class Model(nn.Module):
     def __init__(self, cell="lstm"):
         super().__init__()
         self.rnn = make_rnn(cell, 3, 8, 2, k2=8)
-        self.head = nn.Linear(8, 1)
+        self.head = nn.Linear(out_size(self.rnn), 1)
 
     def forward(self, x, state=None):
         out, state = self.rnn(x, state)

@@ -23,7 +23,7 @@ def _free_port():
 
 @pytest.mark.parametrize("backend", ["cpu", pytest.param("emulated", marks=pytest.mark.skipif(
     not tbptt_cuda.build_info()["cuda_emulation"], reason="built without the emulated kernels"))])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "lstmp", "gru"])
 def test_ddp_two_processes_match_one_process(cell, backend, tmp_path):
     port, world = _free_port(), 2
     outputs = [tmp_path / f"rank{rank}.pt" for rank in range(world)]

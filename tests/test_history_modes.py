@@ -8,7 +8,8 @@ from torch.nn.utils.rnn import pack_sequence
 
 from tbptt_cuda import ARTBP, TruncatedLSTM
 
-from helpers import TOLERANCE, assert_records_close, make_rnn, make_stream, rel_err, run_both
+from helpers import (TOLERANCE, assert_records_close, make_rnn, make_stream, random_state,
+                     rel_err, run_both)
 from test_reference import SCHEDULES
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
@@ -40,10 +41,8 @@ def test_resets_dropout_layers_state_loss_match_reference(mode, batch_first, dty
     rnn = make_rnn(cell, 3, 6, 3, dropout=0.3, batch_first=batch_first, history=history,
                    checkpoint_every=every, device=device, dtype=dtype)
     chunks, resets = make_stream([4, 2, 5, 4, 3], 2, 3, dtype, device, reset_prob=0.15, seed=3)
-    h0 = torch.randn(3, 2, 6, dtype=dtype, device=device)
-    c0 = torch.randn(3, 2, 6, dtype=dtype, device=device)
     ours, ref = run_both(rnn, chunks, resets, [7] * 5, use_state=True, batch_first=batch_first,
-                         explicit=(h0, c0)[:2 if cell == "lstm" else 1])
+                         explicit=random_state(rnn, 2, dtype, device))
     assert_records_close(ours, ref, dtype)
 
 

@@ -1,11 +1,12 @@
-"""TruncatedLSTM and TruncatedGRU against tbptt_cuda/reference.py: every schedule of the
-literature and the module's options, outputs and all gradients by relative error."""
+"""TruncatedLSTM (with and without proj_size) and TruncatedGRU against
+tbptt_cuda/reference.py: every schedule of the literature and the module's options, outputs and
+all gradients by relative error."""
 import pytest
 import torch
 
 from tbptt_cuda import TruncatedLSTM
 
-from helpers import assert_records_close, make_rnn, make_stream, run_both
+from helpers import assert_records_close, make_rnn, make_stream, random_state, run_both
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 
@@ -54,10 +55,8 @@ def test_resets_and_explicit_initial_state(k2, dtype, cell, device):
     rnn = make_rnn(cell, 3, 4, 2, device=device, dtype=dtype)
     chunks, resets = make_stream([4, 4, 3], 5, 3, dtype, device, reset_prob=0.3, seed=7)
     resets[0][0, 1] = True  # a reset at the very first step cuts the gradient to h0 there
-    h0 = torch.randn(2, 5, 4, dtype=dtype, device=device)
-    c0 = torch.randn(2, 5, 4, dtype=dtype, device=device)
     ours, ref = run_both(rnn, chunks, resets, [k2] * 3, use_state=True,
-                         explicit=(h0, c0)[:2 if cell == "lstm" else 1])
+                         explicit=random_state(rnn, 5, dtype, device))
     assert_records_close(ours, ref, dtype)
     assert ours[0]["h0_grad"][:, 1].abs().max() == 0
 
