@@ -27,9 +27,18 @@ Every input is listed with its source; "assumption" marks what no measurement ba
 assumed one; with --paths-json (bench/gpu_paths.py's output) the measured us/step are printed
 next to the predicted ones. scripts/gpu_check.sh does both.
 
+The cells: Model.stepwise(..., cell="lstm"|"gru"|"lstmp", P) predicts the stepwise path of the
+GRU and of the LSTM with projections (proj_size P) as well, from the cell's counts (Cell, CELLS:
+gate blocks, GEMMs and pointwise passes per step, the GRU's dGh copies) turned into GEMM shapes
+and kernels by cell_work, one code path for all three (the LSTM's predictions are those it had
+before the cells). No persistent kernel exists for the GRU or LSTMP (csrc/lstm_driver.cpp offers
+them to the LSTM only), so --cell gru|lstmp|all prints, instead of the report above, a
+stepwise-only table per device of those cells next to the LSTM's (--proj P, default H/2).
+
     python bench/gpu_model.py [--device H100|A100|A10|RTX4090|L4|all] [--cpp-table]
                               [--json results/gpu_model.json] [--margin 0.8]
                               [--barrier-json F] [--paths-json F]
+    python bench/gpu_model.py --cell gru|lstmp|all [--proj P] [--device ...] [--json F]
 """
 from __future__ import annotations
 
@@ -342,6 +351,87 @@ KEPT = {
 }
 
 
+# ---- the cells on the stepwise path -------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """The counts the model takes from a cell: what one layer of it runs on the stepwise CUDA
+    path (csrc/lstm_driver.cpp forward_chunk, backward_span; notes/cells.md 1, 3, 4); cell_work
+    turns them into GEMM shapes and kernels.
+      gates: gate blocks, G = gates * H (W_ih [G, I], W_hh [G, O]; O = P where projected, else H);
+      projected: h = m W_hr^T [B, P] after the pointwise pass (nn.LSTM's proj_size): every step
+        runs a second GEMM and a second pointwise pass each way (forward m [B, H] x W_hr^T, a
+        pass over [B, P]; backward a pass over [B, P], dh_eff [B, P] x W_hr), and the window a
+        fourth weight GEMM (dW_hr = dh_eff^T m) after rebuilding m = o tanh(c) [W, B, H] (two
+        elementwise kernels: tanh, the product);
+      split_grads: the x-side and recurrent gate gradients differ (the GRU's n rows: dGx, dGh
+        from one [W, B, 4H] window): the per-step product copies dGh, a row's first G values,
+        into a dense [B, G] (one small kernel per backward step), and the window makes dGh
+        contiguous and dGx by a cat ([W*B, G] each, two kernels)."""
+    name: str
+    gates: int
+    projected: bool = False
+    split_grads: bool = False
+
+    @property
+    def gemms_per_step(self):  # each way
+        return 1 + self.projected
+
+    @property
+    def passes_per_step(self):  # pointwise kernels, each way
+        return 1 + self.projected
+
+
+CELLS = {"lstm": Cell("lstm", 4), "gru": Cell("gru", 3, split_grads=True),
+         "lstmp": Cell("lstmp", 4, projected=True)}
+CELL_LABELS = {"lstm": "LSTM", "gru": "GRU", "lstmp": "LSTM with projections (LSTMP)"}
+
+
+def default_proj(H):
+    """P of the LSTMP rows where --proj does not give it."""
+    return H // 2
+
+
+def cell_work(cell, H, B, dtype, steps=CHUNK, P=None):
+    """What one layer of `cell` runs on the stepwise path, I = H: per step each way, the GEMMs
+    (flops, weight bytes) in launch order, the pointwise passes, the small copies (bytes moved);
+    per window, the GEMMs (forward: the input projection of the chunk; backward: dW_ih, dW_hh,
+    dx, and dW_hr where projected; weight bytes: the weight or its gradient) and the backward's
+    elementwise kernels (bytes moved, read + written). P: proj_size (lstmp only; default
+    default_proj(H))."""
+    c = CELLS[cell]
+    if c.projected:
+        P = default_proj(H) if P is None else P
+        if not 0 < P < H:
+            raise ValueError(f"gpu_model: proj_size P = {P} must be in (0, H = {H}) (nn.LSTM)")
+    elif P is not None:
+        raise ValueError(f"gpu_model: the {cell} cell has no proj_size")
+    s, acc = BYTES[dtype], ACC_BYTES[dtype]
+    I, G = H, c.gates * H
+    O = P if c.projected else H  # the size of h
+
+    def gemm(rows, k, n):  # [rows, k] x [k, n]: flops, and the bytes of the [k, n] operand
+        return 2 * rows * k * n, k * n * s
+
+    WB = B * steps
+    work = {
+        "fwd_gemms": [gemm(B, O, G)] + ([gemm(B, H, P)] if c.projected else []),
+        "bwd_gemms": ([gemm(B, P, H)] if c.projected else []) + [gemm(B, G, O)],
+        "fwd_passes": c.passes_per_step, "bwd_passes": c.passes_per_step,
+        "fwd_copies": [], "bwd_copies": [2 * B * G * s] if c.split_grads else [],
+        "window_fwd_gemms": [gemm(WB, I, G)],  # x W_ih^T of the whole chunk
+        # dW_ih = dGx^T x, dW_hh = dGh^T h_{t-1}, dx = dGx W_ih (, dW_hr = dh_eff^T m)
+        "window_bwd_gemms": [gemm(WB, G, I), gemm(WB, G, O), gemm(WB, G, I)]
+                            + ([gemm(WB, P, H)] if c.projected else []),
+        "window_bwd_kernels": [],
+    }
+    if c.split_grads:  # dGh.contiguous(), cat(dGx): [W*B, G] read and written
+        work["window_bwd_kernels"] += [2 * WB * G * s, 2 * WB * G * s]
+    if c.projected:  # m = o tanh(c): tanh(c) (acc), then o (T) times it into m (T)
+        work["window_bwd_kernels"] += [2 * WB * H * acc, WB * H * (2 * s + acc)]
+    return work
+
+
 _TILE_CACHE = {}
 
 
@@ -463,40 +553,73 @@ class Model:
 
     # ---- GEMMs ----------------------------------------------------------------------------
 
+    def stream_bytes_per_us(self, nbytes):
+        """Bytes per us a kernel reading `nbytes` streams them at: from L2, or from DRAM where
+        they do not fit the L2."""
+        l2_bytes_per_us = (self.p["l2_bytes_per_clk_sm"] * self.p["sms"]
+                           * self.p["clock_ghz"] * 1e3)
+        if nbytes > self.p["l2_mbytes"] * 1e6:
+            l2_bytes_per_us = min(l2_bytes_per_us, self.p["dram_gbps"] * 1e3)
+        return l2_bytes_per_us
+
     def gemm_us(self, flops, weight_bytes, dtype):
         """One cuBLAS GEMM on the GPU: its floor, its FLOPs at the sustained rate, or its
         weights streamed from L2 (from DRAM where they do not fit the L2), whichever is
         largest."""
         rate = self.p["gemm_tflops_" + ("bfloat16" if BYTES[dtype] == 2 else dtype)] * 1e6
-        l2_bytes_per_us = (self.p["l2_bytes_per_clk_sm"] * self.p["sms"]
-                           * self.p["clock_ghz"] * 1e3)
-        if weight_bytes > self.p["l2_mbytes"] * 1e6:
-            l2_bytes_per_us = min(l2_bytes_per_us, self.p["dram_gbps"] * 1e3)
-        return max(self.p["kernel_floor_us"], flops / rate, weight_bytes / l2_bytes_per_us)
+        return max(self.p["kernel_floor_us"], flops / rate,
+                   weight_bytes / self.stream_bytes_per_us(weight_bytes))
 
-    def window_gemms_us(self, H, B, steps, dtype):
+    def memory_kernel_us(self, nbytes):
+        """One elementwise or copy kernel moving `nbytes` (read + written) on the GPU: its
+        floor, or the bytes streamed."""
+        return max(self.p["kernel_floor_us"], nbytes / self.stream_bytes_per_us(nbytes))
+
+    def window_gemms_us(self, H, B, steps, dtype, cell="lstm", P=None):
         """Per step: the input projection forward (one GEMM per chunk), and backward dW_hh,
-        dW_ih, dx (one GEMM each per window), with their host time."""
-        s = BYTES[dtype]
-        forward = (self.gemm_us(8 * B * H * H * steps, 4 * H * H * s, dtype)
-                   + self.p["host_gemm_us"]) / steps
-        backward = (3 * self.gemm_us(8 * B * H * H * steps, 4 * H * H * s, dtype)
-                    + 3 * self.p["host_gemm_us"]) / steps
-        return forward, backward
+        dW_ih, dx (and dW_hr for lstmp; one GEMM each per window), with their host time."""
+        work = cell_work(cell, H, B, dtype, steps, P)
+        return tuple((sum(self.gemm_us(flops, nbytes, dtype) for flops, nbytes in gemms)
+                      + len(gemms) * self.p["host_gemm_us"]) / steps
+                     for gemms in (work["window_fwd_gemms"], work["window_bwd_gemms"]))
+
+    def window_kernels_us(self, H, B, steps, dtype, cell="lstm", P=None):
+        """Per step: the backward's window-wide elementwise kernels (the GRU's dGh and dGx
+        copies, LSTMP's rebuild of m), with their host time; none for the LSTM."""
+        kernels = cell_work(cell, H, B, dtype, steps, P)["window_bwd_kernels"]
+        return (sum(self.memory_kernel_us(nbytes) for nbytes in kernels)
+                + len(kernels) * self.p["host_launch_us"]) / steps
+
+    def step_us(self, work, way, dtype):
+        """(GPU, host) us of one stepwise step `way` ("fwd" or "bwd") of cell_work's `work`:
+        its GEMMs, pointwise passes and small copies back to back in the stream; the host
+        launching each (mm_out, or a pointwise launch)."""
+        gemms, passes, copies = work[way + "_gemms"], work[way + "_passes"], work[way + "_copies"]
+        gpu = (sum(self.gemm_us(flops, nbytes, dtype) for flops, nbytes in gemms)
+               + passes * self.p["kernel_floor_us"]
+               + sum(self.memory_kernel_us(nbytes) for nbytes in copies))
+        host = (len(gemms) * self.p["host_gemm_us"]
+                + (passes + len(copies)) * self.p["host_launch_us"])
+        return gpu, host
 
     # ---- the three paths, us per step ---------------------------------------------------------
 
-    def stepwise(self, H, B, dtype, steps=CHUNK):
-        s = BYTES[dtype]
-        gemm = self.gemm_us(8 * B * H * H, 4 * H * H * s, dtype)
-        gpu = gemm + self.p["kernel_floor_us"]  # the GEMM, then the pointwise kernel
-        host = self.p["host_gemm_us"] + self.p["host_launch_us"]
-        fwd_gemms, bwd_gemms = self.window_gemms_us(H, B, steps, dtype)
-        step = max(gpu, host)
+    def stepwise(self, H, B, dtype, steps=CHUNK, cell="lstm", P=None):
+        """(forward us/step, forward+backward us/step, the terms) of the stepwise path of
+        `cell` (CELLS; P: lstmp's proj_size, default default_proj(H)): each step, forward and
+        again backward, is max(GPU, host) of its GEMMs and kernels (step_us); the window's
+        GEMMs and kernels are amortised over `steps`."""
+        work = cell_work(cell, H, B, dtype, steps, P)
+        gpu, host = self.step_us(work, "fwd", dtype)
+        bwd_gpu, bwd_host = self.step_us(work, "bwd", dtype)
+        fwd_gemms, bwd_gemms = self.window_gemms_us(H, B, steps, dtype, cell, P)
+        bwd_kernels = self.window_kernels_us(H, B, steps, dtype, cell, P)
+        step, bwd_step = max(gpu, host), max(bwd_gpu, bwd_host)
         terms = {"step (max of GPU and host)": step, "GPU: GEMM + pointwise": gpu,
                  "host: mm_out + launch": host, "window GEMMs fwd": fwd_gemms,
-                 "window GEMMs bwd": bwd_gemms}
-        return step + fwd_gemms, 2 * step + fwd_gemms + bwd_gemms, terms
+                 "window GEMMs bwd": bwd_gemms, "bwd step (max of GPU and host)": bwd_step,
+                 "bwd GPU": bwd_gpu, "bwd host": bwd_host, "window kernels bwd": bwd_kernels}
+        return step + fwd_gemms, step + bwd_step + fwd_gemms + bwd_gemms + bwd_kernels, terms
 
     def persistent(self, H, B, dtype, plan, variant="ffma", steps=CHUNK):
         """(forward us/step, forward+backward us/step, the terms) of the persistent kernels,
@@ -1039,6 +1162,82 @@ def report_device(device, args, barrier_json=None, note=None):
     return report, model, {dtype: built_derived[dtype] for dtype in STORAGE_ENUM}
 
 
+def cell_rows(model, cells, proj=None):
+    """The stepwise predictions of `cells` next to the LSTM's over DTYPES x TABLE_H x TABLE_B:
+    per row, each cell's forward and forward+backward us/step and their ratio to the LSTM's
+    (None where --proj gives no valid P for that H)."""
+    rows = []
+    for dtype in DTYPES:
+        for H in TABLE_H:
+            for B in TABLE_B:
+                row = {"dtype": dtype, "H": H, "B": B}
+                for cell in ("lstm",) + tuple(cells):
+                    P = (proj or default_proj(H)) if CELLS[cell].projected else None
+                    if P is not None and not 0 < P < H:
+                        row[cell] = None
+                        continue
+                    fwd, both, terms = model.stepwise(H, B, dtype, CHUNK, cell, P)
+                    work = cell_work(cell, H, B, dtype, CHUNK, P)
+                    row[cell] = {"fwd": fwd, "fwdbwd": both, "P": P, "terms": terms,
+                                 "step_gemm_flops_fwd": [f for f, _ in work["fwd_gemms"]],
+                                 "step_gemm_flops_bwd": [f for f, _ in work["bwd_gemms"]]}
+                    if cell != "lstm":
+                        row[cell]["fwd_vs_lstm"] = fwd / row["lstm"]["fwd"]
+                        row[cell]["fwdbwd_vs_lstm"] = both / row["lstm"]["fwdbwd"]
+                rows.append(row)
+    return rows
+
+
+def report_cells(device, cells, proj=None):
+    """Prints the stepwise-only table of `cells` (gru, lstmp) against the LSTM for one device;
+    returns what --json writes for it. Needs neither a GPU nor the emulator's plans."""
+    model = Model(default_inputs(device), plan_of=None)
+    print("PREDICTIONS of bench/gpu_model.py (a cost model; nothing below was measured by it): "
+          f"{DEVICE_LABELS[device]}, the stepwise CUDA path of one layer per cell, I = H, chunk "
+          f"L = k2 = {CHUNK}; commit {git_commit()}")
+    print(f"No persistent kernel exists for the {' or the '.join(CELL_LABELS[c] for c in cells)}: "
+          "csrc/lstm_driver.cpp offers the persistent kernels to the LSTM only, so these cells run "
+          "the stepwise path (per step a cuBLAS GEMM and a pointwise kernel, each launched by the "
+          "host) at every shape. The LSTM columns are its stepwise path as well (its persistent "
+          "predictions: bench/gpu_model.py without --cell).")
+    print("Per step, forward and again backward (G = gates x H):")
+    shapes = {
+        "lstm": "1 GEMM [B, H] x [H, 4H] (backward [B, 4H] x [4H, H]) + 1 pointwise pass",
+        "gru": "1 GEMM [B, H] x [H, 3H] (backward [B, 3H] x [3H, H]; 3/4 of the LSTM's flops "
+               "and weights) + 1 pointwise pass; backward also a [B, 3H] copy of dGh (a small "
+               "kernel); per window 2 copies [W*B, 3H] (dGh, dGx)",
+        "lstmp": "2 GEMMs, [B, P] x [P, 4H] and [B, H] x [H, P] (backward [B, P] x [P, H] and "
+                 "[B, 4H] x [4H, P]) + 2 pointwise passes ([B, H] and [B, P]); per window a 4th "
+                 "weight GEMM dW_hr and m = o tanh(c) rebuilt (2 kernels); P = "
+                 + (f"{proj}" if proj else "H/2"),
+    }
+    for cell in ("lstm",) + tuple(cells):
+        print(f"  {cell:6s} {shapes[cell]}")
+    rows = cell_rows(model, cells, proj)
+    print("\nPREDICTED us/step, stepwise (x: over the LSTM's of the same dtype, H and B; each step "
+          "is max(GPU, host), so where the host's launches bound it, fewer flops buy nothing):")
+    head = f"{'dtype':9s} {'H':>5s} {'B':>4s} | {'lstm fwd':>9s} {'f+b':>7s}"
+    for cell in cells:
+        head += " |" + (f" {'P':>5s}" if CELLS[cell].projected else "")
+        head += f" {cell + ' fwd':>10s} {'x':>5s} {'f+b':>7s} {'x':>5s}"
+    print(head)
+    for r in rows:
+        line = (f"{r['dtype']:9s} {r['H']:5d} {r['B']:4d} | {fmt(r['lstm']['fwd'], 9)} "
+                f"{fmt(r['lstm']['fwdbwd'])}")
+        for cell in cells:
+            c = r[cell]
+            line += " |" + (f" {c['P'] if c else 'n/a':>5}" if CELLS[cell].projected else "")
+            if c is None:
+                line += f" {'n/a':>10s} {'':5s} {'n/a':>7s} {'':5s}"
+            else:
+                line += (f" {fmt(c['fwd'], 10)} {c['fwd_vs_lstm']:5.2f} {fmt(c['fwdbwd'])} "
+                         f"{c['fwdbwd_vs_lstm']:5.2f}")
+        print(line)
+    return {"device": device, "cells": ["lstm", *cells], "proj": proj,
+            "inputs": {k: dataclasses.asdict(v) for k, v in default_inputs(device).items()},
+            "rows": rows}
+
+
 def measured_device(paths):
     """The preset the measurements in these JSON files (their header's device) were taken on,
     the GPU's name as written, or (None, None)."""
@@ -1068,7 +1267,23 @@ def main(argv=None):
                         help="bench/barrier_latency.py output: its measured barrier replaces the assumed one")
     parser.add_argument("--paths-json", default=None,
                         help="bench/gpu_paths.py output: print the measured us/step next to the predicted")
+    parser.add_argument("--cell", choices=("gru", "lstmp", "all"), default=None,
+                        help="print instead the stepwise-only table of this cell (all: gru and "
+                             "lstmp) next to the LSTM's, per --device (no persistent kernel "
+                             "exists for these cells); takes --device, --proj and --json only")
+    parser.add_argument("--proj", type=int, default=None, metavar="P",
+                        help="with --cell lstmp or all: the LSTMP's proj_size (default H/2; "
+                             "0 < P < H, else that row is n/a)")
     args = parser.parse_args(argv)
+    if args.proj is not None and args.cell not in ("lstmp", "all"):
+        parser.error("--proj goes with --cell lstmp or --cell all")
+    if args.proj is not None and args.proj <= 0:
+        parser.error("--proj must be positive")
+    if args.cell and (args.cpp_table or args.paths_json or args.barrier_json):
+        parser.error("--cell prints the stepwise-only table: it takes no --cpp-table, "
+                     "--paths-json or --barrier-json")
+    if args.cell:
+        return main_cells(args)
 
     from tbptt_cuda import emulation
 
@@ -1110,6 +1325,22 @@ def main(argv=None):
         if tables is not None:
             for key, table in zip(("family_rules", "family_rules_all_devices"), tables):
                 out[key] = {f: {d: list(r) for d, r in rows.items()} for f, rows in table.items()}
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+def main_cells(args):
+    """--cell: the stepwise tables of the GRU and/or LSTMP per device (no plans, no emulator)."""
+    cells = ("gru", "lstmp") if args.cell == "all" else (args.cell,)
+    devices = DEVICE_NAMES if args.device == "all" else (args.device or "H100",)
+    reports = {}
+    for index, device in enumerate(devices):
+        if index:
+            print("\n" + "=" * 100 + "\n")
+        reports[device] = report_cells(device, cells, args.proj)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        out = {"kind": "PREDICTIONS", "commit": git_commit(), "cell_tables": reports}
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
     return 0
 

@@ -186,6 +186,104 @@ def test_gpu_model_names_its_devices_and_refuses_others(capsys):
         "L4": "sm_86/sm_89"}
 
 
+# (device, H, B, dtype, steps, fwd us/step, fwd+bwd us/step, window GEMMs (fwd, bwd) us/step) as
+# main's bench/gpu_model.py (5abd54d, before the cells) predicted them for the LSTM's stepwise path
+MAIN_LSTM_STEPWISE = [
+    ("H100", 256, 1, "float32", 64, 6.59375, 13.375, (0.09375, 0.28125)),
+    ("H100", 768, 16, "bfloat16", 64, 6.81415824, 14.25663296, (0.31415824, 0.9424747199999999)),
+    ("H100", 1024, 64, "float32", 64, 45.01217296, 133.09901888000002, (21.53733648, 64.61200944000001)),
+    ("H100", 2048, 256, "float64", 10, 689.59476736, 2067.1843020799997, (343.99738368, 1031.99215104)),
+    ("H100", 512, 8, "bfloat16", 1, 12.5, 37.0, (6.0, 18.0)),
+    ("A10", 256, 1, "float32", 64, 6.60444304, 13.41777216, (0.10444304, 0.31332912)),
+    ("A10", 768, 16, "bfloat16", 64, 8.57576592, 21.30306368, (2.07576592, 6.227297759999999)),
+    ("A10", 1024, 64, "float32", 64, 87.96184592, 261.94803776000003, (43.01217296, 129.03651888000002)),
+    ("A10", 2048, 256, "float64", 10, 85901.74592000002, 257703.63776, (42950.072960000005, 128850.21888000001)),
+    ("A10", 512, 8, "bfloat16", 1, 12.5, 37.0, (6.0, 18.0)),
+]
+
+
+@pytest.mark.parametrize("device,H,B,dtype,steps,fwd,fwdbwd,window", MAIN_LSTM_STEPWISE)
+def test_gpu_model_lstm_stepwise_predictions_are_those_before_the_cells(device, H, B, dtype, steps,
+                                                                        fwd, fwdbwd, window):
+    model = gpu_model.Model(gpu_model.default_inputs(device), plan_of=None)
+    for got in (model.stepwise(H, B, dtype, steps), model.stepwise(H, B, dtype, steps, cell="lstm")):
+        assert got[:2] == (fwd, fwdbwd)  # bit for bit
+        assert got[2]["window kernels bwd"] == 0.0
+    assert model.window_gemms_us(H, B, steps, dtype) == window  # the persistent path's too
+
+
+@pytest.mark.parametrize("H,B,dtype", [(256, 1, "float32"), (768, 16, "bfloat16"), (1024, 64, "float64")])
+def test_gpu_model_gru_gemms_are_three_quarters_of_the_lstms(H, B, dtype):
+    lstm = gpu_model.cell_work("lstm", H, B, dtype)
+    gru = gpu_model.cell_work("gru", H, B, dtype)
+    s = gpu_model.BYTES[dtype]
+    assert lstm["fwd_gemms"] == [(8 * B * H * H, 4 * H * H * s)]
+    for key in ("fwd_gemms", "bwd_gemms", "window_fwd_gemms", "window_bwd_gemms"):
+        assert len(gru[key]) == len(lstm[key]) == (3 if key == "window_bwd_gemms" else 1), key
+        for (gru_flops, gru_bytes), (lstm_flops, lstm_bytes) in zip(gru[key], lstm[key]):
+            assert 4 * gru_flops == 3 * lstm_flops and 4 * gru_bytes == 3 * lstm_bytes, key
+    assert (gru["fwd_passes"], gru["bwd_passes"]) == (lstm["fwd_passes"], lstm["bwd_passes"]) == (1, 1)
+    # the per-step product reads dGh, the first 3H of a 4H row: one [B, 3H] copy per backward step
+    assert (gru["fwd_copies"], gru["bwd_copies"], lstm["bwd_copies"]) == ([], [2 * B * 3 * H * s], [])
+    assert len(gru["window_bwd_kernels"]) == 2 and lstm["window_bwd_kernels"] == []
+    model = gpu_model.Model(gpu_model.default_inputs("H100"), plan_of=None)
+    _, _, terms = model.stepwise(H, B, dtype, cell="gru")
+    assert terms["bwd host"] == model.p["host_gemm_us"] + 2 * model.p["host_launch_us"]
+    assert terms["window kernels bwd"] > 0
+
+
+def test_gpu_model_lstmp_runs_two_gemms_and_two_passes_per_step():
+    H, B, P, steps, dtype = 768, 16, 256, 64, "float32"
+    work = gpu_model.cell_work("lstmp", H, B, dtype, steps, P)
+    assert sum(f for f, _ in work["fwd_gemms"]) == 8 * B * H * P + 2 * B * P * H
+    assert [f for f, _ in work["fwd_gemms"]] == [8 * B * H * P, 2 * B * H * P]  # h W_hh^T, m W_hr^T
+    assert [f for f, _ in work["bwd_gemms"]] == [2 * B * P * H, 8 * B * H * P]  # dh_eff W_hr, dG W_hh
+    assert sum(n for _, n in work["fwd_gemms"]) == (4 * H * P + P * H) * 4
+    assert (work["fwd_passes"], work["bwd_passes"], work["bwd_copies"]) == (2, 2, [])
+    cell = gpu_model.CELLS["lstmp"]
+    assert len(work["fwd_gemms"]) == len(work["bwd_gemms"]) == cell.gemms_per_step == 2
+    # dW_ih, dW_hh (K = P), dx, dW_hr over the window; m rebuilt (tanh(c), o * it)
+    assert [f for f, _ in work["window_bwd_gemms"]] == [
+        8 * B * steps * H * H, 8 * B * steps * H * P, 8 * B * steps * H * H, 2 * B * steps * P * H]
+    assert len(work["window_bwd_kernels"]) == 2
+    assert gpu_model.cell_work("lstmp", H, B, dtype)["fwd_gemms"][1][0] == 2 * B * H * (H // 2)
+    with pytest.raises(ValueError, match="proj_size"):
+        gpu_model.cell_work("lstmp", H, B, dtype, steps, H)
+    with pytest.raises(ValueError, match="no proj_size"):
+        gpu_model.cell_work("gru", H, B, dtype, steps, P)
+    model = gpu_model.Model(gpu_model.default_inputs("H100"), plan_of=None)
+    _, _, terms = model.stepwise(H, B, dtype, steps, cell="lstmp", P=P)
+    assert terms["host: mm_out + launch"] == 2 * (model.p["host_gemm_us"] + model.p["host_launch_us"])
+    assert terms["bwd host"] == terms["host: mm_out + launch"]
+
+
+def test_gpu_model_cell_flag_prints_the_stepwise_tables(tmp_path, capsys):
+    assert gpu_model.main(["--cell", "all", "--device", "H100", "--json", str(tmp_path / "c.json")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("PREDICTIONS") and "the stepwise CUDA path of one layer per cell" in text
+    assert "No persistent kernel exists for the GRU or the LSTM with projections" in text
+    lines = text.splitlines()
+    for dtype in gpu_model.DTYPES:
+        for H in gpu_model.TABLE_H:
+            for B in gpu_model.TABLE_B:
+                assert sum(bool(re.match(rf"{dtype}\s+{H}\s+{B} \|.*\| +{H // 2} ", line))
+                           for line in lines) == 1, (dtype, H, B)
+    data = json.loads((tmp_path / "c.json").read_text())
+    rows = data["cell_tables"]["H100"]["rows"]
+    assert data["kind"] == "PREDICTIONS" and len(rows) == 27
+    big = next(r for r in rows if (r["dtype"], r["H"], r["B"]) == ("float32", 1024, 64))
+    assert big["gru"]["fwd"] < big["lstm"]["fwd"]  # GEMM-bound: 3/4 of the flops
+    small = next(r for r in rows if (r["dtype"], r["H"], r["B"]) == ("float32", 256, 1))
+    assert small["lstmp"]["fwdbwd_vs_lstm"] > 1.5  # launch-bound: twice the launches
+    assert gpu_model.main(["--cell", "lstmp", "--proj", "300", "--device", "L4"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^float32\s+256\s+1 \|.*\|\s+n/a\s+n/a", text, re.M)  # P >= H
+    assert "GRU" not in text.split("PREDICTED us/step")[1]
+    for bad in (["--cell", "gru", "--proj", "8"], ["--cell", "all", "--cpp-table"]):
+        with pytest.raises(SystemExit):
+            gpu_model.main(bad)
+
+
 @EMULATED
 def test_gpu_model_predicts_for_the_a100(tmp_path, capsys):
     assert gpu_model.main(["--device", "A100", "--json", str(tmp_path / "a100.json")]) == 0
