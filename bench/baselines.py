@@ -1,7 +1,8 @@
 """Identical work for TruncatedLSTM and its plain-PyTorch peers (DESIGN.md sections 8-9).
 
 One ``Workload`` holds what every variant shares: the weights (one seeded nn.LSTM state_dict,
-or nn.GRU's for a case with cell="gru": TruncatedGRU against nn.GRU, the same runners),
+or nn.GRU's for a case with cell="gru": TruncatedGRU against nn.GRU, the same runners; or
+nn.LSTM(proj_size=H/2)'s for cell="lstmp": TruncatedLSTM(proj_size=H/2) against it),
 the input stream x [n, B, I] and the upstream gradient of a chunk g [k1, B, H] (the loss of a
 chunk is ``(out * g).sum()``, so every variant gets the same, non-zero dL/dout). A runner
 processes the whole stream once, from a zero state, doing forward + backward per update:
@@ -58,7 +59,7 @@ def schedule_name(variant, k1, k2):
 # --------------------------------------------------------------------------------------------
 # our module (optional until it is built)
 
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "lstmp")  # lstmp: TruncatedLSTM(proj_size=H/2) against nn.LSTM's
 _OURS = {}
 _OURS_ERROR = None
 
@@ -73,7 +74,7 @@ def ours_class(cell="lstm"):
         try:
             from tbptt_cuda import TruncatedGRU, TruncatedLSTM
 
-            _OURS.update(lstm=TruncatedLSTM, gru=TruncatedGRU)
+            _OURS.update(lstm=TruncatedLSTM, gru=TruncatedGRU, lstmp=TruncatedLSTM)
         except Exception as e:  # noqa: BLE001 - any import failure means "not built yet"
             _OURS_ERROR = f"{type(e).__name__}: {e}"
     return _OURS.get(cell)
@@ -98,11 +99,21 @@ class Case:
     n: int
     layers: int = 1
     I: int = 0  # input size; 0 means I = H
-    cell: str = "lstm"  # "lstm" | "gru": TruncatedGRU against nn.GRU
+    cell: str = "lstm"  # "lstm" | "gru": TruncatedGRU against nn.GRU | "lstmp": proj_size H/2
 
     @property
     def input_size(self):
         return self.I or self.H
+
+    @property
+    def proj_size(self):
+        """P of an lstmp case (H/2), else 0 (nn.LSTM's default)."""
+        return self.H // 2 if self.cell == "lstmp" else 0
+
+    @property
+    def out_size(self):
+        """Width of h and of the outputs: P for lstmp, else H."""
+        return self.proj_size or self.H
 
     @property
     def torch_dtype(self):
@@ -123,7 +134,7 @@ class Case:
     def from_id(cls, s):
         m = re.fullmatch(
             r"(cpu|cuda)-(f32|bf16|f64)-H(\d+)-B(\d+)-k(\d+)-k2_(\d+)-n(\d+)"
-            r"(?:-L(\d+))?(?:-I(\d+))?(?:-(gru))?", s
+            r"(?:-L(\d+))?(?:-I(\d+))?(?:-(gru|lstmp))?", s
         )
         if not m:
             raise ValueError(f"not a case id: {s!r}")
@@ -151,11 +162,11 @@ class Workload:
         dev, dt = torch.device(case.device), case.torch_dtype
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        ref = self.nn_class()(case.input_size, case.H, case.layers)  # nn's own init, seeded
+        ref = self.nn_class()(case.input_size, case.H, case.layers, **self.proj())  # nn's own init
         self.state_dict = {k: v.detach().clone() for k, v in ref.state_dict().items()}
         # N(0,1) inputs and gradients: never all-zero, never constant
         self.x = torch.randn(case.n, case.B, case.input_size, generator=gen).to(dev, dt)
-        self.g = torch.randn(case.k1, case.B, case.H, generator=gen).to(dev, dt)
+        self.g = torch.randn(case.k1, case.B, case.out_size, generator=gen).to(dev, dt)
 
     _last = None
 
@@ -171,10 +182,15 @@ class Workload:
         """nn.LSTM, or nn.GRU for a GRU case."""
         return nn.GRU if self.case.cell == "gru" else nn.LSTM
 
+    def proj(self):
+        """The proj_size keyword of an lstmp case (both sides), else none."""
+        return {"proj_size": self.case.proj_size} if self.case.proj_size else {}
+
     def nn_rnn(self):
         """The peer: nn.LSTM (nn.GRU for a GRU case) with the workload's weights."""
         c = self.case
-        m = self.nn_class()(c.input_size, c.H, c.layers, device=c.device, dtype=c.torch_dtype)
+        m = self.nn_class()(c.input_size, c.H, c.layers, device=c.device, dtype=c.torch_dtype,
+                            **self.proj())
         m.load_state_dict(self.state_dict)
         return m
 
@@ -185,7 +201,7 @@ class Workload:
         c = self.case
         k2 = None if c.k2 == c.k1 else c.k2
         m = cls(c.input_size, c.H, c.layers, k2=k2, device=c.device, dtype=c.torch_dtype,
-                history=history)
+                history=history, **self.proj())
         m.load_state_dict(self.state_dict)
         return m
 
@@ -197,7 +213,7 @@ class Workload:
         """Sum of the chunk losses over a whole stream's outputs [n, B, H] (for BPTT(n,n))."""
         c = self.case
         m = (c.n // c.k1) * c.k1
-        loss = (out[:m].view(-1, c.k1, c.B, c.H) * self.g).sum()
+        loss = (out[:m].view(-1, c.k1, c.B, c.out_size) * self.g).sum()
         if m < c.n:
             loss = loss + self.chunk_loss(out[m:])
         return loss

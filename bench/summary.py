@@ -401,7 +401,9 @@ def oracle_lines(rows):
     out = []
     for r in rows:
         if r["kind"] == "oracle":
-            out.append(f"- {r['variant']} vs retained-graph recipe, {r['case']}: max rel err "
+            reference = {"nn_rerun": "nn re-running the window"}.get(r.get("reference"),
+                                                                      "retained-graph recipe")
+            out.append(f"- {r['variant']} vs {reference}, {r['case']}: max rel err "
                        f"out {r['max_rel_err_out']:.1e}, x.grad {r['max_rel_err_x_grad']:.1e}, "
                        f"param grads {r['max_rel_err_param_grad']:.1e} (tol {r['tol']:.0e})")
     return out
@@ -414,7 +416,8 @@ CPU_STEP_TARGETS = {"BPTT(k,k)": lambda H: 1.2 if H <= 128 else 1.0,
 # The GRU's rows (issue 18): TruncatedGRU runs the stepwise CPU path, so no targets (None):
 # reported, not judged.
 CPU_GRU_STEP_TARGETS = {"BPTT(k,k)": None, "TBPTT(k,2k)": None}
-CPU_STEP_TABLES = {"lstm": ("nn.LSTM", CPU_STEP_TARGETS), "gru": ("nn.GRU", CPU_GRU_STEP_TARGETS)}
+CPU_STEP_TABLES = {"lstm": ("nn.LSTM", CPU_STEP_TARGETS), "gru": ("nn.GRU", CPU_GRU_STEP_TARGETS),
+                   "lstmp": ("nn.LSTM(proj_size)", CPU_GRU_STEP_TARGETS)}
 
 
 def cpu_step_table(rows, cell="lstm"):
@@ -539,6 +542,13 @@ def main(argv=None):
                   "64-step chunks, forward + backward; ratio = ours / peer, ratio of medians of "
                   "interleaved runs [IQR]; no targets: TruncatedGRU runs the stepwise CPU path, "
                   "reported, not judged; ours / peer µs per step)", "", cpu_gru]
+    cpu_lstmp = cpu_step_table(rows, "lstmp")
+    if cpu_lstmp:
+        parts += ["", "**CPU LSTM with projections per step** (TruncatedLSTM(proj_size=H/2) against "
+                  "nn.LSTM(proj_size=H/2); float32, B=32, I=H, 64-step chunks, forward + backward; "
+                  "ratio = ours / peer, ratio of medians of interleaved runs [IQR]; no targets: it "
+                  "runs the stepwise CPU path, reported, not judged; ours / peer µs per step)", "",
+                  cpu_lstmp]
     cpu_bf16 = cpu_bf16_table(rows)
     if cpu_bf16:
         parts += ["", "**CPU bfloat16 per step** (B=32, I=H, 64-step chunks, BPTT(k,k), forward + "

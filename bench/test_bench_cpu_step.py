@@ -34,7 +34,7 @@ CHUNK, BATCH = 64, 32
 
 
 def cpu_step_cases(full, cell="lstm"):
-    """(case, peer, threads, schedule) rows of the table of `cell` ("lstm" or "gru")."""
+    """(case, peer, threads, schedule) rows of the table of `cell` ("lstm", "gru" or "lstmp")."""
     lstm = cell == "lstm"
     rows = []
     for threads in (1, 2):
