@@ -110,14 +110,9 @@ TBPTT_HD GateGrads<acc_t> backward_gates(const Gates<acc_t>& gate, acc_t c, acc_
 
 namespace tbptt {
 
-// The gates and the cell of element (row, unit) of one forward step, what every LSTM's element
-// shares (lstmp_math.h's too): activates the four pre-activations (gates_x + gates_h), updates c
-// (a held row keeps c_{t-1}), records the gates (0 where the row holds) and c_t, and stores c
-// entering step t+1 (its reset applied). Returns the gates; c_t in `c`. The hidden output is
-// the caller's (h_t = o tanh(c_t), or the projection's m_t).
+// Element (row, unit) of one forward step (see ForwardStepParams).
 template <typename T, typename acc_t>
-TBPTT_HD Gates<acc_t> forward_gates_and_cell(const ForwardStepParams& p, int64_t row, int64_t unit,
-                                             acc_t& c) {
+TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t row, int64_t unit) {
   const int64_t H = p.hidden;
   const int64_t e = row * H + unit;
   const int64_t gate0 = row * 4 * H + unit;  // offset of gate i in the [B, G] row
@@ -130,32 +125,21 @@ TBPTT_HD Gates<acc_t> forward_gates_and_cell(const ForwardStepParams& p, int64_t
   };
   const Gates<acc_t> gate = activate_gates<acc_t>(pre(0), pre(1), pre(2), pre(3));
   acc_t* cell = static_cast<acc_t*>(p.cell);
+  T* hidden = static_cast<T*>(p.hidden_next);
   const acc_t c_prev = cell[e];
-  c = select(hold, c_prev, cell_update(gate, c_prev));
+  const acc_t h_prev = convert<acc_t>(static_cast<const T*>(p.hidden_prev)[e]);
+  const acc_t c = select(hold, c_prev, cell_update(gate, c_prev));
+  const acc_t h = select(hold, h_prev, hidden_from_cell(gate, c));
+  static_cast<T*>(p.out)[e] = convert<T>(zero_where(hold, h));
   T* ring_gates = static_cast<T*>(p.ring_gates);
   ring_gates[gate0] = convert<T>(zero_where(hold, gate.i));
   ring_gates[gate0 + H] = convert<T>(zero_where(hold, gate.f));
   ring_gates[gate0 + 2 * H] = convert<T>(zero_where(hold, gate.g));
   ring_gates[gate0 + 3 * H] = convert<T>(zero_where(hold, gate.o));
   static_cast<T*>(p.ring_cell)[e] = convert<T>(c);
-  cell[e] = zero_where(reset_next, c);
-  return gate;
-}
-
-// Element (row, unit) of one forward step (see ForwardStepParams).
-template <typename T, typename acc_t>
-TBPTT_HD void forward_step_element(const ForwardStepParams& p, int64_t row, int64_t unit) {
-  const int64_t e = row * p.hidden + unit;
-  const bool hold = p.flags[row] & kFlagHold;
-  const bool reset_next = p.flags_next[row] & kFlagReset;
-  const acc_t h_prev = convert<acc_t>(static_cast<const T*>(p.hidden_prev)[e]);  // before it is
-                                                                                  // overwritten
-  acc_t c;
-  const Gates<acc_t> gate = forward_gates_and_cell<T, acc_t>(p, row, unit, c);
-  const acc_t h = select(hold, h_prev, hidden_from_cell(gate, c));
-  static_cast<T*>(p.out)[e] = convert<T>(zero_where(hold, h));
   static_cast<T*>(p.ring_hidden)[e] = convert<T>(h);
-  static_cast<T*>(p.hidden_next)[e] = convert<T>(zero_where(reset_next, h));
+  cell[e] = zero_where(reset_next, c);
+  hidden[e] = convert<T>(zero_where(reset_next, h));
 }
 
 // Element (row, unit) of one backward step (see BackwardStepParams). kPreActivations must be

@@ -26,10 +26,28 @@ namespace tbptt {
 // ring_hidden are not used).
 template <typename T, typename acc_t>
 TBPTT_HD void lstmp_forward_step_element(const ForwardStepParams& p, int64_t row, int64_t unit) {
+  const int64_t H = p.hidden;
+  const int64_t e = row * H + unit;
+  const int64_t gate0 = row * 4 * H + unit;
   const bool hold = p.flags[row] & kFlagHold;
-  acc_t c;
-  const Gates<acc_t> gate = forward_gates_and_cell<T, acc_t>(p, row, unit, c);
-  static_cast<T*>(p.out)[row * p.hidden + unit] = convert<T>(zero_where(hold, hidden_from_cell(gate, c)));
+  const bool reset_next = p.flags_next[row] & kFlagReset;
+  const T* gx = static_cast<const T*>(p.gates_x);
+  const T* gh = static_cast<const T*>(p.gates_h);
+  auto pre = [&](int k) {
+    return convert<acc_t>(gx[gate0 + k * H]) + convert<acc_t>(gh[gate0 + k * H]);
+  };
+  const Gates<acc_t> gate = activate_gates<acc_t>(pre(0), pre(1), pre(2), pre(3));
+  acc_t* cell = static_cast<acc_t*>(p.cell);
+  const acc_t c_prev = cell[e];
+  const acc_t c = select(hold, c_prev, cell_update(gate, c_prev));
+  static_cast<T*>(p.out)[e] = convert<T>(zero_where(hold, hidden_from_cell(gate, c)));
+  T* ring_gates = static_cast<T*>(p.ring_gates);
+  ring_gates[gate0] = convert<T>(zero_where(hold, gate.i));
+  ring_gates[gate0 + H] = convert<T>(zero_where(hold, gate.f));
+  ring_gates[gate0 + 2 * H] = convert<T>(zero_where(hold, gate.g));
+  ring_gates[gate0 + 3 * H] = convert<T>(zero_where(hold, gate.o));
+  static_cast<T*>(p.ring_cell)[e] = convert<T>(c);
+  cell[e] = zero_where(reset_next, c);
 }
 
 // Pass 2 of a forward step over [B, P] (p.hidden = P): p.gates_h [B, P] T holds m_t W_hr^T;
