@@ -1,6 +1,6 @@
 """nn.LSTM's calling conventions: flatten_parameters, hx=, unbatched input, PackedSequence
 (sorted and unsorted, batch_first or not), against nn.LSTM on the same weights; a packed chunk
-inside a stream against the reference; and the bad input of each."""
+inside a stream against the reference (for every cell); and the bad input of each."""
 import pytest
 import torch
 from torch import nn
@@ -9,7 +9,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequen
 from tbptt_cuda import TruncatedLSTM
 from tbptt_cuda.reference import ReferenceStream
 
-from helpers import TOLERANCE, rel_err
+from helpers import TOLERANCE, make_rnn, rel_err, split_state
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 
@@ -143,11 +143,13 @@ def test_packed_from_padded_batch_with_lengths(device):
     assert rel_err(out_a.data, out_b.data) <= 1e-10 and rel_err(h_a, h_b) <= 1e-10
 
 
-def test_packed_chunk_inside_a_stream_matches_the_reference(device):
-    """A packed chunk is a chunk of the stream: rows past their length hold still, and a later
-    window reaching back into it passes through the held steps."""
+def test_packed_chunk_inside_a_stream_matches_the_reference(cell, device):
+    """A packed chunk is a chunk of the stream: rows past their length hold still (the LSTM with
+    projections: h in P space, c in H space), and a later window reaching back into it passes
+    through the held steps. For every cell."""
     dtype = torch.float64
-    lstm = TruncatedLSTM(3, 4, 2, k2=9, device=device, dtype=dtype)
+    torch.manual_seed(0)
+    rnn = make_rnn(cell, 3, 4, 2, k2=9, device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(3)
     chunk1 = torch.randn(3, 3, 3, generator=gen, dtype=dtype).to(device)
     lengths = torch.tensor([5, 2, 4])
@@ -161,25 +163,27 @@ def test_packed_chunk_inside_a_stream_matches_the_reference(device):
     hold = (torch.arange(5).unsqueeze(1) >= lengths.unsqueeze(0)).to(device)
 
     def run(reference):
-        stream = ReferenceStream(lstm) if reference else None
+        stream = ReferenceStream(rnn) if reference else None
         state, records = None, []
         for i, x in enumerate((chunk1, packed, chunk3)):
-            lstm.zero_grad(set_to_none=True)
+            rnn.zero_grad(set_to_none=True)
             if reference:
-                out, (h, c) = stream.chunk(padded if i == 1 else x, 9,
-                                           hold=hold if i == 1 else None)
+                out, state = stream.chunk(padded if i == 1 else x, 9,
+                                          hold=hold if i == 1 else None)
                 if i == 1:
                     out = out[~hold]  # the packed elements, in (step, row) order
             else:
-                out, state = lstm(x, state)
-                h, c = state
+                out, state = rnn(x, state)
                 if i == 1:
                     assert isinstance(out, PackedSequence)
                     # packed data in (step, sorted rank) order -> (step, row) order
                     order = torch.argsort(_step_row_keys(out), stable=True)
                     out = out.data[order]
-            (out.pow(2).sum() + h.sum() + c.sum()).backward()
-            records.append([out.detach(), h.detach(), c.detach()] + _grads(lstm))
+            h, c = split_state(state)
+            loss = out.pow(2).sum() + h.sum() + (c.pow(2).sum() if c is not None else 0)
+            loss.backward()
+            records.append([out.detach(), h.detach()] + ([c.detach()] if c is not None else [])
+                           + _grads(rnn))
         return records
 
     for a, b in zip(run(False), run(True)):

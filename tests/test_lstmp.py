@@ -279,52 +279,6 @@ def test_packed_sequence_equals_nn_lstm(enforce_sorted, batch_first, dtype, devi
     assert rel_err(h_a, h_b) <= TOLERANCE[dtype] and rel_err(c_a, c_b) <= TOLERANCE[dtype]
 
 
-def _unpacked(packed):
-    """The sequences of a PackedSequence, in the original batch order."""
-    padded, lengths = torch.nn.utils.rnn.pad_packed_sequence(packed)
-    return [padded[:n, row] for row, n in enumerate(lengths.tolist())]
-
-
-def test_packed_chunk_inside_a_stream_matches_the_reference(device):
-    """Rows past their length hold still (h in P space, c in H space); a later window reaches
-    back through the held steps."""
-    dtype = torch.float64
-    torch.manual_seed(0)
-    lstm = TruncatedLSTM(I, H, 2, proj_size=P, k2=9, device=device, dtype=dtype)
-    gen = torch.Generator().manual_seed(3)
-    chunk1 = torch.randn(3, 3, I, generator=gen, dtype=dtype).to(device)
-    lengths = torch.tensor([5, 2, 4])
-    seqs = [torch.randn(n, I, generator=gen, dtype=dtype).to(device) for n in lengths.tolist()]
-    packed = pack_sequence(seqs, enforce_sorted=False)
-    chunk3 = torch.randn(4, 3, I, generator=gen, dtype=dtype).to(device)
-    padded = torch.zeros(5, 3, I, dtype=dtype, device=device)
-    for row, seq in enumerate(seqs):
-        padded[:len(seq), row] = seq
-    hold = (torch.arange(5).unsqueeze(1) >= lengths.unsqueeze(0)).to(device)
-
-    def run(reference):
-        stream = ReferenceStream(lstm) if reference else None
-        state, records = None, []
-        for i, x in enumerate((chunk1, packed, chunk3)):
-            lstm.zero_grad(set_to_none=True)
-            if reference:
-                out, state = stream.chunk(padded if i == 1 else x, 9, hold=hold if i == 1 else None)
-                if i == 1:
-                    out = out.transpose(0, 1)[~hold.t()]  # per row, its steps
-            else:
-                out, state = lstm(x, state)
-                if i == 1:
-                    out = torch.cat([seq for seq in _unpacked(out)])
-            h, c = state
-            (out.pow(2).sum() + h.sum() + c.pow(2).sum()).backward()
-            records.append([out.detach(), h.detach(), c.detach()] + _grads(lstm))
-        return records
-
-    for a, b in zip(run(False), run(True)):
-        for ta, tb in zip(a, b):
-            assert rel_err(ta, tb) <= 1e-10
-
-
 # ---------------------------------------------------------------------------------------------
 # streams against the reference: windows into earlier chunks, modes, resets, dropout, ARTBP
 
