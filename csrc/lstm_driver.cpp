@@ -230,18 +230,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
         flags.defined() ? static_cast<const uint8_t*>(flags.data_ptr()) : nullptr;  // [L, B]
 
     bool done = false;
-    if (cell == CellKind::kLstm && backend.persistent != nullptr &&
-        backend.persistent->takes(H, B, L, storage)) {
+    // The LSTM and the GRU have persistent kernels; the LSTM with projections runs stepwise.
+    if (cell != CellKind::kLstmp && backend.persistent != nullptr &&
+        backend.persistent->takes(cell, H, B, L, storage)) {
       // The whole chunk in one launch; h travels between steps through a double buffer.
       const at::Tensor w_hh_raw = weights[l * per_layer + 1].contiguous();  // [G, H]
       const at::Tensor exchange = at::empty({2, B, H}, x.options());
       exchange[0].copy_(hidden);
       PersistentForwardParams pp;
+      pp.cell_kind = cell;
       pp.steps = L;
       pp.batch = B;
       pp.hidden = H;
       pp.gates_x = gates_x.data_ptr();
       pp.w_hh = w_hh_raw.data_ptr();
+      pp.bias_hn = bias_hn.data_ptr();
       pp.hidden_exchange = exchange.data_ptr();
       pp.cell = cell_state.data_ptr();
       pp.gates_h = gates_h.data_ptr();
@@ -427,8 +430,8 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
     const int64_t grad_above_first = top ? W - Ls : 0;
 
     bool done = false;
-    if (cell == CellKind::kLstm && backend.persistent != nullptr &&
-        backend.persistent->takes(H, B, W, storage)) {
+    if (cell != CellKind::kLstmp && backend.persistent != nullptr &&
+        backend.persistent->takes(cell, H, B, W, storage)) {
       // The whole span in one launch; dL/dh_{t-1} stays with the block owning each unit.
       const at::Tensor w_hh_raw = w_hh.contiguous();  // [G, H]
       at::Tensor scales;  // [W] double on the device
@@ -436,6 +439,7 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
         scales = at::tensor(carry_scales.vec(), at::dtype(at::kDouble)).to(flags.device());
       }
       PersistentBackwardParams pb;
+      pb.cell_kind = cell;
       pb.steps = W;
       pb.batch = B;
       pb.hidden = H;

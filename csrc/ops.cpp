@@ -163,7 +163,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_path", [] { return std::string(tbptt::cuda_path_name(tbptt::cuda_path())); });
   m.def(
       "persistent_plan",
-      [](const std::string& backend, int64_t hidden, int64_t batch, const std::string& dtype) {
+      [](const std::string& backend, int64_t hidden, int64_t batch, const std::string& dtype,
+         const std::string& cell_name) {
+        const std::map<std::string, tbptt::CellKind> cells = {
+            {"lstm", tbptt::CellKind::kLstm}, {"lstmp", tbptt::CellKind::kLstmp},
+            {"gru", tbptt::CellKind::kGru}};
+        TORCH_CHECK_VALUE(cells.count(cell_name), "tbptt: cell must be 'lstm', 'lstmp' or 'gru', got '",
+                          cell_name, "'");
+        const tbptt::CellKind cell = cells.at(cell_name);
         const std::map<std::string, tbptt::StorageType> types = {
             {"float32", tbptt::StorageType::kFloat32}, {"float64", tbptt::StorageType::kFloat64},
             {"float16", tbptt::StorageType::kFloat16}, {"bfloat16", tbptt::StorageType::kBFloat16}};
@@ -172,14 +179,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         tbptt::PersistentPlan plan;
         if (backend == "emulated") {
 #ifdef TBPTT_WITH_EMULATION
-          plan = tbptt::emulated::persistent_plans().plan_of(0, types.at(dtype), hidden, batch);
+          plan = tbptt::emulated::persistent_plans().plan_of(0, cell, types.at(dtype), hidden, batch);
 #else
           TORCH_CHECK(false, "tbptt: built without the emulated kernels");
 #endif
         } else {
           TORCH_CHECK_VALUE(backend == "cuda", "tbptt: backend must be 'cuda' or 'emulated'");
 #ifdef TBPTT_WITH_CUDA
-          plan = tbptt::cuda::persistent_plans().plan_of(c10::cuda::current_device(), types.at(dtype), hidden, batch);
+          plan = tbptt::cuda::persistent_plans().plan_of(c10::cuda::current_device(), cell,
+                                                         types.at(dtype), hidden, batch);
 #else
           TORCH_CHECK(false, "tbptt: built without CUDA");
 #endif
@@ -204,8 +212,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         out["backward"] = partition(plan.backward);
         return out;
       },
-      "The persistent kernels' plan for one layer of H units and B rows (backend 'cuda': the "
-      "current device; 'emulated': the simulated one).");
+      "The persistent kernels' plan for one layer of a cell ('lstm', 'lstmp', 'gru') with H units "
+      "and B rows (backend 'cuda': the current device; 'emulated': the simulated one).",
+      pybind11::arg("backend"), pybind11::arg("hidden"), pybind11::arg("batch"),
+      pybind11::arg("dtype"), pybind11::arg("cell") = "lstm");
   m.def(
       "cuda_barrier_latency",
       [](int64_t blocks, int64_t threads, int64_t rounds, bool exchange, int64_t repeats) {

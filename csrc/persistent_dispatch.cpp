@@ -91,13 +91,13 @@ const PersistentRule& persistent_rule(int64_t capability, StorageType storage) {
   return rules[0];
 }
 
-PersistentPlans::Entry& PersistentPlans::entry(int64_t device, StorageType storage,
+PersistentPlans::Entry& PersistentPlans::entry(int64_t device, CellKind cell, StorageType storage,
                                                int64_t hidden, int64_t batch) {
-  const Key key{device, static_cast<int>(storage), hidden, batch};
+  const Key key{device, static_cast<int>(cell), static_cast<int>(storage), hidden, batch};
   auto found = plans_.find(key);
   if (found != plans_.end()) return found->second;
   Entry fresh;
-  const int status = plan_(hidden, batch, storage, &fresh.plan);
+  const int status = plan_(hidden, batch, cell, storage, &fresh.plan);
   if (status != 0) {
     fresh.plan.usable = false;
     fresh.plan.reason = std::string("the device query failed: ") + status_name_(status);
@@ -105,11 +105,12 @@ PersistentPlans::Entry& PersistentPlans::entry(int64_t device, StorageType stora
   return plans_.emplace(key, fresh).first->second;
 }
 
-const PersistentPlan* PersistentPlans::choose(CudaPath path, int64_t device, StorageType storage,
-                                              int64_t hidden, int64_t batch, int64_t steps) {
+const PersistentPlan* PersistentPlans::choose(CudaPath path, int64_t device, CellKind cell,
+                                              StorageType storage, int64_t hidden, int64_t batch,
+                                              int64_t steps) {
   if (path == CudaPath::kStepwise) return nullptr;
   std::lock_guard<std::mutex> lock(mutex_);
-  Entry& found = entry(device, storage, hidden, batch);  // the plan knows the device's family
+  Entry& found = entry(device, cell, storage, hidden, batch);  // the plan knows the device's family
   if (path == CudaPath::kAuto) {
     const PersistentRule& rule = persistent_rule(found.plan.capability, storage);
     if (batch > rule.max_batch || batch * hidden > rule.max_batch_hidden || steps < rule.min_steps) {
@@ -145,10 +146,10 @@ void PersistentPlans::launch_failed(CudaPath path, const PersistentPlan* plan, c
              " SMs). This shape runs the stepwise path from now on; results are the same.");
 }
 
-PersistentPlan PersistentPlans::plan_of(int64_t device, StorageType storage, int64_t hidden,
-                                        int64_t batch) {
+PersistentPlan PersistentPlans::plan_of(int64_t device, CellKind cell, StorageType storage,
+                                        int64_t hidden, int64_t batch) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return entry(device, storage, hidden, batch).plan;
+  return entry(device, cell, storage, hidden, batch).plan;
 }
 
 void PersistentPlans::clear() {
@@ -156,10 +157,10 @@ void PersistentPlans::clear() {
   plans_.clear();
 }
 
-bool persistent_takes(const PersistentLaunchers& launchers, int64_t hidden, int64_t batch,
-                      int64_t steps, at::ScalarType storage) {
-  return launchers.plans->choose(launchers.path(), launchers.device(), storage_type_of(storage),
-                                 hidden, batch, steps) != nullptr;
+bool persistent_takes(const PersistentLaunchers& launchers, CellKind cell, int64_t hidden,
+                      int64_t batch, int64_t steps, at::ScalarType storage) {
+  return launchers.plans->choose(launchers.path(), launchers.device(), cell,
+                                 storage_type_of(storage), hidden, batch, steps) != nullptr;
 }
 
 namespace {
@@ -171,8 +172,9 @@ bool run_persistent(const PersistentLaunchers& launchers, Params& params, at::Sc
                     PersistentPartition PersistentPlan::*part, Launch launch, const char* kernel) {
   const CudaPath path = launchers.path();
   const StorageType type = storage_type_of(storage);
-  const PersistentPlan* plan = launchers.plans->choose(path, launchers.device(), type,
-                                                       params.hidden, params.batch, params.steps);
+  const PersistentPlan* plan = launchers.plans->choose(path, launchers.device(), params.cell_kind,
+                                                       type, params.hidden, params.batch,
+                                                       params.steps);
   if (plan == nullptr) return false;
   params.part = plan->*part;
   const int status = launch(params, type, launchers.stream());

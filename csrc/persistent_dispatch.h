@@ -59,11 +59,11 @@ struct PersistentRule {
 };
 const PersistentRule& persistent_rule(int64_t capability, StorageType storage);
 
-// Plans cached per (device, storage type, H, B) for one build of the kernels (CUDA or the
+// Plans cached per (device, cell, storage type, H, B) for one build of the kernels (CUDA or the
 // emulator). Thread-safe.
 class PersistentPlans {
  public:
-  using PlanFunction = int (*)(int64_t hidden, int64_t batch, StorageType storage,
+  using PlanFunction = int (*)(int64_t hidden, int64_t batch, CellKind cell, StorageType storage,
                                PersistentPlan* plan);
   using StatusName = const char* (*)(int status);
   PersistentPlans(const char* device_name, PlanFunction plan, StatusName status_name)
@@ -71,13 +71,14 @@ class PersistentPlans {
 
   // The plan to launch for a layer of `steps` steps under `path`, or nullptr: run the stepwise
   // path. Raises where `path` is kPersistent and no plan fits this shape.
-  const PersistentPlan* choose(CudaPath path, int64_t device, StorageType storage,
+  const PersistentPlan* choose(CudaPath path, int64_t device, CellKind cell, StorageType storage,
                                int64_t hidden, int64_t batch, int64_t steps);
   // A launch from `plan` returned `status` (nothing ran). kPersistent raises; kAuto warns
   // (once: the plan is marked dead and not launched again) and the caller runs the stepwise path.
   void launch_failed(CudaPath path, const PersistentPlan* plan, const char* kernel, int status);
   // The plan for a shape, computed if need be (inspection: tbptt_cuda's plan queries).
-  PersistentPlan plan_of(int64_t device, StorageType storage, int64_t hidden, int64_t batch);
+  PersistentPlan plan_of(int64_t device, CellKind cell, StorageType storage, int64_t hidden,
+                         int64_t batch);
   void clear();
 
  private:
@@ -85,8 +86,9 @@ class PersistentPlans {
     PersistentPlan plan;
     bool dead = false;
   };
-  using Key = std::tuple<int64_t, int, int64_t, int64_t>;
-  Entry& entry(int64_t device, StorageType storage, int64_t hidden, int64_t batch);  // locked
+  using Key = std::tuple<int64_t, int, int, int64_t, int64_t>;
+  Entry& entry(int64_t device, CellKind cell, StorageType storage, int64_t hidden,
+               int64_t batch);  // locked
 
   const char* device_name_;
   PlanFunction plan_;
@@ -106,8 +108,8 @@ struct PersistentLaunchers {
   int (*backward)(const PersistentBackwardParams& params, StorageType storage, void* stream);
 };
 
-bool persistent_takes(const PersistentLaunchers& launchers, int64_t hidden, int64_t batch,
-                      int64_t steps, at::ScalarType storage);
+bool persistent_takes(const PersistentLaunchers& launchers, CellKind cell, int64_t hidden,
+                      int64_t batch, int64_t steps, at::ScalarType storage);
 bool persistent_forward(const PersistentLaunchers& launchers, PersistentForwardParams& params,
                         at::ScalarType storage);
 bool persistent_backward(const PersistentLaunchers& launchers, PersistentBackwardParams& params,
@@ -117,8 +119,8 @@ bool persistent_backward(const PersistentLaunchers& launchers, PersistentBackwar
 template <const PersistentLaunchers& (*launchers)()>
 const PersistentBackend* persistent_backend() {
   static const PersistentBackend backend{
-      [](int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
-        return persistent_takes(launchers(), hidden, batch, steps, storage);
+      [](CellKind cell, int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
+        return persistent_takes(launchers(), cell, hidden, batch, steps, storage);
       },
       [](PersistentForwardParams& params, at::ScalarType storage, const at::Tensor&) {
         return persistent_forward(launchers(), params, storage);

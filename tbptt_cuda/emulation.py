@@ -151,9 +151,10 @@ def devices():
     return dict(_backend.load().emulated_devices())
 
 
-def plan(hidden, batch, dtype=None, sms=None, device=None):
-    """The persistent kernels' plan for one layer of ``hidden`` units and ``batch`` rows on the
-    simulated ``device`` (a name of ``devices()``) with ``sms`` of its SMs (None for both: the
+def plan(hidden, batch, dtype=None, sms=None, device=None, cell="lstm"):
+    """The persistent kernels' plan for one layer of ``cell`` ("lstm", "gru"; "lstmp" has no
+    persistent kernels: never usable, the reason says so) with ``hidden`` units and ``batch``
+    rows on the simulated ``device`` (a name of ``devices()``) with ``sms`` of its SMs (None for both: the
     device in use inside ``emulate_cuda``, else a whole H100): a dict with usable, reason,
     sms, capability, family (the rule table's row: "sm_80", "sm_86/sm_89" or "sm_90"), rule
     (auto's limits for this family and dtype: max_batch, max_batch_hidden, min_steps), and the
@@ -167,9 +168,9 @@ def plan(hidden, batch, dtype=None, sms=None, device=None):
     if emulate_cuda._stack:
         current = emulate_cuda._stack[-1]
         if (sms is None or sms == current.sms) and (device is None or device == current.device):
-            return module.persistent_plan("emulated", int(hidden), int(batch), name)
+            return module.persistent_plan("emulated", int(hidden), int(batch), name, cell)
     with emulate_cuda(sms=sms, device=device or "H100"):
-        return module.persistent_plan("emulated", int(hidden), int(batch), name)
+        return module.persistent_plan("emulated", int(hidden), int(batch), name, cell)
 
 
 def barrier_bench(blocks, threads, rounds, exchange=True):

@@ -12,7 +12,8 @@ import torch
 
 from tbptt_cuda import TruncatedLSTM, _backend
 
-from helpers import assert_within_low_precision_bar, make_stream, rel_err, stream_records
+from helpers import (assert_within_low_precision_bar, make_rnn, make_stream, rel_err, split_state,
+                     stream_records)
 
 BF16_FUSED = _backend.cpu_fused_reason("bfloat16") == ""
 needs_bf16_fused = pytest.mark.skipif(
@@ -46,15 +47,15 @@ def _packs():
 
 
 def _within_bar(dtype, input_size, hidden, layers=2, batch=8, history="activations",
-                chunk_lengths=(8, 8, 8), k2=16, autocast=False, seed=0):
+                chunk_lengths=(8, 8, 8), k2=16, autocast=False, seed=0, cell="lstm"):
     """Runs a stream (resets, k2 > chunk: TBPTT(k, 2k)) through a float64 reference, ours in
     `dtype` (or a float32 module under bf16 autocast) and the plain-PyTorch reference in `dtype`;
     asserts the 16-bit CUDA tests' error-ratio bar on every record. Returns our records."""
     torch.manual_seed(seed)
-    exact = TruncatedLSTM(input_size, hidden, layers, dtype=torch.float64)
-    ours = TruncatedLSTM(input_size, hidden, layers, history=history,
-                         dtype=torch.float32 if autocast else dtype)
-    plain = TruncatedLSTM(input_size, hidden, layers, dtype=dtype)
+    exact = make_rnn(cell, input_size, hidden, layers, dtype=torch.float64)
+    ours = make_rnn(cell, input_size, hidden, layers, history=history,
+                    dtype=torch.float32 if autocast else dtype)
+    plain = make_rnn(cell, input_size, hidden, layers, dtype=dtype)
     ours.load_state_dict(exact.state_dict())
     plain.load_state_dict(exact.state_dict())
     chunks, resets = make_stream(list(chunk_lengths), batch, input_size, torch.float64, "cpu",
@@ -102,6 +103,15 @@ def test_bf16_within_the_error_bar(hidden, threads):
     assert (_packs() > before) == fused
 
 
+@pytest.mark.parametrize("history", ["activations", "states"])
+@pytest.mark.parametrize("hidden", [64, 100])
+def test_gru_bf16_within_the_error_bar(hidden, history):
+    """The GRU's bf16 layers (fused where the CPU has bf16 products) within the same bar."""
+    before = _packs()
+    _within_bar(torch.bfloat16, 24, hidden, history=history, cell="gru")
+    assert (_packs() > before) == BF16_FUSED
+
+
 @pytest.mark.parametrize("hidden", [16, 100])
 def test_float16_within_the_error_bar(hidden):
     _within_bar(torch.float16, 24, hidden)
@@ -118,18 +128,20 @@ def test_autocast_on_a_float32_module_within_the_error_bar(hidden):
 
 
 @needs_bf16_fused
-def test_fused_bf16_agrees_with_the_stepwise_bf16_path():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fused_bf16_agrees_with_the_stepwise_bf16_path(cell):
     torch.manual_seed(3)
-    lstm = TruncatedLSTM(32, 96, 2, dtype=torch.bfloat16)
+    lstm = make_rnn(cell, 32, 96, 2, dtype=torch.bfloat16)
     x = torch.randn(12, 6, 32, dtype=torch.bfloat16)
     results = []
     for path in ("auto", "stepwise"):
         _backend.set_cpu_path(path)
         try:
             lstm.zero_grad()
-            out, (h, c) = lstm(x)
-            ((out.float() ** 2).sum() + c.float().sum()).backward()
-            results.append([out, h, c] + [p.grad for p in lstm.parameters()])
+            out, state = lstm(x)
+            h, c = split_state(state)
+            ((out.float() ** 2).sum() + (h if c is None else c).float().sum()).backward()
+            results.append([out, h] + ([] if c is None else [c]) + [p.grad for p in lstm.parameters()])
         finally:
             _backend.set_cpu_path("auto")
     for a, b in zip(*results):

@@ -1,6 +1,7 @@
 """The CPU's OpenMP build and its fused float32 layers (csrc/cpu/fused_cpu.cpp): parallel
-regions really fork; the fused layers give the reference's results over shapes that split into
-unit blocks unevenly, on one thread and two, in every history mode, with ARTBP and held rows;
+regions really fork; the fused layers (the LSTM's and the GRU's) give the reference's results
+over shapes that split into unit blocks unevenly, on one thread and two, in every history mode,
+with ARTBP and held rows;
 the packed-weight cache repacks after every change of the weight; the input gradient is skipped
 where the input needs none; and the fallback where oneDNN is off."""
 import os
@@ -13,7 +14,8 @@ from torch.nn.utils.rnn import pack_sequence
 
 from tbptt_cuda import ARTBP, TruncatedLSTM, _backend
 
-from helpers import TOLERANCE, assert_records_close, make_stream, rel_err, run_both
+from helpers import (TOLERANCE, assert_records_close, make_rnn, make_stream, rel_err, run_both,
+                     split_state)
 
 FUSED = _backend.cpu_fused_reason() == ""
 needs_fused = pytest.mark.skipif(not FUSED, reason=f"no fused CPU layers: {_backend.cpu_fused_reason()}")
@@ -58,10 +60,11 @@ def test_team_size_follows_the_work(threads):
 
 # H = 5: one partial block; 40: 32 + 8; 100: 3 x 32 + 4; 256: 8 blocks (two threads share them)
 @needs_fused
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("hidden", [5, 40, 100, 256], ids=lambda h: f"H{h}")
-def test_fused_layers_match_the_reference(hidden, threads):
+def test_fused_layers_match_the_reference(hidden, threads, cell):
     torch.manual_seed(0)
-    lstm = TruncatedLSTM(7, hidden, 2, dropout=0.2, dtype=torch.float32)
+    lstm = make_rnn(cell, 7, hidden, 2, dropout=0.2, dtype=torch.float32)
     chunks, resets = make_stream([4, 1, 5, 3], 9, 7, torch.float32, "cpu", reset_prob=0.15, seed=5)
     before = _backend.load().cpu_weight_packs_made()
     ours, ref = run_both(lstm, chunks, resets, [6, 6, 9, 9], use_state=True)
@@ -80,20 +83,22 @@ def _stream(lstm, chunks, resets, artbp=None):
                 out, state = lstm(x, state, reset=reset)
         else:
             out, state = lstm(x, state, reset=reset)
-        ((out * torch.randn(out.shape, generator=gen)).sum() + state[1].sum()).backward()
+        h, c = split_state(state)
+        ((out * torch.randn(out.shape, generator=gen)).sum() + (h if c is None else c).sum()).backward()
         records.append([out.detach(), x.grad] + [p.grad.clone() for p in lstm.parameters()])
     return records
 
 
 @needs_fused
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("history", ["activations", "states", "checkpoints"])
-def test_fused_equals_stepwise_in_every_history_mode_with_artbp(history, stepwise_cpu):
+def test_fused_equals_stepwise_in_every_history_mode_with_artbp(history, stepwise_cpu, cell):
     artbp = ARTBP(cap=12, c=0.3)
     chunks, resets = make_stream([3, 5, 4, 5], 4, 6, torch.float32, "cpu", reset_prob=0.2, seed=2)
 
     def run():
         torch.manual_seed(1)
-        lstm = TruncatedLSTM(6, 70, 2, k2=5, artbp=artbp, history=history, dtype=torch.float32)
+        lstm = make_rnn(cell, 6, 70, 2, k2=5, artbp=artbp, history=history, dtype=torch.float32)
         return _stream(lstm, chunks, resets, artbp)
     fused, step = run(), stepwise_cpu(run)
     for a_chunk, b_chunk in zip(fused, step):

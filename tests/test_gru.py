@@ -5,9 +5,10 @@ gradient), in every calling convention (hx positional or keyword, batch_first, u
 PackedSequence, bias=False); against tbptt_cuda/reference.py over multi-chunk streams whose
 windows reach into earlier chunks (k2 > L) in every history mode, with resets, dropout and
 ARTBP; the state is a tensor (GRUState) that carries the stream, saves and resumes exactly;
-the history's layout and bytes; the errors. The paths: the CPU stepwise path (the fused CPU
-layers decline the GRU), the CUDA stepwise kernels under the emulator, the GPU where there is
-one; the persistent kernels decline the GRU and the driver falls back to the stepwise ones.
+the history's layout and bytes; the errors. The paths: the CPU stepwise path and fused layers
+(also in tests/test_cpu_fused.py and test_cpu_bf16.py), the CUDA stepwise and persistent
+kernels under the emulator (the persistent ones also in tests/test_persistent.py, over the
+LSTM's cases), the GPU where there is one.
 The reference comparisons shared with the LSTM run over the `cell` fixture in
 test_reference.py, test_history_modes.py, test_resets.py, test_artbp.py and test_autograd.py.
 """
@@ -39,9 +40,8 @@ needs_emulation = pytest.mark.skipif(not EMULATION, reason="built without the em
 
 @pytest.fixture
 def cell():
-    """Every test here is the GRU's: conftest's `device` then skips "emulated" (the forced
-    persistent path hands the GRU to the stepwise kernels, which "emulated_stepwise" runs;
-    test_the_persistent_path_falls_back_to_the_stepwise_kernels checks the hand-over)."""
+    """Every test here is the GRU's (conftest's `device` runs it on "emulated", the persistent
+    kernels, and on "emulated_stepwise")."""
     return "gru"
 
 
@@ -506,37 +506,41 @@ def _records_on(path, module=TruncatedGRU):
 
 
 @needs_emulation
-def test_the_persistent_path_falls_back_to_the_stepwise_kernels():
-    """The persistent kernels decline the GRU: forced ("persistent") or chosen by the rule
-    ("auto", at a shape where it takes them for the LSTM), the driver runs the stepwise
-    kernels, with the stepwise path's results bit for bit."""
+def test_the_persistent_kernels_run_the_gru_where_auto_takes_them_for_the_lstm():
+    """The "auto" path takes the persistent kernels for the GRU where it takes them for the LSTM (the
+    same rule): one launch per layer per chunk each way, the stepwise path's results to float32
+    rounding (the products sum in another order)."""
     _, lstm_launches = _records_on("auto", TruncatedLSTM)
-    assert set(lstm_launches) == {"persistent_forward", "persistent_backward"}
+    assert lstm_launches == {"persistent_forward": 4, "persistent_backward": 4}
     stepwise, launches = _records_on("stepwise")
     assert set(launches) == {"forward_step", "backward_step"}
     for path in ("persistent", "auto"):
         results, launched = _records_on(path)
-        assert launched == launches, path
+        assert launched == lstm_launches, path  # two chunks of two layers
         for a, b in zip(results, stepwise):
             for ta, tb in zip(a, b):
-                assert torch.equal(ta, tb), path
+                assert rel_err(ta, tb) <= TOLERANCE[torch.float32], path
 
 
-def test_the_fused_cpu_layers_decline_the_gru():
-    """On the CPU, "auto" (fused layers where available) runs the GRU stepwise: the same bits as
-    the forced stepwise path."""
+@pytest.mark.skipif(_backend.cpu_fused_reason() != "", reason="no fused CPU layers here")
+def test_the_fused_cpu_layers_run_the_gru():
+    """On the CPU, "auto" runs the GRU's float32 layers fused (W_hh packed: the pack counter
+    moves), with the forced stepwise path's results to float32 rounding."""
     module = _backend.load()
     before = module.cpu_path()
     try:
         module.set_cpu_path("stepwise")
+        packs = module.cpu_weight_packs_made()
         stepwise, _ = _records_on("cpu")
+        assert module.cpu_weight_packs_made() == packs
         module.set_cpu_path("auto")
         auto, _ = _records_on("cpu")
+        assert module.cpu_weight_packs_made() > packs
     finally:
         module.set_cpu_path(before)
     for a, b in zip(auto, stepwise):
         for ta, tb in zip(a, b):
-            assert torch.equal(ta, tb)
+            assert rel_err(ta, tb) <= TOLERANCE[torch.float32]
 
 
 def test_opcheck_registered_ops_for_the_gru(device):

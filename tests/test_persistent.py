@@ -1,8 +1,10 @@
-"""The persistent kernels (csrc/cuda/persistent_kernels.cuh), run by the SIMT emulator: against
-the reference over the shapes, SM counts and schedules the partition must get right; the same
-results and ring contents as the stepwise path; bit-identical under twenty schedules; the plan,
-its rule and its fallback (no plan, a failed launch); one launch per layer per chunk and per
-window whatever their length; the path setting."""
+"""The persistent kernels (csrc/cuda/persistent_kernels.cuh), run by the SIMT emulator, for both
+cells that have them (the LSTM and the GRU, `CELLS`): against the reference over the shapes, SM
+counts and schedules the partition must get right; the same results and ring contents as the
+stepwise path; bit-identical under twenty schedules; the plan, its rule and its fallback (no
+plan, a failed launch); one launch per layer per chunk and per window whatever their length, and
+one grid barrier per step; the path setting. The LSTM with projections has none (its plan says
+why; tests/test_lstmp.py checks that it runs stepwise)."""
 import os
 import subprocess
 import sys
@@ -13,8 +15,8 @@ import torch
 import tbptt_cuda
 from tbptt_cuda import ARTBP, TruncatedLSTM, emulate_cuda, emulation
 
-from helpers import (TOLERANCE, assert_records_close, assert_within_low_precision_bar, make_stream,
-                     rel_err, run_both, stream_records)
+from helpers import (TOLERANCE, assert_records_close, assert_within_low_precision_bar, make_rnn,
+                     make_stream, rel_err, run_both, split_state, stream_records)
 
 pytestmark = [pytest.mark.emulated, pytest.mark.skipif(
     not tbptt_cuda.build_info()["cuda_emulation"], reason="built without the emulated kernels")]
@@ -35,6 +37,7 @@ CASES = [
 ]
 LENGTHS = [1, 2, 7, 2, 7, 1]
 K2 = 9
+CELLS = ["lstm", "gru"]  # the cells with persistent kernels
 
 
 def _case_id(case):
@@ -49,11 +52,11 @@ def _ring(state):
 
 
 def _stream(path, sms, H, B, layers, dropout, reset_prob, dtype, seed=None, lengths=LENGTHS,
-            history="activations", artbp=None, k2=K2):
-    """Runs a stream under emulation; returns (per-chunk records, final ring, stats)."""
+            history="activations", artbp=None, k2=K2, cell="lstm"):
+    """Runs a stream of `cell` under emulation; returns (per-chunk records, final ring, stats)."""
     torch.manual_seed(0)
-    lstm = TruncatedLSTM(5, H, layers, dropout=dropout, k2=k2, history=history, artbp=artbp,
-                         dtype=dtype)
+    lstm = make_rnn(cell, 5, H, layers, dropout=dropout, k2=k2, history=history, artbp=artbp,
+                    dtype=dtype)
     chunks, resets = make_stream(lengths, B, 5, dtype, "cpu", reset_prob=reset_prob, seed=1)
     gen = torch.Generator().manual_seed(2)
     state, records = None, []
@@ -68,32 +71,40 @@ def _stream(path, sms, H, B, layers, dropout, reset_prob, dtype, seed=None, leng
             else:
                 out, state = lstm(x, state, reset=reset)
             w = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
-            ((out * w).sum() + state[0].sum() * 0.5 + (state[1] ** 2).sum() * 0.25).backward()
-            records.append([out.detach(), state[0].detach(), state[1].detach(), x.grad]
-                           + [p.grad.clone() for p in lstm.parameters()])
+            h, c = split_state(state)
+            loss = (out * w).sum() + h.sum() * 0.5
+            if c is not None:
+                loss = loss + (c ** 2).sum() * 0.25
+            loss.backward()
+            records.append([out.detach(), h.detach()] + ([] if c is None else [c.detach()])
+                           + [x.grad] + [p.grad.clone() for p in lstm.parameters()])
     return records, _ring(state), stats
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_matches_reference_over_shapes_and_sm_counts(case):
+def test_matches_reference_over_shapes_and_sm_counts(case, cell):
     H, B, sms, layers, dropout, reset_prob, dtype = case
-    lstm = TruncatedLSTM(5, H, layers, dropout=dropout, dtype=dtype)
+    lstm = make_rnn(cell, 5, H, layers, dropout=dropout, dtype=dtype)
     chunks, resets = make_stream(LENGTHS, B, 5, dtype, "cpu", reset_prob=reset_prob, seed=4)
     with emulate_cuda(path="persistent", sms=sms) as stats:
         ours, ref = run_both(lstm, chunks, resets, [K2] * len(LENGTHS), use_state=True)
     assert_records_close(ours, ref, dtype)
-    plan = emulation.plan(H, B, dtype, sms=sms)
+    plan = emulation.plan(H, B, dtype, sms=sms, cell=cell)
     assert plan["usable"] and plan["forward"]["blocks"] <= sms
     # one launch per layer per chunk, each way; the stepwise kernels never ran
     assert stats.launches == {"persistent_forward": layers * len(LENGTHS),
                               "persistent_backward": layers * len(LENGTHS)}
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[9]], ids=_case_id)
-def test_both_paths_write_the_same_ring_and_results(case):
+def test_both_paths_write_the_same_ring_and_results(case, cell):
     H, B, sms, layers, dropout, reset_prob, dtype = case
-    fused, fused_ring, _ = _stream("persistent", sms, H, B, layers, dropout, reset_prob, dtype)
-    step, step_ring, stats = _stream("stepwise", sms, H, B, layers, dropout, reset_prob, dtype)
+    fused, fused_ring, _ = _stream("persistent", sms, H, B, layers, dropout, reset_prob, dtype,
+                                   cell=cell)
+    step, step_ring, stats = _stream("stepwise", sms, H, B, layers, dropout, reset_prob, dtype,
+                                     cell=cell)
     assert set(stats.launches) == {"forward_step", "backward_step"}
     tol = TOLERANCE[dtype]
     for a_chunk, b_chunk in zip(fused, step):
@@ -107,10 +118,11 @@ def test_both_paths_write_the_same_ring_and_results(case):
             assert rel_err(a, b) <= tol
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_sixteen_bit_paths_agree_to_their_rounding(dtype):
-    fused, _, stats = _stream("persistent", 3, 48, 8, 2, 0.0, 0.1, dtype)
-    step, _, _ = _stream("stepwise", 3, 48, 8, 2, 0.0, 0.1, dtype)
+def test_sixteen_bit_paths_agree_to_their_rounding(dtype, cell):
+    fused, _, stats = _stream("persistent", 3, 48, 8, 2, 0.0, 0.1, dtype, cell=cell)
+    step, _, _ = _stream("stepwise", 3, 48, 8, 2, 0.0, 0.1, dtype, cell=cell)
     assert stats.launches["persistent_forward"] == 2 * len(LENGTHS)
     for a_chunk, b_chunk in zip(fused, step):
         for a, b in zip(a_chunk, b_chunk):
@@ -122,18 +134,23 @@ def test_sixteen_bit_paths_agree_to_their_rounding(dtype):
 # a last block with fewer units, k split over warps or (H = 130 on 2 SMs: 68 units a block)
 # more tiles than warps, taken in turn.
 SIXTEEN_BIT_CASES = [(16, 1, 1), (48, 17, 3), (130, 3, 8), (96, 8, 2), (64, 40, 8), (130, 5, 2)]
+# The GRU: 3u gate rows a block (u = 4: 12, not a whole 16-row tile; u = 68: 204), G = 3H
+# (H = 130: 390, not a multiple of 16).
+GRU_SIXTEEN_BIT_CASES = [(16, 1, 4), (130, 3, 8), (130, 5, 2)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-@pytest.mark.parametrize("case", SIXTEEN_BIT_CASES, ids=lambda c: "H{}-B{}-sms{}".format(*c))
-def test_sixteen_bit_tensor_core_products_against_float64(case, dtype):
+@pytest.mark.parametrize("cell,case", [("lstm", c) for c in SIXTEEN_BIT_CASES]
+                         + [("gru", c) for c in GRU_SIXTEEN_BIT_CASES],
+                         ids=lambda c: c if isinstance(c, str) else "H{}-B{}-sms{}".format(*c))
+def test_sixteen_bit_tensor_core_products_against_float64(cell, case, dtype):
     """float16 / bfloat16 multiply on (emulated) tensor cores, mma m16n8k16 with fp32
     accumulation: at most LOW_PRECISION_RATIO times plain PyTorch's error at that dtype, both
     measured against float64."""
     H, B, sms = case
-    exact = TruncatedLSTM(5, H, 2, dtype=torch.float64)
-    ours = TruncatedLSTM(5, H, 2, dtype=dtype)
-    plain = TruncatedLSTM(5, H, 2, dtype=dtype)
+    exact = make_rnn(cell, 5, H, 2, dtype=torch.float64)
+    ours = make_rnn(cell, 5, H, 2, dtype=dtype)
+    plain = make_rnn(cell, 5, H, 2, dtype=dtype)
     ours.load_state_dict(exact.state_dict())
     plain.load_state_dict(exact.state_dict())
     chunks, resets = make_stream([2, 7, 1], B, 5, torch.float64, "cpu", reset_prob=0.1, seed=8)
@@ -147,43 +164,48 @@ def test_sixteen_bit_tensor_core_products_against_float64(case, dtype):
     assert_within_low_precision_bar(truth, got, baseline, dtype, check_dtype=True)
 
 
-def test_thirty_two_bit_products_use_no_tensor_cores():
-    _, _, stats = _stream("persistent", 3, 48, 8, 1, 0.0, 0.0, torch.float32, lengths=[3])
+@pytest.mark.parametrize("cell", CELLS)
+def test_thirty_two_bit_products_use_no_tensor_cores(cell):
+    _, _, stats = _stream("persistent", 3, 48, 8, 1, 0.0, 0.0, torch.float32, lengths=[3], cell=cell)
     assert stats.per_kernel["persistent_forward"]["warp_collectives"] == 0
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("history", ["states", "checkpoints"])
-def test_history_modes_and_artbp_on_the_persistent_path(history):
+def test_history_modes_and_artbp_on_the_persistent_path(history, cell):
     """The rebuilt pre-activations (states), the segment recompute (checkpoints) and ARTBP's
     carry factors reach the persistent kernels as on the stepwise path."""
     artbp = ARTBP(cap=14, c=0.3)
     args = (3, 24, 4, 2, 0.0, 0.2, torch.float64)
-    fused, _, stats = _stream("persistent", *args, history=history, artbp=artbp, k2=8)
-    step, _, _ = _stream("stepwise", *args, history=history, artbp=artbp, k2=8)
+    fused, _, stats = _stream("persistent", *args, history=history, artbp=artbp, k2=8, cell=cell)
+    step, _, _ = _stream("stepwise", *args, history=history, artbp=artbp, k2=8, cell=cell)
     assert "persistent_backward" in stats.launches
     for a_chunk, b_chunk in zip(fused, step):
         for a, b in zip(a_chunk, b_chunk):
             assert rel_err(a, b) <= TOLERANCE[torch.float64]
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16-mma"])
-def test_twenty_seeded_schedules_give_bit_identical_results(dtype):
+def test_twenty_seeded_schedules_give_bit_identical_results(dtype, cell):
     runs = [_stream("persistent", 3, 40, 6, 2, 0.2, 0.2, dtype, seed=seed,
-                    lengths=[3, 5])[0] for seed in [None] + list(range(20))]
+                    lengths=[3, 5], cell=cell)[0] for seed in [None] + list(range(20))]
     for other in runs[1:]:
         for a_chunk, b_chunk in zip(runs[0], other):
             for a, b in zip(a_chunk, b_chunk):
                 assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("L", [4, 64])
-def test_launches_per_chunk_do_not_grow_with_its_length(L):
-    lstm = TruncatedLSTM(3, 32, 2, k2=L + 3)
+def test_launches_per_chunk_do_not_grow_with_its_length(L, cell):
+    lstm = make_rnn(cell, 3, 32, 2, k2=L + 3)
     state = None
     with emulate_cuda(path="persistent", sms=4) as stats:
         for _ in range(2):
             out, state = lstm(torch.randn(L, 4, 3), state)
             out.sum().backward()
+    # two chunks of two layers
     assert stats.launches == {"persistent_forward": 2 * 2, "persistent_backward": 2 * 2}
     per_kernel = stats.per_kernel
     # one grid barrier between steps forward; one per step backward (windows of L, L + 3)
@@ -224,6 +246,30 @@ def test_plans_on_the_simulated_h100():
     assert emulation.plan(1024, 16)["forward"]["blocks"] == 128
     big = emulation.plan(4096, 16)
     assert not big["usable"] and "shared memory" in big["reason"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_gru_plans_hold_three_quarters_of_the_lstms_weights(dtype):
+    """The GRU's blocks keep 3u rows of W_hh forward and [u, 3H] columns backward: at the same
+    units per block its weights take 3/4 of the LSTM's shared memory (padding aside: tensor
+    cores pad the 3u rows to whole 16-row tiles, so with u = 4 both hold 16), and the backward
+    reduction is G = 3H long."""
+    elem = 4 if dtype == torch.float32 else 2
+    for H, B in [(256, 8), (768, 16), (1024, 64)]:
+        lstm, gru = emulation.plan(H, B, dtype), emulation.plan(H, B, dtype, cell="gru")
+        assert lstm["usable"] and gru["usable"], gru["reason"]
+        assert gru["forward"]["units"] == lstm["forward"]["units"]
+        u = gru["forward"]["units"]
+        assert gru["forward"]["shared_bytes"] >= 3 * u * H * elem
+        if dtype == torch.float32 or 3 * u % 16 == 0:
+            assert gru["forward"]["shared_bytes"] < lstm["forward"]["shared_bytes"]
+        assert gru["forward"]["shared_bytes"] <= lstm["forward"]["shared_bytes"]
+        assert gru["backward"]["k_chunk"] <= 3 * H
+        assert gru["backward"]["shared_bytes"] >= u * 3 * H * elem
+    lstmp = emulation.plan(256, 8, cell="lstmp")
+    assert not lstmp["usable"] and "projections" in lstmp["reason"]
+    with pytest.raises(ValueError, match="cell must be 'lstm', 'lstmp' or 'gru'"):
+        emulation.plan(256, 8, cell="rnn_tanh")
 
 
 def test_no_plan_falls_back_to_the_stepwise_path_with_the_same_results():

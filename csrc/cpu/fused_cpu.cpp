@@ -1,16 +1,19 @@
-// The fused float32 CPU layers: a layer's whole chunk forward, or a span's whole backward, in
-// one OpenMP team, the structure of the persistent GPU kernels (csrc/cuda/persistent_kernels.cuh)
-// with threads for blocks. Each thread owns blocks of kUnitBlock hidden units; per step it
-// computes its units' share of the recurrent product with ATen's batch-reduce GEMM (cpublas::
-// brgemm, oneDNN's micro-kernel) on a W_hh packed once per chunk, applies lstm_math.h's element
-// functions to its units while the product is in cache, and meets the others at one barrier.
-// The ring is written and read through window.h's rules, as on every path.
+// The fused float32 CPU layers of the LSTM and the GRU: a layer's whole chunk forward, or a
+// span's whole backward, in one OpenMP team, the structure of the persistent GPU kernels
+// (csrc/cuda/persistent_kernels.cuh) with threads for blocks. Each thread owns blocks of
+// kUnitBlock hidden units; per step it computes its units' share of the recurrent product with
+// ATen's batch-reduce GEMM (cpublas::brgemm, oneDNN's micro-kernel) on a W_hh packed once per
+// chunk, applies the cell's element functions (cells.h) to its units while the product is in
+// cache, and meets the others at one barrier. The ring is written and read through window.h's
+// rules, as on every path. Shapes: G = kGates H (4H LSTM, 3H GRU: `gates` below), R = 4H the
+// width of a record and of a grad_gates row (cells.h).
 //
-// Forward, per step: tile [B, 4U] = h_{t-1} [B, H] @ packed [H, 4U] (the block's gate columns,
-// interleaved: column g U + u is W_hh row g H + unit0 + u), copied into gates_h's gate-major
-// columns, then the element pass. Barrier: h_t of every unit is in the other exchange slot.
-// Backward, per step: the element pass on own units (dG_t into the window buffer), barrier,
-// then dL/dh_{t-1}[:, own] = dG_t [B, G] @ W_hh[:, own] (K-blocked, W_hh with padded rows).
+// Forward, per step: tile [B, gates U] = h_{t-1} [B, H] @ packed [H, gates U] (the block's gate
+// columns, interleaved: column g U + u is W_hh row g H + unit0 + u), copied into gates_h's
+// gate-major columns, then the element pass. Barrier: h_t of every unit is in the other
+// exchange slot. Backward, per step: the element pass on own units (dG_t into the window
+// buffer), barrier, then dL/dh_{t-1}[:, own] = dG_t [B, G] @ W_hh[:, own] (K-blocked, W_hh with
+// padded rows; dG_t's rows R apart: the GRU's dGh is the first 3H of each).
 //
 // bfloat16 (storage T = bf16, acc = float: the numerics of the CUDA 16-bit paths): the same
 // schedule with bf16 operands (h_{t-1}, dG_t) and a bf16 W_hh packed per unit block in the
@@ -42,7 +45,7 @@
 #include <vector>
 
 #include "backends.h"
-#include "tbptt/lstm_math.h"
+#include "tbptt/cells.h"
 
 #if defined(CPUBLAS_BRGEMM_F32F32F32) && defined(_OPENMP) && defined(__x86_64__)
 #define TBPTT_FUSED_CPU 1
@@ -111,12 +114,13 @@ bool profiling_on() { return profiling.load(std::memory_order_relaxed); }
 
 // ---- packed weights, cached while the weight is unchanged --------------------------------
 
-// Forward: [H, 4H + pad] = W_hh^T with each unit block's gates interleaved (column
-// blk * 4U + g * Ub + u is W_hh row g * H + blk * U + u; Ub the block's units).
+// W_hh is [G, H] with G = gates H (the cell's gate blocks: G / H).
+// Forward: [H, G + pad] = W_hh^T with each unit block's gates interleaved (column
+// blk * gates U + g * Ub + u is W_hh row g * H + blk * U + u; Ub the block's units).
 // Backward: [G, H + pad] = W_hh with padded rows.
-// bfloat16 (VNNI, see the top): forward, per unit block, the panel [H, 4U] of its interleaved
-// gate columns (ld 4U, kUnitBlock units a block whatever the block's own count); backward, per
-// unit block, the panel [G, U] = W_hh[:, block] (ld U).
+// bfloat16 (VNNI, see the top): forward, per unit block, the panel [H, gates U] of its
+// interleaved gate columns (ld gates U, kUnitBlock units a block whatever the block's own
+// count); backward, per unit block, the panel [G, U] = W_hh[:, block] (ld U).
 enum class PackKind { kForward, kBackward, kForwardVnni, kBackwardVnni };
 
 // Identifies a weight's contents: the tensor (weakly held: a freed one never matches), its data
@@ -176,16 +180,16 @@ std::atomic<int64_t> packs_made{0};
 inline int64_t vnni_index(int64_t k, int64_t n, int64_t ld) { return (k / 2) * 2 * ld + 2 * n + (k & 1); }
 
 at::Tensor make_vnni_pack(const at::Tensor& w, PackKind kind) {
-  const int64_t G = w.size(0), H = w.size(1);
+  const int64_t G = w.size(0), H = w.size(1), gates = G / H;
   const uint16_t* src = static_cast<const uint16_t*>(w.data_ptr());  // [G, H] bf16 bits
   const int64_t blocks = (H + kUnitBlock - 1) / kUnitBlock;
   if (kind == PackKind::kForwardVnni) {
-    const int64_t ld = 4 * kUnitBlock, panel = H * ld;  // [H, 4U] per block
+    const int64_t ld = gates * kUnitBlock, panel = H * ld;  // [H, gates U] per block
     at::Tensor packed = at::zeros({blocks * panel}, w.options());
     uint16_t* dst = static_cast<uint16_t*>(packed.data_ptr());
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t unit0 = blk * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
-      for (int64_t g = 0; g < 4; ++g) {
+      for (int64_t g = 0; g < gates; ++g) {
         for (int64_t u = 0; u < units; ++u) {
           const uint16_t* row = src + (g * H + unit0 + u) * H;
           uint16_t* out = dst + blk * panel;
@@ -210,7 +214,7 @@ at::Tensor make_vnni_pack(const at::Tensor& w, PackKind kind) {
 
 at::Tensor make_pack(const at::Tensor& w, PackKind kind) {
   if (kind == PackKind::kForwardVnni || kind == PackKind::kBackwardVnni) return make_vnni_pack(w, kind);
-  const int64_t G = w.size(0), H = w.size(1);
+  const int64_t G = w.size(0), H = w.size(1), gates = G / H;
   if (kind == PackKind::kBackward) {
     at::Tensor packed = at::zeros({G, H + kLeadPad}, w.options());
     packed.narrow(1, 0, H).copy_(w);
@@ -222,10 +226,10 @@ at::Tensor make_pack(const at::Tensor& w, PackKind kind) {
   const int64_t ld = G + kLeadPad;
   for (int64_t unit0 = 0; unit0 < H; unit0 += kUnitBlock) {
     const int64_t block_units = std::min(kUnitBlock, H - unit0);
-    for (int64_t g = 0; g < 4; ++g) {
+    for (int64_t g = 0; g < gates; ++g) {
       for (int64_t u = 0; u < block_units; ++u) {
         const float* row = src + (g * H + unit0 + u) * H;
-        float* column = dst + 4 * unit0 + g * block_units + u;
+        float* column = dst + gates * unit0 + g * block_units + u;
         for (int64_t k = 0; k < H; ++k) column[k * ld] = row[k];
       }
     }
@@ -251,11 +255,12 @@ at::Tensor packed_weight(const at::Tensor& w, PackKind kind) {
 
 // ---- the team ----------------------------------------------------------------------------
 
-// Threads for a layer of H units and B rows: at most torch's intra-op threads, one unit block
-// each at least, and kMinFlopsPerThread of a step's product each.
-int64_t team_size(int64_t hidden, int64_t batch) {
+// Threads for a layer of H units, B rows and a cell of `gates` gate blocks: at most torch's
+// intra-op threads, one unit block each at least, and kMinFlopsPerThread of a step's product
+// each.
+int64_t team_size(int64_t hidden, int64_t batch, int64_t gates = 4) {
   const int64_t blocks = (hidden + kUnitBlock - 1) / kUnitBlock;
-  const double flops = 2.0 * batch * hidden * 4.0 * hidden;
+  const double flops = 2.0 * batch * hidden * double(gates) * hidden;
   const int64_t by_work = std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerThread));
   return std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), blocks, by_work}));
 }
@@ -352,28 +357,31 @@ inline void backward_units(const BackwardStepParams& p, int64_t begin, int64_t e
 template <typename T>
 bool forward_layer_t(PersistentForwardParams& p, const at::Tensor& w_hh) {
   constexpr bool kBf16 = !std::is_same<T, float>::value;
-  const int64_t H = p.hidden, B = p.batch, G = 4 * H;
+  const int64_t gates = gates_of(p.cell_kind);
+  const int64_t H = p.hidden, B = p.batch, G = gates * H;
   const bool timed = profiling_on();
   PhaseClock layer_clock(timed), pack_clock(timed);
-  const at::Tensor packed =  // float32: [H, G + pad]; bf16: a [H, 4U] VNNI panel per block
+  const at::Tensor packed =  // float32: [H, G + pad]; bf16: a [H, gates U] VNNI panel per block
       packed_weight(w_hh, kBf16 ? PackKind::kForwardVnni : PackKind::kForward);
   pack_clock.lap(kPack);
   const T* wp = static_cast<const T*>(packed.data_ptr());
-  const int64_t ldw = kBf16 ? 4 * kUnitBlock : G + kLeadPad;
-  const int64_t threads = team_size(H, B);
+  const int64_t ldw = kBf16 ? gates * kUnitBlock : G + kLeadPad;
+  const int64_t threads = team_size(H, B, gates);
   T* gates_h = static_cast<T*>(p.gates_h);  // [B, G]
   run_team(threads, [&](int64_t t, int64_t n) {
     int64_t first = 0, last = 0;
     own_blocks(H, t, n, &first, &last);
     PhaseClock clock(timed && t == 0);
-    std::vector<float> tile(static_cast<size_t>(B * 4 * kUnitBlock));  // [B, 4U]
+    std::vector<float> tile(static_cast<size_t>(B * gates * kUnitBlock));  // [B, gates U]
     for (int64_t s = 0; s < p.steps; ++s) {
       const T* h_prev = static_cast<const T*>(p.hidden_exchange) + (s & 1) * B * H;
       ForwardStepParams step;
+      step.cell_kind = p.cell_kind;
       step.batch = B;
       step.hidden = H;
       step.gates_x = static_cast<const T*>(p.gates_x) + s * B * G;
       step.gates_h = gates_h;
+      step.bias_hn = p.bias_hn;
       step.cell = p.cell;
       step.hidden_prev = h_prev;
       step.hidden_next = static_cast<T*>(p.hidden_exchange) + ((s + 1) & 1) * B * H;
@@ -384,15 +392,16 @@ bool forward_layer_t(PersistentForwardParams& p, const at::Tensor& w_hh) {
       step.flags_next = (p.flags != nullptr && s + 1 < p.steps) ? p.flags + (s + 1) * B : p.no_flags;
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
+        const int64_t n = gates * units;  // the block's columns
         if constexpr (kBf16) {
-          product(B, 4 * units, H, h_prev, H, wp + block * H * ldw, ldw, tile.data(), 4 * units);
+          product(B, n, H, h_prev, H, wp + block * H * ldw, ldw, tile.data(), n);
         } else {
-          product(B, 4 * units, H, h_prev, H, wp + 4 * unit0, ldw, tile.data(), 4 * units);
+          product(B, n, H, h_prev, H, wp + gates * unit0, ldw, tile.data(), n);
         }
         clock.lap(kProduct);
         for (int64_t b = 0; b < B; ++b) {  // interleaved gates -> gates_h's gate-major columns
-          for (int64_t g = 0; g < 4; ++g) {
-            store(gates_h + b * G + g * H + unit0, tile.data() + b * 4 * units + g * units, units);
+          for (int64_t g = 0; g < gates; ++g) {
+            store(gates_h + b * G + g * H + unit0, tile.data() + b * n + g * units, units);
           }
         }
         forward_units(step, unit0, unit0 + units, static_cast<T*>(nullptr));
@@ -410,7 +419,8 @@ bool forward_layer_t(PersistentForwardParams& p, const at::Tensor& w_hh) {
 template <typename T>
 bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
   constexpr bool kBf16 = !std::is_same<T, float>::value;
-  const int64_t H = p.hidden, B = p.batch, G = 4 * H, W = p.steps;
+  const int64_t gates = gates_of(p.cell_kind);
+  const int64_t H = p.hidden, B = p.batch, G = gates * H, R = kRecordsPerUnit * H, W = p.steps;
   const bool timed = profiling_on();
   PhaseClock layer_clock(timed), pack_clock(timed);
   const at::Tensor packed =  // float32: [G, H + pad]; bf16: a [G, U] VNNI panel per block
@@ -418,7 +428,7 @@ bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
   pack_clock.lap(kPack);
   const T* wp = static_cast<const T*>(packed.data_ptr());
   const int64_t ldw = kBf16 ? kUnitBlock : H + kLeadPad;
-  const int64_t threads = team_size(H, B);
+  const int64_t threads = team_size(H, B, gates);
   T* grad_hidden = static_cast<T*>(p.grad_hidden);  // [B, H]
   run_team(threads, [&](int64_t t, int64_t n) {
     int64_t first = 0, last = 0;
@@ -427,6 +437,7 @@ bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
     std::vector<float> tile(kBf16 ? static_cast<size_t>(B * kUnitBlock) : 0);  // [B, U]
     for (int64_t j = W - 1; j >= 0; --j) {
       BackwardStepParams step;
+      step.cell_kind = p.cell_kind;
       step.batch = B;
       step.hidden = H;
       set_backward_sources(step, p.source, j, sizeof(T), sizeof(float));
@@ -439,7 +450,7 @@ bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
       step.grad_hidden_next = j == W - 1 ? p.grad_h_n : grad_hidden;
       step.grad_hidden_held = p.grad_held;
       step.grad_cell = p.grad_cell;
-      step.grad_gates = static_cast<T*>(p.grad_gates) + j * B * G;
+      step.grad_gates = static_cast<T*>(p.grad_gates) + j * B * R;
       step.hidden_prev_seen = static_cast<T*>(p.hidden_prev_seen) + j * B * H;
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
@@ -449,16 +460,16 @@ bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
       team_barrier(n);  // dG_t of every unit written
       clock.lap(kBarrier);
       // dL/dh_{t-1}[:, own] = dG_t @ W_hh[:, own]: read by this thread's next element pass only
-      const T* dg = static_cast<const T*>(step.grad_gates);
+      const T* dg = static_cast<const T*>(step.grad_gates);  // [B, R]: columns [0, G) of each row
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
         if constexpr (kBf16) {
-          product(B, units, G, dg, G, wp + block * G * ldw, ldw, tile.data(), units);
+          product(B, units, G, dg, R, wp + block * G * ldw, ldw, tile.data(), units);
           for (int64_t b = 0; b < B; ++b) {
             store(grad_hidden + b * H + unit0, tile.data() + b * units, units);
           }
         } else {
-          product(B, units, G, dg, G, wp + unit0, ldw, grad_hidden + unit0, H);
+          product(B, units, G, dg, R, wp + unit0, ldw, grad_hidden + unit0, H);
         }
       }
       clock.lap(kProduct);
@@ -521,10 +532,11 @@ std::string bf16_layout_check() {
 #endif
 }
 
-bool takes(int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
+bool takes(CellKind cell, int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
   (void)batch;
   (void)steps;
-  if (!path_flag().load()) return false;
+  // The LSTM's and the GRU's layers (the LSTM with projections runs stepwise).
+  if (cell == CellKind::kLstmp || !path_flag().load()) return false;
   if (storage == at::kFloat) {
     return hidden <= kMaxFusedHidden && fused_unavailable_reason(at::kFloat).empty();
   }

@@ -144,23 +144,40 @@ TBPTT_CPU_FORWARD_ROWS(lstmp, LstmpCell, half, Fp16, float)
 
 }  // namespace
 
-// The fused LSTM layers' share of a step (fused_cpu.cpp).
+// The fused layers' share of a step (fused_cpu.cpp): the LSTM's or the GRU's (p.cell_kind,
+// uniform over the call).
 TBPTT_CPU_CLONES void forward_units_float(const ForwardStepParams& p, int64_t unit_begin,
                                           int64_t unit_end) {
-  forward_units_of<LstmCell, float, float>(p, unit_begin, unit_end);
+  if (p.cell_kind == CellKind::kGru) {
+    forward_units_of<GruCell, float, float>(p, unit_begin, unit_end);
+  } else {
+    forward_units_of<LstmCell, float, float>(p, unit_begin, unit_end);
+  }
 }
 TBPTT_CPU_CLONES void backward_units_float(const BackwardStepParams& p, int64_t unit_begin,
                                            int64_t unit_end) {
-  backward_units_of<LstmCell, float, float>(p, unit_begin, unit_end);
+  if (p.cell_kind == CellKind::kGru) {
+    backward_units_of<GruCell, float, float>(p, unit_begin, unit_end);
+  } else {
+    backward_units_of<LstmCell, float, float>(p, unit_begin, unit_end);
+  }
 }
 
 TBPTT_CPU_CLONES void forward_units_bf16(const ForwardStepParams& p, int64_t unit_begin,
                                          int64_t unit_end) {
-  forward_units_of<LstmCell, Bf16, float>(p, unit_begin, unit_end);
+  if (p.cell_kind == CellKind::kGru) {
+    forward_units_of<GruCell, Bf16, float>(p, unit_begin, unit_end);
+  } else {
+    forward_units_of<LstmCell, Bf16, float>(p, unit_begin, unit_end);
+  }
 }
 TBPTT_CPU_CLONES void backward_units_bf16(const BackwardStepParams& p, int64_t unit_begin,
                                           int64_t unit_end) {
-  backward_units_of<LstmCell, Bf16, float>(p, unit_begin, unit_end);
+  if (p.cell_kind == CellKind::kGru) {
+    backward_units_of<GruCell, Bf16, float>(p, unit_begin, unit_end);
+  } else {
+    backward_units_of<LstmCell, Bf16, float>(p, unit_begin, unit_end);
+  }
 }
 
 namespace {

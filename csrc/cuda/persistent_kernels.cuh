@@ -2,7 +2,9 @@
 // whole backward, with W_hh resident in shared memory and one grid barrier per step (the
 // partition: tbptt/persistent.h; the plan and launchers: persistent_launch.h). Device code
 // only, against the device layer (tbptt/simt.h); nvcc builds it for the GPU, g++ for the SIMT
-// emulator. The pointwise math is lstm_math.h's, element by element, as in the stepwise path;
+// emulator. One body for the LSTM and the GRU: the kernels take the cell (cells.h) as a
+// template parameter, as the stepwise kernels do. The pointwise math is the cell's element
+// functions (lstm_math.h, gru_math.h), element by element, as in the stepwise path;
 // the ring is written through window.h's set_record_targets and read through
 // set_backward_sources, so the two paths read each other's history.
 //
@@ -15,7 +17,7 @@
 
 #include <type_traits>
 
-#include "tbptt/lstm_math.h"
+#include "tbptt/cells.h"
 #include "tbptt/persistent.h"
 #include "tbptt/simt.h"
 
@@ -133,8 +135,9 @@ SIMT_DEVICE void sum_slices(int64_t k_split, int64_t slice, int64_t slot, int64_
   }
 }
 
-// Forward, one batch tile: gates_h[b0 + b, g H + unit0 + jj] = sum_k h_tile[b, k] w[4 jj + g, k].
-template <typename T, typename acc_t>
+// Forward, one batch tile: gates_h[b0 + b, g H + unit0 + jj] = sum_k h_tile[b, k]
+// w[kGates jj + g, k] (gates_h [B, kGates H]).
+template <int kGates, typename T, typename acc_t>
 SIMT_DEVICE void forward_product_ffma(const PersistentPartition& part, int64_t H, int64_t units,
                                       int64_t unit0, int64_t b0, int64_t tile_rows, int64_t ws,
                                       const simt::SharedArray<T>& w,
@@ -142,16 +145,16 @@ SIMT_DEVICE void forward_product_ffma(const PersistentPartition& part, int64_t H
                                       const simt::SharedArray<acc_t>& partial, T* gates_h) {
   const ProductTile t = product_tile(part, units, tile_rows);
   const int64_t k_per_slice = (H + part.k_split - 1) / part.k_split;
-  acc_t acc[kRowsPerThread * 4] = {};  // [row r][gate g] at 4 r + g
+  acc_t acc[kRowsPerThread * kGates] = {};  // [row r][gate g] at kGates r + g
   if (t.active) {
     const int64_t k_end = min64(H, (t.slice + 1) * k_per_slice);
     for (int64_t k = t.slice * k_per_slice; k < k_end; ++k) {
-      acc_t wk[4];
-      for (int g = 0; g < 4; ++g) wk[g] = convert<acc_t>(static_cast<T>(w[(4 * t.unit + g) * ws + k]));
+      acc_t wk[kGates];
+      for (int g = 0; g < kGates; ++g) wk[g] = convert<acc_t>(static_cast<T>(w[(kGates * t.unit + g) * ws + k]));
       for (int r = 0; r < kRowsPerThread; ++r) {
         if (r < t.rows) {
           const acc_t hk = convert<acc_t>(static_cast<T>(h_tile[(kRowsPerThread * t.group + r) * ws + k]));
-          for (int g = 0; g < 4; ++g) acc[4 * r + g] += wk[g] * hk;
+          for (int g = 0; g < kGates; ++g) acc[kGates * r + g] += wk[g] * hk;
         }
       }
     }
@@ -160,8 +163,8 @@ SIMT_DEVICE void forward_product_ffma(const PersistentPartition& part, int64_t H
              partial, acc);
   if (t.active && t.slice == 0) {
     for (int r = 0; r < t.rows; ++r) {
-      T* out = gates_h + (b0 + kRowsPerThread * t.group + r) * 4 * H + unit0 + t.unit;
-      for (int g = 0; g < 4; ++g) out[g * H] = convert<T>(acc[4 * r + g]);
+      T* out = gates_h + (b0 + kRowsPerThread * t.group + r) * kGates * H + unit0 + t.unit;
+      for (int g = 0; g < kGates; ++g) out[g * H] = convert<T>(acc[kGates * r + g]);
     }
   }
 }
@@ -213,16 +216,16 @@ SIMT_DEVICE WarpTile warp_tile(const PersistentPartition& part, int64_t plan_til
 }
 
 // Forward, one batch tile, on tensor cores: the output tile (mt, nt) is gate rows 16 mt ..
-// (W_hh slice rows 4 jj + g) by batch rows 8 nt .. of the tile.
-template <typename T>
+// (W_hh slice rows kGates jj + g) by batch rows 8 nt .. of the tile.
+template <int kGates, typename T>
 SIMT_DEVICE void forward_product_mma(const PersistentPartition& part, int64_t H, int64_t units,
                                      int64_t unit0, int64_t b0, int64_t tile_rows, int64_t ws,
                                      const simt::SharedArray<T>& w,
                                      const simt::SharedArray<T>& h_tile,
                                      const simt::SharedArray<float>& partial, T* gates_h) {
-  const int64_t m_tiles = round_up_to(4 * part.units, 16) / 16;
+  const int64_t m_tiles = round_up_to(kGates * part.units, 16) / 16;
   const int64_t tiles = m_tiles * (round_up_to(tile_rows, 8) / 8);
-  const int64_t plan_tiles = mma_tiles(part.batch_tile, part.units, false);
+  const int64_t plan_tiles = mma_tiles(part.batch_tile, part.units, kGates, false);
   const int64_t k_steps = round_up_to(H, 16) / 16;
   const int64_t steps_per_slice = (k_steps + part.k_split - 1) / part.k_split;
   const WarpTile wt = warp_tile(part, plan_tiles);
@@ -240,10 +243,10 @@ SIMT_DEVICE void forward_product_mma(const PersistentPartition& part, int64_t H,
     sum_slices(part.k_split, wt.slice, tile * 32 + lane, plan_tiles * 32, active, partial, d);
     if (active && wt.slice == 0) {
       for (int i = 0; i < 4; ++i) {
-        const int64_t row = 16 * mt + simt::mma_layout::c_row(lane, i);  // 4 jj + g
+        const int64_t row = 16 * mt + simt::mma_layout::c_row(lane, i);  // kGates jj + g
         const int64_t b = 8 * nt + simt::mma_layout::c_col(lane, i);
-        if (row < 4 * units && b < tile_rows) {
-          gates_h[(b0 + b) * 4 * H + (row % 4) * H + unit0 + row / 4] = convert<T>(d[i]);
+        if (row < kGates * units && b < tile_rows) {
+          gates_h[(b0 + b) * kGates * H + (row % kGates) * H + unit0 + row / kGates] = convert<T>(d[i]);
         }
       }
     }
@@ -253,20 +256,23 @@ SIMT_DEVICE void forward_product_mma(const PersistentPartition& part, int64_t H,
 // ---- the forward kernel ---------------------------------------------------------------------
 
 // params: see PersistentForwardParams. Grid: part.blocks blocks of part.threads threads.
-template <typename T, typename acc_t>
+// Cell: LstmCell or GruCell (cells.h).
+template <typename Cell, typename T, typename acc_t>
 SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
     persistent_forward_kernel(const PersistentForwardParams p) {
   using partial_t = typename std::conditional<kTensorCores<T>, float, acc_t>::type;
+  constexpr int kGates = Cell::kGates;
   const PersistentPartition& part = p.part;
-  const int64_t H = p.hidden, B = p.batch, G = 4 * H;
+  const int64_t H = p.hidden, B = p.batch, G = kGates * H;
   const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
   const int64_t unit0 = int64_t(simt::block_idx().x) * part.units;
   const int64_t units = min64(part.units, H - unit0);  // >= 1
   const int64_t tile = part.batch_tile;
-  const PersistentSharedLayout layout = shared_layout(part, H, false, sizeof(T), sizeof(acc_t));
+  const PersistentSharedLayout layout =
+      shared_layout(part, H, kGates, false, sizeof(T), sizeof(acc_t));
   const int64_t ws = layout.weight_stride;
   const int64_t k_padded = kTensorCores<T> ? round_up_to(H, 16) : H;
-  // [weight_rows, ws] T: row 4 jj + g = W_hh row g * H + unit0 + jj (a unit's four gates
+  // [weight_rows, ws] T: row kGates jj + g = W_hh row g * H + unit0 + jj (a unit's gates
   // together); zero past the block's units and past H (tensor cores: whole tiles)
   const simt::SharedArray<T> w = simt::shared_array<T>(0, layout.weight_rows * ws, "w_hh rows");
   // [tile_rows, ws] T: rows b0 .. of h_{t-1}
@@ -278,8 +284,9 @@ SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
   const T* w_hh = static_cast<const T*>(p.w_hh);
   for (int64_t i = tid; i < layout.weight_rows * k_padded; i += threads) {
     const int64_t row = i / k_padded, k = i % k_padded;
-    w[row * ws + k] = (row < 4 * units && k < H) ? w_hh[((row % 4) * H + unit0 + row / 4) * H + k]
-                                                 : convert<T>(acc_t(0));
+    w[row * ws + k] = (row < kGates * units && k < H)
+                          ? w_hh[((row % kGates) * H + unit0 + row / kGates) * H + k]
+                          : convert<T>(acc_t(0));
   }
   if (kTensorCores<T>) {  // padding rows and columns of the h tile: read, never staged
     for (int64_t i = tid; i < layout.tile_rows * k_padded; i += threads) {
@@ -297,19 +304,22 @@ SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
       stage_rows(h_tile, ws, h_prev + b0 * H, H, tile_rows, H);
       simt::sync_block();
       if constexpr (kTensorCores<T>) {
-        forward_product_mma<T>(part, H, units, unit0, b0, tile_rows, ws, w, h_tile, partial, gates_h);
-      } else {
-        forward_product_ffma<T, acc_t>(part, H, units, unit0, b0, tile_rows, ws, w, h_tile,
+        forward_product_mma<kGates, T>(part, H, units, unit0, b0, tile_rows, ws, w, h_tile,
                                        partial, gates_h);
+      } else {
+        forward_product_ffma<kGates, T, acc_t>(part, H, units, unit0, b0, tile_rows, ws, w, h_tile,
+                                               partial, gates_h);
       }
       simt::sync_block();  // the tile and the partial sums are read; the next may overwrite
     }
     // Pointwise on the block's own units (gates_h of its columns, written above).
     ForwardStepParams step;
+    step.cell_kind = Cell::kKind;
     step.batch = B;
     step.hidden = H;
     step.gates_x = offset_rows<T>(p.gates_x, s * B, G);
     step.gates_h = gates_h;
+    step.bias_hn = p.bias_hn;
     step.cell = p.cell;
     step.hidden_prev = h_prev;
     step.hidden_next = offset_rows<T>(p.hidden_exchange, ((s + 1) & 1) * B, H);
@@ -319,7 +329,7 @@ SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
     step.flags = p.flags != nullptr ? p.flags + s * B : p.no_flags;
     step.flags_next = (p.flags != nullptr && s + 1 < p.steps) ? p.flags + (s + 1) * B : p.no_flags;
     for (int64_t i = tid; i < B * units; i += threads) {
-      forward_step_element<T, acc_t>(step, i / units, unit0 + i % units);
+      Cell::template forward<T, acc_t>(step, i / units, unit0 + i % units);
     }
     // h_t of every unit is in slot (s + 1) & 1 after the barrier. Slot s & 1 is free again:
     // every block finished staging from it before it arrived.
@@ -350,16 +360,19 @@ SIMT_DEVICE void backward_chunk_ffma(const PersistentPartition& part, const Prod
   }
 }
 
-template <typename T, typename acc_t, bool kPreActivations>
+template <typename Cell, typename T, typename acc_t, bool kPreActivations>
 SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
   using partial_t = typename std::conditional<kTensorCores<T>, float, acc_t>::type;
+  constexpr int kGates = Cell::kGates;
   const PersistentPartition& part = p.part;
-  const int64_t H = p.hidden, B = p.batch, G = 4 * H, W = p.steps;
+  // G: the product's k (W_hh's rows); R: a grad_gates row (the GRU's dGh is its first 3H)
+  const int64_t H = p.hidden, B = p.batch, G = kGates * H, R = kRecordsPerUnit * H, W = p.steps;
   const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
   const int64_t unit0 = int64_t(simt::block_idx().x) * part.units;
   const int64_t units = min64(part.units, H - unit0);  // >= 1
   const int64_t tile = part.batch_tile, chunk = part.k_chunk;
-  const PersistentSharedLayout layout = shared_layout(part, H, true, sizeof(T), sizeof(acc_t));
+  const PersistentSharedLayout layout =
+      shared_layout(part, H, kGates, true, sizeof(T), sizeof(acc_t));
   const int64_t ws = layout.weight_stride, ts = layout.tile_stride;
   const int64_t k_padded = kTensorCores<T> ? round_up_to(G, 16) : G;
   // [weight_rows, ws] T: row jj = column unit0 + jj of W_hh (its G entries); zero past the
@@ -387,6 +400,7 @@ SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
   T* grad_hidden = static_cast<T*>(p.grad_hidden);
   for (int64_t j = W - 1; j >= 0; --j) {
     BackwardStepParams step;
+    step.cell_kind = Cell::kKind;
     step.batch = B;
     step.hidden = H;
     set_backward_sources(step, p.source, j, sizeof(T), sizeof(acc_t));
@@ -398,16 +412,16 @@ SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
     step.grad_hidden_next = j == W - 1 ? p.grad_h_n : grad_hidden;
     step.grad_hidden_held = p.grad_held;
     step.grad_cell = p.grad_cell;
-    step.grad_gates = offset_rows<T>(p.grad_gates, j * B, G);
+    step.grad_gates = offset_rows<T>(p.grad_gates, j * B, R);
     step.hidden_prev_seen = offset_rows<T>(p.hidden_prev_seen, j * B, H);
     for (int64_t i = tid; i < B * units; i += threads) {
-      backward_step_element<T, acc_t, kPreActivations>(step, i / units, unit0 + i % units);
+      Cell::template backward<T, acc_t, kPreActivations>(step, i / units, unit0 + i % units);
     }
     // dG_t of every unit is written after the barrier. Rows of the window buffer are written
     // once each, so the next step's writes cannot meet this step's reads: one barrier.
     simt::sync_grid();
     // grad_hidden[b, unit0 + jj] = sum_k dG_t[b, k] W_hh[k, unit0 + jj]: dL/dh_{t-1}, own units
-    const T* dg = static_cast<const T*>(step.grad_gates);  // [B, G]
+    const T* dg = static_cast<const T*>(step.grad_gates);  // [B, R]: columns [0, G) of each row
     for (int64_t b0 = 0; b0 < B; b0 += tile) {
       const int64_t tile_rows = min64(tile, B - b0);
       // FFMA: a thread's rows; tensor cores: up to kMaxWarpTiles output tiles of a warp
@@ -415,14 +429,14 @@ SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
       acc_t acc[kRowsPerThread] = {};
       const int64_t n_tiles = round_up_to(part.units, 8) / 8;
       const int64_t tiles = round_up_to(tile_rows, 16) / 16 * n_tiles;
-      const int64_t plan_tiles = mma_tiles(part.batch_tile, part.units, true);
+      const int64_t plan_tiles = mma_tiles(part.batch_tile, part.units, kGates, true);
       const WarpTile wt = warp_tile(part, plan_tiles);
       float d[kMaxWarpTiles][4] = {};
       for (int64_t k0 = 0; k0 < G; k0 += chunk) {
         const int64_t cols = min64(chunk, G - k0);
         // tensor cores: whole k steps, the columns past G zero
         const int64_t staged = kTensorCores<T> ? round_up_to(cols, 16) : cols;
-        stage_rows(dg_tile, ts, dg + b0 * G + k0, G, tile_rows, cols);
+        stage_rows(dg_tile, ts, dg + b0 * R + k0, R, tile_rows, cols);
         for (int64_t i = tid; i < tile_rows * (staged - cols); i += threads) {  // past G: zero
           dg_tile[(i / (staged - cols)) * ts + cols + i % (staged - cols)] = convert<T>(acc_t(0));
         }
@@ -477,13 +491,14 @@ SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
 }
 
 // params: see PersistentBackwardParams. Grid: part.blocks blocks of part.threads threads.
-template <typename T, typename acc_t>
+// Cell: LstmCell or GruCell (cells.h).
+template <typename Cell, typename T, typename acc_t>
 SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
     persistent_backward_kernel(const PersistentBackwardParams p) {
   if (p.source.gates_are_pre_activations) {  // uniform over the launch
-    persistent_backward_body<T, acc_t, true>(p);
+    persistent_backward_body<Cell, T, acc_t, true>(p);
   } else {
-    persistent_backward_body<T, acc_t, false>(p);
+    persistent_backward_body<Cell, T, acc_t, false>(p);
   }
 }
 

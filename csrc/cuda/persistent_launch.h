@@ -13,6 +13,17 @@
 namespace tbptt {
 namespace SIMT_NS {
 
+// Calls f with the traits (cells.h) of a cell that has persistent kernels (the LSTM, the GRU),
+// or returns otherwise() (the LSTM with projections: two grid barriers a step, not built).
+template <typename F, typename Otherwise>
+auto with_persistent_cell(CellKind cell, F&& f, Otherwise&& otherwise) {
+  switch (cell) {
+    case CellKind::kLstm: return f(LstmCell{});
+    case CellKind::kGru: return f(GruCell{});
+    default: return otherwise();
+  }
+}
+
 // Registers per thread the kernels are compiled for at most (ptxas -v, sm_90: 118-209, the most
 // for float64; scripts/check_ptxas.py holds the nvcc build to them; the emulator's occupancy
 // uses them). 256 threads of 224 registers fit an SM's 64K once: one block per SM.
@@ -45,10 +56,11 @@ inline int64_t accumulation_bytes(StorageType storage) {
 // Fills the k split and the threads of a partition whose tile is set, over a reduction of
 // `length`. FFMA: as many slices as kPersistentMaxThreads threads allow, each kMinSliceLength
 // long at least. Tensor cores: a warp per (output tile, slice) while tiles are fewer than the
-// warps, else 8 warps that take the tiles in turn.
-inline void split_reduction(PersistentPartition* part, int64_t length, bool backward) {
+// warps, else 8 warps that take the tiles in turn. gates: the cell's kGates.
+inline void split_reduction(PersistentPartition* part, int64_t length, int64_t gates,
+                            bool backward) {
   if (part->tensor_cores) {
-    const int64_t tiles = mma_tiles(part->batch_tile, part->units, backward);
+    const int64_t tiles = mma_tiles(part->batch_tile, part->units, gates, backward);
     part->k_split = tiles >= kWarps ? 1 : std::max<int64_t>(1, std::min(kWarps / tiles, length / 16));
     part->threads = simt::kWarpSize * (part->k_split == 1 ? std::min(tiles, kWarps) : tiles * part->k_split);
     return;
@@ -59,10 +71,11 @@ inline void split_reduction(PersistentPartition* part, int64_t length, bool back
   part->threads = round_up_to(items * part->k_split, simt::kWarpSize);
 }
 
-// The forward and backward partitions of a layer with `units` units per block, or false with
-// plan->reason where they do not fit (threads, or `shared_limit` bytes of shared memory).
-inline bool partition(int64_t hidden, int64_t batch, int64_t units, StorageType storage,
-                      int64_t shared_limit, PersistentPlan* plan) {
+// The forward and backward partitions of a layer with `units` units per block of a cell of
+// `gates` gate blocks, or false with plan->reason where they do not fit (threads, or
+// `shared_limit` bytes of shared memory).
+inline bool partition(int64_t hidden, int64_t batch, int64_t units, int64_t gates,
+                      StorageType storage, int64_t shared_limit, PersistentPlan* plan) {
   const int64_t elem = storage_bytes(storage), acc = accumulation_bytes(storage);
   const bool tensor_cores = elem == 2;
   if (units > kPersistentMaxThreads) {
@@ -89,8 +102,8 @@ inline bool partition(int64_t hidden, int64_t batch, int64_t units, StorageType 
   f.tensor_cores = tensor_cores;
   f.k_chunk = hidden;
   for (f.batch_tile = forward_tile;; f.batch_tile = (f.batch_tile + 1) / 2) {  // shrink to fit
-    split_reduction(&f, tensor_cores ? round_up_to(hidden, 16) / 16 * 16 : hidden, false);
-    f.shared_bytes = shared_layout(f, hidden, false, elem, acc).bytes;
+    split_reduction(&f, tensor_cores ? round_up_to(hidden, 16) / 16 * 16 : hidden, gates, false);
+    f.shared_bytes = shared_layout(f, hidden, gates, false, elem, acc).bytes;
     if (f.shared_bytes <= shared_limit || f.batch_tile == 1) break;
   }
   PersistentPartition& b = plan->backward;
@@ -98,10 +111,10 @@ inline bool partition(int64_t hidden, int64_t batch, int64_t units, StorageType 
   b.batch_tile = backward_tile;
   // The dG chunk: tensor cores, whole k steps of 16.
   const int64_t k_step = tensor_cores ? 16 : 1;
-  for (b.k_chunk = std::min<int64_t>(round_up_to(4 * hidden, k_step), kMaxKChunk);;
+  for (b.k_chunk = std::min<int64_t>(round_up_to(gates * hidden, k_step), kMaxKChunk);;
        b.k_chunk = round_up_to((b.k_chunk + 1) / 2, k_step)) {
-    split_reduction(&b, b.k_chunk, true);
-    b.shared_bytes = shared_layout(b, hidden, true, elem, acc).bytes;
+    split_reduction(&b, b.k_chunk, gates, true);
+    b.shared_bytes = shared_layout(b, hidden, gates, true, elem, acc).bytes;
     if (b.shared_bytes <= shared_limit || b.k_chunk <= 2 * kMinSliceLength) break;
   }
   if (f.shared_bytes > shared_limit || b.shared_bytes > shared_limit) {
@@ -113,14 +126,17 @@ inline bool partition(int64_t hidden, int64_t batch, int64_t units, StorageType 
   return true;
 }
 
-// Plans the persistent kernels of one layer with H units and B rows on the current device:
+// Plans the persistent kernels of one layer of `cell` with H units and B rows on the current
+// device:
 // the fewest units per block (a multiple of kUnitsQuantum) that spread H over at most one block
 // per SM, then the checks a cooperative launch needs (support, shared memory, occupancy of
 // every block at once). Returns the status of the device queries; plan->usable says whether
 // the persistent path can run, plan->reason why not.
-simt::Status plan_persistent(int64_t hidden, int64_t batch, StorageType storage,
-                                    PersistentPlan* plan) {
+simt::Status plan_persistent(int64_t hidden, int64_t batch, CellKind cell, StorageType storage,
+                             PersistentPlan* plan) {
   *plan = PersistentPlan{};
+  const int64_t gates = with_persistent_cell(
+      cell, [](auto traits) { return int64_t(decltype(traits)::kGates); }, [] { return int64_t(0); });
   bool cooperative = false;
   simt::Status status = simt::device_supports_cooperative_launch(&cooperative);
   if (status != simt::kSuccess) return status;
@@ -134,10 +150,15 @@ simt::Status plan_persistent(int64_t hidden, int64_t batch, StorageType storage,
     plan->reason = "the device does not support cooperative launches";
     return simt::kSuccess;
   }
+  if (gates == 0) {
+    plan->reason = "there are no persistent kernels for the LSTM with projections (proj_size > 0; "
+                   "it needs two grid barriers a step): it runs the stepwise path";
+    return simt::kSuccess;
+  }
   // The fewest units per block that spread H over at most one block per SM.
   const int64_t units =
       std::min(hidden, round_up_to(std::max<int64_t>(1, (hidden + sms - 1) / sms), kUnitsQuantum));
-  if (!partition(hidden, batch, units, storage, shared_limit, plan)) return simt::kSuccess;
+  if (!partition(hidden, batch, units, gates, storage, shared_limit, plan)) return simt::kSuccess;
   // Each kernel: compiled without spills for this device, its shared memory allowed, and
   // every block of the grid resident at once. Sets plan->reason where one is not.
   auto check = [&](const simt::KernelSpec& spec, auto kernel, const PersistentPartition& part) {
@@ -162,43 +183,52 @@ simt::Status plan_persistent(int64_t hidden, int64_t batch, StorageType storage,
     }
     return s;
   };
-  status = with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
-    using T = decltype(storage_tag);
-    using acc_t = decltype(acc_tag);
-    simt::Status s = check(kPersistentForward, persistent_forward_kernel<T, acc_t>, plan->forward);
-    if (s != simt::kSuccess || !plan->reason.empty()) return s;
-    return check(kPersistentBackward, persistent_backward_kernel<T, acc_t>, plan->backward);
-  });
+  status = with_persistent_cell(cell, [&](auto traits) {
+    using Cell = decltype(traits);
+    return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
+      using T = decltype(storage_tag);
+      using acc_t = decltype(acc_tag);
+      simt::Status s = check(kPersistentForward, persistent_forward_kernel<Cell, T, acc_t>, plan->forward);
+      if (s != simt::kSuccess || !plan->reason.empty()) return s;
+      return check(kPersistentBackward, persistent_backward_kernel<Cell, T, acc_t>, plan->backward);
+    });
+  }, [] { return simt::Status(simt::kSuccess); });
   plan->usable = status == simt::kSuccess && plan->reason.empty();
   return status;
 }
 
-// One layer's chunk forward in one cooperative launch (params.part from a usable plan).
-simt::Status launch_persistent_forward(const PersistentForwardParams& params, StorageType storage,
-                                       simt::Stream stream) {
-  return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
-    using T = decltype(storage_tag);
-    using acc_t = decltype(acc_tag);
-    return simt::launch_cooperative(
-        kPersistentForward, persistent_forward_kernel<T, acc_t>,
-        simt::Dim3{static_cast<unsigned>(params.part.blocks), 1, 1},
-        simt::Dim3{static_cast<unsigned>(params.part.threads), 1, 1},
-        static_cast<size_t>(params.part.shared_bytes), stream, params);
-  });
+// Launches `kernel_of(Cell{}, T{}, acc_t{})` (the instantiation for params.cell_kind and
+// `storage`) cooperatively, with the grid, block and shared memory of params.part.
+template <typename Params, typename KernelOf>
+simt::Status launch_persistent(const simt::KernelSpec& spec, KernelOf kernel_of,
+                               const Params& params, StorageType storage, simt::Stream stream) {
+  return with_persistent_cell(params.cell_kind, [&](auto cell_tag) {
+    return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
+      return simt::launch_cooperative(
+          spec, kernel_of(cell_tag, storage_tag, acc_tag),
+          simt::Dim3{static_cast<unsigned>(params.part.blocks), 1, 1},
+          simt::Dim3{static_cast<unsigned>(params.part.threads), 1, 1},
+          static_cast<size_t>(params.part.shared_bytes), stream, params);
+    });
+  }, [] { return simt::Status(1); });  // cudaErrorInvalidValue: no such kernels
 }
 
-// One layer's span backward in one cooperative launch (params.part from a usable plan).
+// One layer's chunk forward in one cooperative launch (params.part from a usable plan of
+// params.cell_kind).
+simt::Status launch_persistent_forward(const PersistentForwardParams& params, StorageType storage,
+                                       simt::Stream stream) {
+  return launch_persistent(kPersistentForward, [](auto cell, auto storage_tag, auto acc_tag) {
+    return persistent_forward_kernel<decltype(cell), decltype(storage_tag), decltype(acc_tag)>;
+  }, params, storage, stream);
+}
+
+// One layer's span backward in one cooperative launch (params.part from a usable plan of
+// params.cell_kind).
 simt::Status launch_persistent_backward(const PersistentBackwardParams& params,
                                         StorageType storage, simt::Stream stream) {
-  return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
-    using T = decltype(storage_tag);
-    using acc_t = decltype(acc_tag);
-    return simt::launch_cooperative(
-        kPersistentBackward, persistent_backward_kernel<T, acc_t>,
-        simt::Dim3{static_cast<unsigned>(params.part.blocks), 1, 1},
-        simt::Dim3{static_cast<unsigned>(params.part.threads), 1, 1},
-        static_cast<size_t>(params.part.shared_bytes), stream, params);
-  });
+  return launch_persistent(kPersistentBackward, [](auto cell, auto storage_tag, auto acc_tag) {
+    return persistent_backward_kernel<decltype(cell), decltype(storage_tag), decltype(acc_tag)>;
+  }, params, storage, stream);
 }
 
 }  // namespace SIMT_NS

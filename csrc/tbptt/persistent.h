@@ -1,17 +1,21 @@
 // Parameters of the persistent kernels (csrc/cuda/persistent_kernels.cuh): one cooperative
 // launch per layer for a chunk's forward, and one for a span's backward (a window, or one
 // checkpoint segment of it). Framework-free. Shapes as in window.h (L steps, B rows, H units,
-// G = 4H, W window steps, T storage, acc accumulation).
+// G = kGates H: 4H for the LSTM, 3H for the GRU; R = 4H the record width, cells.h; W window
+// steps, T storage, acc accumulation). One body for the LSTM and the GRU (the cell is a
+// template parameter of the kernels; `gates` below is its kGates).
 //
 // The grid splits a layer's H hidden units: block p owns units [p * u, min((p + 1) * u, H)).
-// Forward, it keeps the 4u rows of W_hh that feed them in shared memory (row 4 jj + g holds
-// nn.LSTM's row g * H + unit0 + jj: the four gates of a unit side by side), stages h_{t-1}
-// from global memory a batch tile at a time, computes its gates' share of h_{t-1} W_hh^T and
-// runs lstm_math.h's forward element on its units. Backward, it keeps the u columns of W_hh of
-// its units (transposed in shared memory: [u, G]), runs the backward element on them, and after
-// the grid barrier computes their share of dL/dh_{t-1} = dG_t W_hh from dG_t staged in
-// [batch tile, k_chunk] pieces. One grid barrier per step; only h (forward) and dG (backward)
-// cross blocks, the cell and the carried gradients stay with the block that owns the unit.
+// Forward, it keeps the kGates u rows of W_hh that feed them in shared memory (row kGates jj + g
+// holds nn.LSTM's / nn.GRU's row g * H + unit0 + jj: the gates of a unit side by side), stages
+// h_{t-1} from global memory a batch tile at a time, computes its gates' share of
+// h_{t-1} W_hh^T and runs the cell's forward element (cells.h) on its units. Backward, it keeps
+// the u columns of W_hh of its units (transposed in shared memory: [u, G]), runs the backward
+// element on them, and after the grid barrier computes their share of dL/dh_{t-1} = dG_t W_hh
+// from dG_t (the GRU: dGh, the first 3H of each record-wide row) staged in [batch tile, k_chunk]
+// pieces. One grid barrier per step; only h (forward) and dG (backward) cross blocks, the cell
+// state and the carried gradients (the LSTM's dL/dc and held rows' dL/dh, the GRU's dh z) stay
+// with the block that owns the unit.
 #pragma once
 
 #include <string>
@@ -55,10 +59,11 @@ TBPTT_HD int64_t round_up_to(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
 
-// Tensor cores: the m16n8 output tiles of a product over a batch tile of `rows` rows.
-TBPTT_HD int64_t mma_tiles(int64_t rows, int64_t units, bool backward) {
+// Tensor cores: the m16n8 output tiles of a product over a batch tile of `rows` rows, for a
+// cell of `gates` gate blocks.
+TBPTT_HD int64_t mma_tiles(int64_t rows, int64_t units, int64_t gates, bool backward) {
   return backward ? round_up_to(rows, 16) / 16 * (round_up_to(units, 8) / 8)
-                  : round_up_to(4 * units, 16) / 16 * (round_up_to(rows, 8) / 8);
+                  : round_up_to(gates * units, 16) / 16 * (round_up_to(rows, 8) / 8);
 }
 
 // Elements per shared-memory row holding n values of `elem_bytes` bytes: n, padded so that a
@@ -73,11 +78,12 @@ TBPTT_HD int64_t padded_row(int64_t n, int64_t elem_bytes) {
 TBPTT_HD int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
 // Byte offsets of a persistent kernel's shared arrays (the one rule the plan and the kernels
-// share). Forward: weights [4u, padded_row(H)] T, the h tile [batch_tile, padded_row(H)] T, the
-// partial sums [k_split - 1, thread_items, kRowsPerThread * 4] acc. Backward: weights
-// [u, padded_row(G)] T, the dG tile [batch_tile, padded_row(k_chunk)] T, the partial sums
-// [k_split - 1, thread_items, kRowsPerThread] acc. Tensor cores: rows and k padded to whole
-// tiles (forward weights [round16(4u), .. round16(H)], h tile [round8(batch_tile), ..];
+// share; `gates`: the cell's kGates, G = gates H). Forward: weights [gates u, padded_row(H)] T,
+// the h tile [batch_tile, padded_row(H)] T, the partial sums [k_split - 1, thread_items,
+// kRowsPerThread * gates] acc. Backward: weights [u, padded_row(G)] T, the dG tile
+// [batch_tile, padded_row(k_chunk)] T, the partial sums [k_split - 1, thread_items,
+// kRowsPerThread] acc. Tensor cores: rows and k padded to whole tiles (forward weights
+// [round16(gates u), .. round16(H)], h tile [round8(batch_tile), ..];
 // backward weights [round8(u), .. round16(G)], dG tile [round16(batch_tile), ..]) and partial
 // sums [k_split - 1, tiles, 32 lanes, 4] float.
 struct PersistentSharedLayout {
@@ -88,30 +94,30 @@ struct PersistentSharedLayout {
 };
 
 TBPTT_HD PersistentSharedLayout shared_layout(const PersistentPartition& part, int64_t hidden,
-                                              bool backward, int64_t elem_bytes,
+                                              int64_t gates, bool backward, int64_t elem_bytes,
                                               int64_t acc_bytes) {
   PersistentSharedLayout s;
   const bool tc = part.tensor_cores;
-  const int64_t k = backward ? 4 * hidden : hidden;
+  const int64_t k = backward ? gates * hidden : hidden;
   if (backward) {
     s.weight_rows = tc ? round_up_to(part.units, 8) : part.units;
     s.tile_rows = tc ? round_up_to(part.batch_tile, 16) : part.batch_tile;
   } else {
-    s.weight_rows = tc ? round_up_to(4 * part.units, 16) : 4 * part.units;
+    s.weight_rows = tc ? round_up_to(gates * part.units, 16) : gates * part.units;
     s.tile_rows = tc ? round_up_to(part.batch_tile, 8) : part.batch_tile;
   }
   s.weight_stride = padded_row(tc ? round_up_to(k, 16) : k, elem_bytes);
   s.tile_offset = align16(s.weight_rows * s.weight_stride * elem_bytes);
   s.tile_stride = backward ? padded_row(part.k_chunk, elem_bytes) : s.weight_stride;
   s.partial_offset = s.tile_offset + align16(s.tile_rows * s.tile_stride * elem_bytes);
-  s.partial_count = tc ? (part.k_split - 1) * mma_tiles(part.batch_tile, part.units, backward) * 32 * 4
+  s.partial_count = tc ? (part.k_split - 1) * mma_tiles(part.batch_tile, part.units, gates, backward) * 32 * 4
                        : (part.k_split - 1) * thread_items(part.batch_tile, part.units) *
-                             kRowsPerThread * (backward ? 1 : 4);
+                             kRowsPerThread * (backward ? 1 : gates);
   s.bytes = s.partial_offset + align16(s.partial_count * (tc ? 4 : acc_bytes));
   return s;
 }
 
-// What the plan decided for one (device, storage type, H, B).
+// What the plan decided for one (device, cell, storage type, H, B).
 struct PersistentPlan {
   bool usable = false;        // both kernels fit; else `reason` says why not
   std::string reason;
@@ -122,17 +128,20 @@ struct PersistentPlan {
 
 // One layer's forward over a chunk of L steps.
 struct PersistentForwardParams {
+  CellKind cell_kind = CellKind::kLstm;  // kLstm or kGru: which kernels the launcher runs
   int64_t steps;               // L
   int64_t batch;               // B
   int64_t hidden;              // H
   PersistentPartition part;
-  const void* gates_x;         // [L, B, G] T   x_t W_ih^T + b_ih + b_hh
-  const void* w_hh;            // [G, H] T      nn.LSTM's layout
+  const void* gates_x;         // [L, B, G] T   x_t W_ih^T + b_ih + b_hh (GRU: ForwardStepParams')
+  const void* w_hh;            // [G, H] T      nn.LSTM's / nn.GRU's layout
+  const void* bias_hn;         // [H] acc       GRU: b_hn (ForwardStepParams); unused by the LSTM
   void* hidden_exchange;       // [2, B, H] T   h entering step s in slot s & 1; slot 0 holds h
                                //               entering the chunk (its first reset applied); on
                                //               return slot L & 1 holds h_n (as the stepwise path)
   void* cell;                  // [B, H] acc    in: c entering the chunk (reset applied); out: c
-                               //               after its last step (each block its own units)
+                               //               after its last step (each block its own units);
+                               //               the GRU has none (not read)
   void* gates_h;               // [B, G] T      scratch: the step's h_{t-1} W_hh^T, each block its
                                //               own gate columns
   void* out;                   // [L, B, H] T   h_t (0 where the row holds)
@@ -146,6 +155,7 @@ struct PersistentForwardParams {
 
 // One layer's backward over a span of W steps, newest first.
 struct PersistentBackwardParams {
+  CellKind cell_kind = CellKind::kLstm;  // kLstm or kGru
   int64_t steps;               // W
   int64_t batch;               // B
   int64_t hidden;              // H
@@ -161,9 +171,12 @@ struct PersistentBackwardParams {
   const void* grad_h_n;        // [B, H] T      dL/dh after the span's last step
   void* grad_hidden;           // [B, H] T      scratch, dL/dh_t through step t+1 (each block its
                                //               own units); out: after step 0, dG_0 W_hh
-  void* grad_held;             // [B, H] acc    in: zeros; out: the gradient held rows carry
+  void* grad_held;             // [B, H] acc    in: zeros; out: the gradient carried past W_hh
+                               //               (held rows; the GRU's dh z)
   void* grad_cell;             // [B, H] acc    in: dL/dc after the last step; out: entering
-  void* grad_gates;            // [W, B, G] T   out: dL/d(pre-activations)
+                               //               (the GRU has none)
+  void* grad_gates;            // [W, B, R] T   out: dL/d(pre-activations) (cells.h's layout; the
+                               //               GRU's dGh is the first G = 3H of a row)
   void* hidden_prev_seen;      // [W, B, H] T   out: h_{t-1} as each step saw it
 };
 
