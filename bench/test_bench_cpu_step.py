@@ -14,7 +14,7 @@ summary prints them as one table against the targets (bench/summary.py, cpu_step
 The GRU (issue 18): the same rows with cell="gru", TruncatedGRU against nn.GRU (in training
 on the CPU, torch's own cells step by step: grad_fn StackBackward0, the rows' "backend"; oneDNN's
 fused RNN is nn.LSTM's), BPTT(k,k) and TBPTT(k,2k) only, H in {128, 256} (H <= 1024 with
---bench-full). TruncatedGRU runs the stepwise CPU path (the fused layers are LSTM-only): the
+--bench-full). TruncatedGRU runs the fused CPU layers as the LSTM does (float32, H <= 512): the
 summary prints its own table, "CPU GRU per step", without targets (reported, not judged).
 
 bfloat16 (issue 19; test_cpu_bf16_step): ours with a bf16 module against ours float32 and
