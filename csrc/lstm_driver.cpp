@@ -230,12 +230,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
         flags.defined() ? static_cast<const uint8_t*>(flags.data_ptr()) : nullptr;  // [L, B]
 
     bool done = false;
-    // The LSTM and the GRU have persistent kernels; the LSTM with projections runs stepwise.
-    if (cell != CellKind::kLstmp && backend.persistent != nullptr &&
-        backend.persistent->takes(cell, H, B, L, storage)) {
+    if (backend.persistent != nullptr && backend.persistent->takes(cell, H, O, B, L, storage)) {
       // The whole chunk in one launch; h travels between steps through a double buffer.
-      const at::Tensor w_hh_raw = weights[l * per_layer + 1].contiguous();  // [G, H]
-      const at::Tensor exchange = at::empty({2, B, H}, x.options());
+      const at::Tensor w_hh_raw = weights[l * per_layer + 1].contiguous();  // [G, O]
+      const at::Tensor w_hr_raw =  // lstmp: [P, H]
+          lstmp ? weights[l * per_layer + per_layer - 1].contiguous() : at::Tensor();
+      const at::Tensor exchange = at::empty({2, B, O}, x.options());
       exchange[0].copy_(hidden);
       PersistentForwardParams pp;
       pp.cell_kind = cell;
@@ -255,7 +255,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
       pp.scratch_gates = scratch[0];
       pp.scratch_cell = scratch[1];
       pp.scratch_hidden = scratch[2];
-      done = backend.persistent->forward_layer(pp, storage, w_hh_raw);
+      if (lstmp) {
+        pp.projection = O;
+        pp.hidden_m = hidden_m.data_ptr();
+        pp.projected = projected.data_ptr();
+      }
+      done = backend.persistent->forward_layer(pp, storage, w_hh_raw, w_hr_raw);
       if (done) hidden = exchange[L & 1];
     }
     for (int64_t s = 0; s < L && !done; ++s) {
@@ -430,10 +435,11 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
     const int64_t grad_above_first = top ? W - Ls : 0;
 
     bool done = false;
-    if (cell != CellKind::kLstmp && backend.persistent != nullptr &&
-        backend.persistent->takes(cell, H, B, W, storage)) {
+    if (backend.persistent != nullptr && backend.persistent->takes(cell, H, O, B, W, storage)) {
       // The whole span in one launch; dL/dh_{t-1} stays with the block owning each unit.
-      const at::Tensor w_hh_raw = w_hh.contiguous();  // [G, H]
+      const at::Tensor w_hh_raw = w_hh.contiguous();  // [G, O]
+      const at::Tensor w_hr_raw =  // lstmp: [P, H]
+          lstmp ? weights[l * per_layer + per_layer - 1].contiguous() : at::Tensor();
       at::Tensor scales;  // [W] double on the device
       if (!carry_scales.empty()) {
         scales = at::tensor(carry_scales.vec(), at::dtype(at::kDouble)).to(flags.device());
@@ -457,7 +463,15 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
       pb.grad_cell = grad_cell.data_ptr();
       pb.grad_gates = grad_gates.data_ptr();
       pb.hidden_prev_seen = hidden_prev_seen.data_ptr();
-      done = backend.persistent->backward_layer(pb, storage, w_hh_raw);
+      if (lstmp) {
+        pb.projection = O;
+        pb.grad_projected = grad_projected.data_ptr();
+        pb.grad_m = dm.data_ptr();
+        pb.zeros_h = zeros_bh.data_ptr();
+        pb.scratch_h = scratch_bh.data_ptr();
+        pb.held_h = held_bh.data_ptr();
+      }
+      done = backend.persistent->backward_layer(pb, storage, w_hh_raw, w_hr_raw);
     }
     for (int64_t j = W - 1; j >= 0 && !done; --j) {
       BackwardStepParams p;

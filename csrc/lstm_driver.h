@@ -41,16 +41,19 @@ struct GemmBackend {
 // call (CUDA and the emulated CUDA: the persistent kernels, one launch; CPU: one OpenMP team). The driver fills the params but `part`
 // (the backend's plan) and falls back to its per-step loop where they decline.
 struct PersistentBackend {
-  // Whether the plan takes the persistent path for a layer of this cell and shape over `steps`
-  // steps (L forward, W backward); raises where the path is forced persistent and nothing fits.
-  bool (*takes)(CellKind cell, int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage);
+  // Whether the plan takes the persistent path for a layer of this cell and shape (state_units:
+  // O, h's width) over `steps` steps (L forward, W backward); raises where the path is forced
+  // persistent and nothing fits.
+  bool (*takes)(CellKind cell, int64_t hidden, int64_t state_units, int64_t batch, int64_t steps,
+                at::ScalarType storage);
   // Runs it and returns true; false where the launch failed (nothing ran, a warning said so):
   // then the caller runs the stepwise path on the same buffers. w_hh: the tensor behind
-  // params.w_hh ([G, H], dense), for backends that cache a packed copy of it.
+  // params.w_hh ([G, O], dense), w_hr the projection's ([P, H], dense; undefined without one),
+  // for backends that cache packed copies of them.
   bool (*forward_layer)(PersistentForwardParams& params, at::ScalarType storage,
-                        const at::Tensor& w_hh);
+                        const at::Tensor& w_hh, const at::Tensor& w_hr);
   bool (*backward_layer)(PersistentBackwardParams& params, at::ScalarType storage,
-                         const at::Tensor& w_hh);
+                         const at::Tensor& w_hh, const at::Tensor& w_hr);
 };
 
 struct DeviceBackend {

@@ -159,6 +159,9 @@ void PersistentPlans::clear() {
 
 bool persistent_takes(const PersistentLaunchers& launchers, CellKind cell, int64_t hidden,
                       int64_t batch, int64_t steps, at::ScalarType storage) {
+  // The LSTM with projections has no persistent kernels: the stepwise path, whatever the
+  // setting (its plan says why: plan_of).
+  if (cell == CellKind::kLstmp) return false;
   return launchers.plans->choose(launchers.path(), launchers.device(), cell,
                                  storage_type_of(storage), hidden, batch, steps) != nullptr;
 }

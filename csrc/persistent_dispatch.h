@@ -119,15 +119,14 @@ bool persistent_backward(const PersistentLaunchers& launchers, PersistentBackwar
 template <const PersistentLaunchers& (*launchers)()>
 const PersistentBackend* persistent_backend() {
   static const PersistentBackend backend{
-      [](CellKind cell, int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
+      [](CellKind cell, int64_t hidden, int64_t, int64_t batch, int64_t steps,
+         at::ScalarType storage) {
         return persistent_takes(launchers(), cell, hidden, batch, steps, storage);
       },
-      [](PersistentForwardParams& params, at::ScalarType storage, const at::Tensor&) {
-        return persistent_forward(launchers(), params, storage);
-      },
-      [](PersistentBackwardParams& params, at::ScalarType storage, const at::Tensor&) {
-        return persistent_backward(launchers(), params, storage);
-      }};
+      [](PersistentForwardParams& params, at::ScalarType storage, const at::Tensor&,
+         const at::Tensor&) { return persistent_forward(launchers(), params, storage); },
+      [](PersistentBackwardParams& params, at::ScalarType storage, const at::Tensor&,
+         const at::Tensor&) { return persistent_backward(launchers(), params, storage); }};
   return &backend;
 }
 

@@ -103,12 +103,14 @@ def test_bf16_within_the_error_bar(hidden, threads):
     assert (_packs() > before) == fused
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstmp"])
 @pytest.mark.parametrize("history", ["activations", "states"])
 @pytest.mark.parametrize("hidden", [64, 100])
-def test_gru_bf16_within_the_error_bar(hidden, history):
-    """The GRU's bf16 layers (fused where the CPU has bf16 products) within the same bar."""
+def test_other_cells_bf16_within_the_error_bar(hidden, history, cell):
+    """The GRU's and the LSTM with projections' bf16 layers (fused where the CPU has bf16
+    products; proj_size even) within the same bar."""
     before = _packs()
-    _within_bar(torch.bfloat16, 24, hidden, history=history, cell="gru")
+    _within_bar(torch.bfloat16, 24, hidden, history=history, cell=cell)
     assert (_packs() > before) == BF16_FUSED
 
 
@@ -128,7 +130,7 @@ def test_autocast_on_a_float32_module_within_the_error_bar(hidden):
 
 
 @needs_bf16_fused
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstmp"])
 def test_fused_bf16_agrees_with_the_stepwise_bf16_path(cell):
     torch.manual_seed(3)
     lstm = make_rnn(cell, 32, 96, 2, dtype=torch.bfloat16)
@@ -243,3 +245,19 @@ def test_fused_bf16_up_to_1024_units_the_stepwise_path_above():
         out, _ = lstm(torch.randn(2, 2, 3, dtype=torch.bfloat16))
         out.float().sum().backward()
         assert (_packs() > before) == fused, hidden
+
+
+@needs_bf16_fused
+def test_fused_bf16_takes_the_projection_with_an_even_proj_size_only():
+    """The LSTM with projections multiplies over K = P too: an odd proj_size runs the stepwise
+    bf16 path (with the fused path's results to bf16 rounding), an even one the fused layers."""
+    results = {}
+    for proj_size, fused in ((32, True), (33, False)):
+        torch.manual_seed(4)
+        lstm = TruncatedLSTM(3, 64, proj_size=proj_size, k2=4, dtype=torch.bfloat16)
+        before = _packs()
+        out, _ = lstm(torch.randn(4, 2, 3, dtype=torch.bfloat16))
+        out.float().sum().backward()
+        assert (_packs() > before) == fused, proj_size
+        results[proj_size] = out
+    assert all(torch.isfinite(o.float()).all() for o in results.values())

@@ -60,7 +60,7 @@ def test_team_size_follows_the_work(threads):
 
 # H = 5: one partial block; 40: 32 + 8; 100: 3 x 32 + 4; 256: 8 blocks (two threads share them)
 @needs_fused
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstmp"])
 @pytest.mark.parametrize("hidden", [5, 40, 100, 256], ids=lambda h: f"H{h}")
 def test_fused_layers_match_the_reference(hidden, threads, cell):
     torch.manual_seed(0)
@@ -90,7 +90,7 @@ def _stream(lstm, chunks, resets, artbp=None):
 
 
 @needs_fused
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstmp"])
 @pytest.mark.parametrize("history", ["activations", "states", "checkpoints"])
 def test_fused_equals_stepwise_in_every_history_mode_with_artbp(history, stepwise_cpu, cell):
     artbp = ARTBP(cap=12, c=0.3)

@@ -8,9 +8,10 @@ every history mode, with resets, dropout (masks of size P) and ARTBP; gradcheck;
 within the bar; save and resume exactly; the history's layout and bytes (h and the masks P
 wide, c H wide); the parameters (weight_hr_l{k} [P, H] after the biases: nn.LSTM's names,
 order and initialisation) and state_dict both ways; the errors. proj_size=0 is the plain LSTM,
-bit for bit. The paths: the CPU stepwise element loops (the fused CPU layers decline the
-projection), the CUDA stepwise kernels under the emulator, the GPU where there is one; the
-persistent kernels decline it and the driver falls back to the stepwise ones. The reference
+bit for bit. The paths: the CPU stepwise element loops and the fused CPU layers (two team
+barriers a step each way; also in tests/test_cpu_fused.py and test_cpu_bf16.py), the CUDA
+stepwise kernels under the emulator, the GPU where there is one; there are no persistent
+kernels for it and the driver runs the stepwise ones. The reference
 comparisons shared with the other cells run over the `cell` fixture ("lstmp") in
 test_reference.py, test_history_modes.py, test_resets.py, test_artbp.py, test_autograd.py.
 """
@@ -708,21 +709,26 @@ def test_the_persistent_path_falls_back_to_the_stepwise_kernels():
                 assert torch.equal(ta, tb), path
 
 
-def test_the_fused_cpu_layers_decline_the_projection():
-    """On the CPU, "auto" (fused layers where available) runs the LSTM with projections
-    stepwise: the same bits as the forced stepwise path."""
+@pytest.mark.skipif(_backend.cpu_fused_reason() != "", reason="no fused CPU layers here")
+def test_the_fused_cpu_layers_run_the_projection():
+    """On the CPU, "auto" runs the LSTM with projections' float32 layers fused (W_hh and W_hr
+    packed: the pack counter moves), with the forced stepwise path's results to float32
+    rounding."""
     module = _backend.load()
     before = module.cpu_path()
     try:
         module.set_cpu_path("stepwise")
+        packs = module.cpu_weight_packs_made()
         stepwise, _ = _records_on("cpu")
+        assert module.cpu_weight_packs_made() == packs
         module.set_cpu_path("auto")
         auto, _ = _records_on("cpu")
+        assert module.cpu_weight_packs_made() >= packs + 4  # W_hh and W_hr, both directions
     finally:
         module.set_cpu_path(before)
     for a, b in zip(auto, stepwise):
         for ta, tb in zip(a, b):
-            assert torch.equal(ta, tb)
+            assert rel_err(ta, tb) <= TOLERANCE[torch.float32]
 
 
 def test_opcheck_registered_ops_for_lstmp(device):

@@ -114,13 +114,16 @@ bool profiling_on() { return profiling.load(std::memory_order_relaxed); }
 
 // ---- packed weights, cached while the weight is unchanged --------------------------------
 
-// W_hh is [G, H] with G = gates H (the cell's gate blocks: G / H).
-// Forward: [H, G + pad] = W_hh^T with each unit block's gates interleaved (column
-// blk * gates U + g * Ub + u is W_hh row g * H + blk * U + u; Ub the block's units).
-// Backward: [G, H + pad] = W_hh with padded rows.
-// bfloat16 (VNNI, see the top): forward, per unit block, the panel [H, gates U] of its
+// A weight W [rows, K] (W_hh [G, O]: rows = G = gates H, K = O the size of h; the LSTM with
+// projections' W_hr [P, H]: gates 1) packed for one of the two products a team computes by
+// unit (or column) blocks:
+// Forward (h @ W^T, by blocks of the rows' units, units = rows / gates): [K, rows + pad] = W^T
+// with each unit block's gates interleaved (column gates * unit0 + g * Ub + u is W row
+// g * units + unit0 + u; Ub the block's units).
+// Backward (x @ W, by blocks of W's K columns): [rows, K + pad] = W with padded rows.
+// bfloat16 (VNNI, see the top): forward, per unit block, the panel [K, gates U] of its
 // interleaved gate columns (ld gates U, kUnitBlock units a block whatever the block's own
-// count); backward, per unit block, the panel [G, U] = W_hh[:, block] (ld U).
+// count); backward, per block of W's columns, the panel [rows, U] = W[:, block] (ld U).
 enum class PackKind { kForward, kBackward, kForwardVnni, kBackwardVnni };
 
 // Identifies a weight's contents: the tensor (weakly held: a freed one never matches), its data
@@ -168,6 +171,7 @@ struct WeightKey {
 struct PackEntry {
   WeightKey key;
   PackKind kind;
+  int64_t gates;
   at::Tensor packed;
 };
 
@@ -179,74 +183,80 @@ std::atomic<int64_t> packs_made{0};
 // Element (k, n) of a VNNI panel with leading dimension ld (in columns; K even).
 inline int64_t vnni_index(int64_t k, int64_t n, int64_t ld) { return (k / 2) * 2 * ld + 2 * n + (k & 1); }
 
-at::Tensor make_vnni_pack(const at::Tensor& w, PackKind kind) {
-  const int64_t G = w.size(0), H = w.size(1), gates = G / H;
-  const uint16_t* src = static_cast<const uint16_t*>(w.data_ptr());  // [G, H] bf16 bits
-  const int64_t blocks = (H + kUnitBlock - 1) / kUnitBlock;
+at::Tensor make_vnni_pack(const at::Tensor& w, PackKind kind, int64_t gates) {
+  const int64_t rows = w.size(0), K = w.size(1);
+  const uint16_t* src = static_cast<const uint16_t*>(w.data_ptr());  // [rows, K] bf16 bits
   if (kind == PackKind::kForwardVnni) {
-    const int64_t ld = gates * kUnitBlock, panel = H * ld;  // [H, gates U] per block
+    const int64_t units = rows / gates, blocks = (units + kUnitBlock - 1) / kUnitBlock;
+    const int64_t ld = gates * kUnitBlock, panel = K * ld;  // [K, gates U] per block
     at::Tensor packed = at::zeros({blocks * panel}, w.options());
     uint16_t* dst = static_cast<uint16_t*>(packed.data_ptr());
     for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t unit0 = blk * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
+      const int64_t unit0 = blk * kUnitBlock, block_units = std::min(kUnitBlock, units - unit0);
       for (int64_t g = 0; g < gates; ++g) {
-        for (int64_t u = 0; u < units; ++u) {
-          const uint16_t* row = src + (g * H + unit0 + u) * H;
+        for (int64_t u = 0; u < block_units; ++u) {
+          const uint16_t* row = src + (g * units + unit0 + u) * K;
           uint16_t* out = dst + blk * panel;
-          for (int64_t k = 0; k < H; ++k) out[vnni_index(k, g * units + u, ld)] = row[k];
+          for (int64_t k = 0; k < K; ++k) out[vnni_index(k, g * block_units + u, ld)] = row[k];
         }
       }
     }
     return packed;
   }
-  const int64_t ld = kUnitBlock, panel = G * ld;  // [G, U] per block
+  const int64_t blocks = (K + kUnitBlock - 1) / kUnitBlock;
+  const int64_t ld = kUnitBlock, panel = rows * ld;  // [rows, U] per block of columns
   at::Tensor packed = at::zeros({blocks * panel}, w.options());
   uint16_t* dst = static_cast<uint16_t*>(packed.data_ptr());
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t unit0 = blk * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
+    const int64_t col0 = blk * kUnitBlock, cols = std::min(kUnitBlock, K - col0);
     uint16_t* out = dst + blk * panel;
-    for (int64_t k = 0; k < G; ++k) {
-      for (int64_t u = 0; u < units; ++u) out[vnni_index(k, u, ld)] = src[k * H + unit0 + u];
+    for (int64_t k = 0; k < rows; ++k) {
+      for (int64_t u = 0; u < cols; ++u) out[vnni_index(k, u, ld)] = src[k * K + col0 + u];
     }
   }
   return packed;
 }
 
-at::Tensor make_pack(const at::Tensor& w, PackKind kind) {
-  if (kind == PackKind::kForwardVnni || kind == PackKind::kBackwardVnni) return make_vnni_pack(w, kind);
-  const int64_t G = w.size(0), H = w.size(1), gates = G / H;
+at::Tensor make_pack(const at::Tensor& w, PackKind kind, int64_t gates) {
+  if (kind == PackKind::kForwardVnni || kind == PackKind::kBackwardVnni) {
+    return make_vnni_pack(w, kind, gates);
+  }
+  const int64_t rows = w.size(0), K = w.size(1);
   if (kind == PackKind::kBackward) {
-    at::Tensor packed = at::zeros({G, H + kLeadPad}, w.options());
-    packed.narrow(1, 0, H).copy_(w);
+    at::Tensor packed = at::zeros({rows, K + kLeadPad}, w.options());
+    packed.narrow(1, 0, K).copy_(w);
     return packed;
   }
-  at::Tensor packed = at::zeros({H, G + kLeadPad}, w.options());
-  const float* src = w.data_ptr<float>();  // [G, H]
-  float* dst = packed.data_ptr<float>();   // [H, G + pad]
-  const int64_t ld = G + kLeadPad;
-  for (int64_t unit0 = 0; unit0 < H; unit0 += kUnitBlock) {
-    const int64_t block_units = std::min(kUnitBlock, H - unit0);
+  const int64_t units = rows / gates;
+  at::Tensor packed = at::zeros({K, rows + kLeadPad}, w.options());
+  const float* src = w.data_ptr<float>();  // [rows, K]
+  float* dst = packed.data_ptr<float>();   // [K, rows + pad]
+  const int64_t ld = rows + kLeadPad;
+  for (int64_t unit0 = 0; unit0 < units; unit0 += kUnitBlock) {
+    const int64_t block_units = std::min(kUnitBlock, units - unit0);
     for (int64_t g = 0; g < gates; ++g) {
       for (int64_t u = 0; u < block_units; ++u) {
-        const float* row = src + (g * H + unit0 + u) * H;
+        const float* row = src + (g * units + unit0 + u) * K;
         float* column = dst + gates * unit0 + g * block_units + u;
-        for (int64_t k = 0; k < H; ++k) column[k * ld] = row[k];
+        for (int64_t k = 0; k < K; ++k) column[k * ld] = row[k];
       }
     }
   }
   return packed;
 }
 
-at::Tensor packed_weight(const at::Tensor& w, PackKind kind) {
+// The packed form of w ([rows, K]; `gates` gate blocks of rows / gates units) for `kind`,
+// made once while w is unchanged.
+at::Tensor packed_weight(const at::Tensor& w, PackKind kind, int64_t gates) {
   std::lock_guard<std::mutex> lock(pack_mutex);
   for (auto it = pack_cache.begin(); it != pack_cache.end(); ++it) {
-    if (it->kind == kind && it->key.matches(w)) {
+    if (it->kind == kind && it->gates == gates && it->key.matches(w)) {
       pack_cache.splice(pack_cache.begin(), pack_cache, it);
       return it->packed;
     }
   }
   pack_cache.remove_if([](const PackEntry& e) { return e.key.tensor.expired(); });
-  PackEntry entry{WeightKey::of(w), kind, make_pack(w, kind)};
+  PackEntry entry{WeightKey::of(w), kind, gates, make_pack(w, kind, gates)};
   packs_made.fetch_add(1);
   pack_cache.push_front(entry);
   if (pack_cache.size() > kPackCacheEntries) pack_cache.pop_back();
@@ -255,12 +265,12 @@ at::Tensor packed_weight(const at::Tensor& w, PackKind kind) {
 
 // ---- the team ----------------------------------------------------------------------------
 
-// Threads for a layer of H units, B rows and a cell of `gates` gate blocks: at most torch's
-// intra-op threads, one unit block each at least, and kMinFlopsPerThread of a step's product
-// each.
-int64_t team_size(int64_t hidden, int64_t batch, int64_t gates = 4) {
+// Threads for a layer of H units and B rows whose step multiplies by `weights` elements (W_hh's
+// 4H x H for the LSTM; the projection's W_hr too): at most torch's intra-op threads, one unit
+// block each at least, and kMinFlopsPerThread of a step's products each.
+int64_t team_size(int64_t hidden, int64_t batch, int64_t weights) {
   const int64_t blocks = (hidden + kUnitBlock - 1) / kUnitBlock;
-  const double flops = 2.0 * batch * hidden * double(gates) * hidden;
+  const double flops = 2.0 * batch * double(weights);
   const int64_t by_work = std::max<int64_t>(1, static_cast<int64_t>(flops / kMinFlopsPerThread));
   return std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), blocks, by_work}));
 }
@@ -354,27 +364,63 @@ inline void backward_units(const BackwardStepParams& p, int64_t begin, int64_t e
 
 // ---- forward and backward of one layer ---------------------------------------------------
 
+// Blocks of kUnitBlock: the product of a block [B, n] into its place in out [B, ld_out] T,
+// through the float tile for bfloat16 (the product is float32 either way).
 template <typename T>
-bool forward_layer_t(PersistentForwardParams& p, const at::Tensor& w_hh) {
+void product_into(int64_t B, int64_t n, int64_t K, const T* a, int64_t lda, const T* panel,
+                  int64_t ldw, std::vector<float>& tile, T* out, int64_t ld_out) {
+  if constexpr (std::is_same<T, float>::value) {
+    product(B, n, K, a, lda, panel, ldw, out, ld_out);
+    (void)tile;
+  } else {
+    product(B, n, K, a, lda, panel, ldw, tile.data(), n);
+    for (int64_t b = 0; b < B; ++b) store(out + b * ld_out, tile.data() + b * n, n);
+  }
+}
+
+// Where block `block` (first column col0) of a packed weight begins: float32 packs are one
+// matrix (a column offset, `columns_per_unit` columns a unit), bfloat16 ones a panel of
+// panel_rows x ld per block.
+template <typename T>
+const T* panel_of(const T* packed, int64_t block, int64_t col0, int64_t columns_per_unit,
+                  int64_t panel_rows, int64_t ld) {
+  if constexpr (std::is_same<T, float>::value) return packed + columns_per_unit * col0;
+  return packed + block * panel_rows * ld;
+}
+
+// The chunk forward of one layer (p.cell_kind: the LSTM, the GRU, or the LSTM with projections
+// when p.projection > 0). One barrier a step; two with a projection: phase A (own H units: the
+// recurrent product and the cell's element: c, and m for the projection), barrier, phase B (own
+// P columns: m W_hr^T and the projection's element: h), barrier.
+template <typename T>
+bool forward_layer_t(PersistentForwardParams& p, const at::Tensor& w_hh, const at::Tensor& w_hr) {
   constexpr bool kBf16 = !std::is_same<T, float>::value;
   const int64_t gates = gates_of(p.cell_kind);
   const int64_t H = p.hidden, B = p.batch, G = gates * H;
+  const int64_t P = p.projection, O = P > 0 ? P : H;  // O: h's width, the product's K
   const bool timed = profiling_on();
   PhaseClock layer_clock(timed), pack_clock(timed);
-  const at::Tensor packed =  // float32: [H, G + pad]; bf16: a [H, gates U] VNNI panel per block
-      packed_weight(w_hh, kBf16 ? PackKind::kForwardVnni : PackKind::kForward);
+  const at::Tensor packed =  // float32: [O, G + pad]; bf16: an [O, gates U] VNNI panel per block
+      packed_weight(w_hh, kBf16 ? PackKind::kForwardVnni : PackKind::kForward, gates);
+  at::Tensor packed_hr;  // projection: float32 [H, P + pad] = W_hr^T; bf16 an [H, U] panel per block
+  if (P > 0) packed_hr = packed_weight(w_hr, kBf16 ? PackKind::kForwardVnni : PackKind::kForward, 1);
   pack_clock.lap(kPack);
   const T* wp = static_cast<const T*>(packed.data_ptr());
+  const T* wp_hr = P > 0 ? static_cast<const T*>(packed_hr.data_ptr()) : nullptr;
   const int64_t ldw = kBf16 ? gates * kUnitBlock : G + kLeadPad;
-  const int64_t threads = team_size(H, B, gates);
-  T* gates_h = static_cast<T*>(p.gates_h);  // [B, G]
+  const int64_t ld_hr = kBf16 ? kUnitBlock : P + kLeadPad;
+  const int64_t threads = team_size(H, B, w_hh.numel() + (P > 0 ? w_hr.numel() : 0));
+  T* gates_h = static_cast<T*>(p.gates_h);      // [B, G]
+  T* hidden_m = static_cast<T*>(p.hidden_m);    // projection: [B, H] m_t
+  T* projected = static_cast<T*>(p.projected);  // projection: [B, P] m_t W_hr^T
   run_team(threads, [&](int64_t t, int64_t n) {
-    int64_t first = 0, last = 0;
+    int64_t first = 0, last = 0, first_col = 0, last_col = 0;  // own blocks of H; of P
     own_blocks(H, t, n, &first, &last);
+    if (P > 0) own_blocks(P, t, n, &first_col, &last_col);
     PhaseClock clock(timed && t == 0);
     std::vector<float> tile(static_cast<size_t>(B * gates * kUnitBlock));  // [B, gates U]
     for (int64_t s = 0; s < p.steps; ++s) {
-      const T* h_prev = static_cast<const T*>(p.hidden_exchange) + (s & 1) * B * H;
+      const T* h_prev = static_cast<const T*>(p.hidden_exchange) + (s & 1) * B * O;  // [B, O]
       ForwardStepParams step;
       step.cell_kind = p.cell_kind;
       step.batch = B;
@@ -384,30 +430,44 @@ bool forward_layer_t(PersistentForwardParams& p, const at::Tensor& w_hh) {
       step.bias_hn = p.bias_hn;
       step.cell = p.cell;
       step.hidden_prev = h_prev;
-      step.hidden_next = static_cast<T*>(p.hidden_exchange) + ((s + 1) & 1) * B * H;
-      step.out = static_cast<T*>(p.out) + s * B * H;
+      step.hidden_next = static_cast<T*>(p.hidden_exchange) + ((s + 1) & 1) * B * O;
+      T* out = static_cast<T*>(p.out) + s * B * O;  // [B, O]
+      step.out = P > 0 ? hidden_m : out;
       set_record_targets(step, p.record, s, sizeof(T), p.scratch_gates, p.scratch_cell,
                          p.scratch_hidden);
       step.flags = p.flags != nullptr ? p.flags + s * B : p.no_flags;
       step.flags_next = (p.flags != nullptr && s + 1 < p.steps) ? p.flags + (s + 1) * B : p.no_flags;
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
-        const int64_t n = gates * units;  // the block's columns
-        if constexpr (kBf16) {
-          product(B, n, H, h_prev, H, wp + block * H * ldw, ldw, tile.data(), n);
-        } else {
-          product(B, n, H, h_prev, H, wp + gates * unit0, ldw, tile.data(), n);
-        }
+        const int64_t n_cols = gates * units;  // the block's columns, gates interleaved
+        product(B, n_cols, O, h_prev, O, panel_of(wp, block, unit0, gates, O, ldw), ldw,
+                tile.data(), n_cols);
         clock.lap(kProduct);
         for (int64_t b = 0; b < B; ++b) {  // interleaved gates -> gates_h's gate-major columns
           for (int64_t g = 0; g < gates; ++g) {
-            store(gates_h + b * G + g * H + unit0, tile.data() + b * n + g * units, units);
+            store(gates_h + b * G + g * H + unit0, tile.data() + b * n_cols + g * units, units);
           }
         }
         forward_units(step, unit0, unit0 + units, static_cast<T*>(nullptr));
         clock.lap(kElement);
       }
-      team_barrier(n);  // h_t of every unit written; slot s & 1 free again
+      team_barrier(n);  // h_t (m_t with a projection) of every unit written
+      clock.lap(kBarrier);
+      if (P == 0) continue;  // slot s & 1 is free again
+      ForwardStepParams projection = step;  // over [B, P]: h = m W_hr^T, hold, out, records
+      projection.cell_kind = CellKind::kProjection;
+      projection.hidden = P;
+      projection.gates_h = projected;
+      projection.out = out;
+      for (int64_t block = first_col; block < last_col; ++block) {
+        const int64_t col0 = block * kUnitBlock, cols = std::min(kUnitBlock, P - col0);
+        product_into(B, cols, H, hidden_m, H, panel_of(wp_hr, block, col0, 1, H, ld_hr), ld_hr,
+                     tile, projected + col0, P);
+        clock.lap(kProduct);
+        forward_units(projection, col0, col0 + cols, static_cast<T*>(nullptr));
+        clock.lap(kElement);
+      }
+      team_barrier(n);  // h_t of every column written; m free again
       clock.lap(kBarrier);
     }
     release_products(kBf16);
@@ -416,23 +476,35 @@ bool forward_layer_t(PersistentForwardParams& p, const at::Tensor& w_hh) {
   return true;
 }
 
+// The span backward of one layer, newest step first. Without a projection: the element pass
+// on own units (dG_t into the window buffer), barrier, dL/dh_{t-1}[:, own] = dG_t W_hh[:, own].
+// With one: phase A (own P columns: the projection's element, dh_eff), barrier, phase B (own H
+// units: dm = dh_eff W_hr[:, own], the LSTM's element with dL/dh = dm), barrier, phase C (own
+// P columns: dL/dh_{t-1} = dG_t W_hh[:, own]), which the same thread's next phase A reads.
 template <typename T>
-bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
+bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh, const at::Tensor& w_hr) {
   constexpr bool kBf16 = !std::is_same<T, float>::value;
   const int64_t gates = gates_of(p.cell_kind);
   const int64_t H = p.hidden, B = p.batch, G = gates * H, R = kRecordsPerUnit * H, W = p.steps;
+  const int64_t P = p.projection, O = P > 0 ? P : H;
   const bool timed = profiling_on();
   PhaseClock layer_clock(timed), pack_clock(timed);
-  const at::Tensor packed =  // float32: [G, H + pad]; bf16: a [G, U] VNNI panel per block
-      packed_weight(w_hh, kBf16 ? PackKind::kBackwardVnni : PackKind::kBackward);
+  const at::Tensor packed =  // float32: [G, O + pad]; bf16: a [G, U] VNNI panel per block of O
+      packed_weight(w_hh, kBf16 ? PackKind::kBackwardVnni : PackKind::kBackward, gates);
+  at::Tensor packed_hr;  // projection: float32 [P, H + pad] = W_hr; bf16 a [P, U] panel per block of H
+  if (P > 0) packed_hr = packed_weight(w_hr, kBf16 ? PackKind::kBackwardVnni : PackKind::kBackward, 1);
   pack_clock.lap(kPack);
   const T* wp = static_cast<const T*>(packed.data_ptr());
-  const int64_t ldw = kBf16 ? kUnitBlock : H + kLeadPad;
-  const int64_t threads = team_size(H, B, gates);
-  T* grad_hidden = static_cast<T*>(p.grad_hidden);  // [B, H]
+  const T* wp_hr = P > 0 ? static_cast<const T*>(packed_hr.data_ptr()) : nullptr;
+  const int64_t ldw = kBf16 ? kUnitBlock : O + kLeadPad;
+  const int64_t ld_hr = kBf16 ? kUnitBlock : H + kLeadPad;
+  const int64_t threads = team_size(H, B, w_hh.numel() + (P > 0 ? w_hr.numel() : 0));
+  T* grad_hidden = static_cast<T*>(p.grad_hidden);  // [B, O]
+  T* grad_m = static_cast<T*>(p.grad_m);            // projection: [B, H] dm
   run_team(threads, [&](int64_t t, int64_t n) {
-    int64_t first = 0, last = 0;
+    int64_t first = 0, last = 0, first_col = 0, last_col = 0;  // own blocks of H; of O
     own_blocks(H, t, n, &first, &last);
+    own_blocks(O, t, n, &first_col, &last_col);
     PhaseClock clock(timed && t == 0);
     std::vector<float> tile(kBf16 ? static_cast<size_t>(B * kUnitBlock) : 0);  // [B, U]
     for (int64_t j = W - 1; j >= 0; --j) {
@@ -445,15 +517,43 @@ bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
       step.flags_after = j < W - 1 ? p.flags + (j + 1) * B : p.no_flags;
       step.carry_scale = p.carry_scales != nullptr ? p.carry_scales[j] : 1.0;
       step.grad_out = j >= p.grad_out_first
-                          ? static_cast<const T*>(p.grad_out) + (j - p.grad_out_first) * B * H
+                          ? static_cast<const T*>(p.grad_out) + (j - p.grad_out_first) * B * O
                           : static_cast<const T*>(p.no_grad_out);
       step.grad_hidden_next = j == W - 1 ? p.grad_h_n : grad_hidden;
       step.grad_hidden_held = p.grad_held;
       step.grad_cell = p.grad_cell;
       step.grad_gates = static_cast<T*>(p.grad_gates) + j * B * R;
-      step.hidden_prev_seen = static_cast<T*>(p.hidden_prev_seen) + j * B * H;
+      step.hidden_prev_seen = static_cast<T*>(p.hidden_prev_seen) + j * B * O;
+      const T* grad_projected = nullptr;  // projection: [B, P] dh_eff of step j
+      if (P > 0) {
+        BackwardStepParams projection = step;  // over [B, P]
+        projection.cell_kind = CellKind::kProjection;
+        projection.hidden = P;
+        projection.grad_gates = static_cast<T*>(p.grad_projected) + j * B * P;
+        grad_projected = static_cast<const T*>(projection.grad_gates);
+        for (int64_t block = first_col; block < last_col; ++block) {
+          const int64_t col0 = block * kUnitBlock, cols = std::min(kUnitBlock, P - col0);
+          backward_units(projection, col0, col0 + cols, static_cast<T*>(nullptr));
+        }
+        clock.lap(kElement);
+        team_barrier(n);  // dh_eff of every column written
+        clock.lap(kBarrier);
+        // The LSTM's element over [B, H] with dL/dh = dm and nothing carried in h
+        // (lstmp_math.h): h's inputs are zeros, its outputs scratch.
+        step.cell_kind = CellKind::kLstm;
+        step.hidden_prev = p.zeros_h;
+        step.hidden_prev_seen = p.scratch_h;
+        step.grad_out = grad_m;
+        step.grad_hidden_next = p.zeros_h;
+        step.grad_hidden_held = p.held_h;
+      }
       for (int64_t block = first; block < last; ++block) {
         const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
+        if (P > 0) {  // dm[:, own] = dh_eff [B, P] @ W_hr[:, own]
+          product_into(B, units, P, grad_projected, P, panel_of(wp_hr, block, unit0, 1, P, ld_hr),
+                       ld_hr, tile, grad_m + unit0, H);
+          clock.lap(kProduct);
+        }
         backward_units(step, unit0, unit0 + units, static_cast<T*>(nullptr));
       }
       clock.lap(kElement);
@@ -461,20 +561,14 @@ bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
       clock.lap(kBarrier);
       // dL/dh_{t-1}[:, own] = dG_t @ W_hh[:, own]: read by this thread's next element pass only
       const T* dg = static_cast<const T*>(step.grad_gates);  // [B, R]: columns [0, G) of each row
-      for (int64_t block = first; block < last; ++block) {
-        const int64_t unit0 = block * kUnitBlock, units = std::min(kUnitBlock, H - unit0);
-        if constexpr (kBf16) {
-          product(B, units, G, dg, R, wp + block * G * ldw, ldw, tile.data(), units);
-          for (int64_t b = 0; b < B; ++b) {
-            store(grad_hidden + b * H + unit0, tile.data() + b * units, units);
-          }
-        } else {
-          product(B, units, G, dg, R, wp + unit0, ldw, grad_hidden + unit0, H);
-        }
+      for (int64_t block = first_col; block < last_col; ++block) {
+        const int64_t col0 = block * kUnitBlock, cols = std::min(kUnitBlock, O - col0);
+        product_into(B, cols, G, dg, R, panel_of(wp, block, col0, 1, G, ldw), ldw, tile,
+                     grad_hidden + col0, O);
       }
       clock.lap(kProduct);
-      // No barrier: the next step's element pass on these units reads only what this thread
-      // wrote, and the dG row it writes is not the one the others may still be reading.
+      // No barrier: the next step's first pass on these units (columns) reads only what this
+      // thread wrote, and the dG row it writes is not the one the others may still be reading.
     }
     release_products(kBf16);
   });
@@ -482,14 +576,16 @@ bool backward_layer_t(PersistentBackwardParams& p, const at::Tensor& w_hh) {
   return true;
 }
 
-bool forward_layer(PersistentForwardParams& p, at::ScalarType storage, const at::Tensor& w_hh) {
-  if (storage == at::kBFloat16) return forward_layer_t<c10::BFloat16>(p, w_hh);
-  return forward_layer_t<float>(p, w_hh);
+bool forward_layer(PersistentForwardParams& p, at::ScalarType storage, const at::Tensor& w_hh,
+                   const at::Tensor& w_hr) {
+  if (storage == at::kBFloat16) return forward_layer_t<c10::BFloat16>(p, w_hh, w_hr);
+  return forward_layer_t<float>(p, w_hh, w_hr);
 }
 
-bool backward_layer(PersistentBackwardParams& p, at::ScalarType storage, const at::Tensor& w_hh) {
-  if (storage == at::kBFloat16) return backward_layer_t<c10::BFloat16>(p, w_hh);
-  return backward_layer_t<float>(p, w_hh);
+bool backward_layer(PersistentBackwardParams& p, at::ScalarType storage, const at::Tensor& w_hh,
+                    const at::Tensor& w_hr) {
+  if (storage == at::kBFloat16) return backward_layer_t<c10::BFloat16>(p, w_hh, w_hr);
+  return backward_layer_t<float>(p, w_hh, w_hr);
 }
 
 std::atomic<bool>& path_flag() { return fused_enabled; }
@@ -532,16 +628,19 @@ std::string bf16_layout_check() {
 #endif
 }
 
-bool takes(CellKind cell, int64_t hidden, int64_t batch, int64_t steps, at::ScalarType storage) {
+// Every cell (the LSTM with projections: state_units = P); bfloat16 needs even K in every
+// product (H, and P).
+bool takes(CellKind cell, int64_t hidden, int64_t state_units, int64_t batch, int64_t steps,
+           at::ScalarType storage) {
+  (void)cell;
   (void)batch;
   (void)steps;
-  // The LSTM's and the GRU's layers (the LSTM with projections runs stepwise).
-  if (cell == CellKind::kLstmp || !path_flag().load()) return false;
+  if (!path_flag().load()) return false;
   if (storage == at::kFloat) {
     return hidden <= kMaxFusedHidden && fused_unavailable_reason(at::kFloat).empty();
   }
   if (storage == at::kBFloat16) {
-    return hidden % 2 == 0 && hidden <= kMaxFusedHiddenBf16 &&
+    return hidden % 2 == 0 && state_units % 2 == 0 && hidden <= kMaxFusedHiddenBf16 &&
            fused_unavailable_reason(at::kBFloat16).empty();
   }
   return false;
@@ -611,7 +710,7 @@ int64_t parallel_for_threads(int64_t tasks) {
 int64_t fused_team_threads(int64_t hidden, int64_t batch) {
   std::mutex mutex;
   std::set<std::thread::id> seen;
-  run_team(team_size(hidden, batch), [&](int64_t, int64_t) {
+  run_team(team_size(hidden, batch, 4 * hidden * hidden), [&](int64_t, int64_t) {
     std::lock_guard<std::mutex> lock(mutex);
     seen.insert(std::this_thread::get_id());
   });

@@ -144,40 +144,45 @@ TBPTT_CPU_FORWARD_ROWS(lstmp, LstmpCell, half, Fp16, float)
 
 }  // namespace
 
-// The fused layers' share of a step (fused_cpu.cpp): the LSTM's or the GRU's (p.cell_kind,
-// uniform over the call).
+// The fused layers' share of a step (fused_cpu.cpp): the element of p.cell_kind (uniform over
+// the call): the LSTM's, the GRU's, or the LSTM with projections' two passes (forward: pass 1
+// over [B, H] and the projection over [B, P]; backward: the projection, then the LSTM's).
+template <typename T, typename acc_t>
+__attribute__((always_inline)) inline void forward_units_of_cell(const ForwardStepParams& p,
+                                                                 int64_t b, int64_t e) {
+  switch (p.cell_kind) {
+    case CellKind::kGru: forward_units_of<GruCell, T, acc_t>(p, b, e); break;
+    case CellKind::kLstmp: forward_units_of<LstmpCell, T, acc_t>(p, b, e); break;
+    case CellKind::kProjection: forward_units_of<ProjectionPass, T, acc_t>(p, b, e); break;
+    default: forward_units_of<LstmCell, T, acc_t>(p, b, e);
+  }
+}
+template <typename T, typename acc_t>
+__attribute__((always_inline)) inline void backward_units_of_cell(const BackwardStepParams& p,
+                                                                  int64_t b, int64_t e) {
+  switch (p.cell_kind) {
+    case CellKind::kGru: backward_units_of<GruCell, T, acc_t>(p, b, e); break;
+    case CellKind::kProjection: backward_units_of<ProjectionPass, T, acc_t>(p, b, e); break;
+    default: backward_units_of<LstmCell, T, acc_t>(p, b, e);
+  }
+}
+
 TBPTT_CPU_CLONES void forward_units_float(const ForwardStepParams& p, int64_t unit_begin,
                                           int64_t unit_end) {
-  if (p.cell_kind == CellKind::kGru) {
-    forward_units_of<GruCell, float, float>(p, unit_begin, unit_end);
-  } else {
-    forward_units_of<LstmCell, float, float>(p, unit_begin, unit_end);
-  }
+  forward_units_of_cell<float, float>(p, unit_begin, unit_end);
 }
 TBPTT_CPU_CLONES void backward_units_float(const BackwardStepParams& p, int64_t unit_begin,
                                            int64_t unit_end) {
-  if (p.cell_kind == CellKind::kGru) {
-    backward_units_of<GruCell, float, float>(p, unit_begin, unit_end);
-  } else {
-    backward_units_of<LstmCell, float, float>(p, unit_begin, unit_end);
-  }
+  backward_units_of_cell<float, float>(p, unit_begin, unit_end);
 }
 
 TBPTT_CPU_CLONES void forward_units_bf16(const ForwardStepParams& p, int64_t unit_begin,
                                          int64_t unit_end) {
-  if (p.cell_kind == CellKind::kGru) {
-    forward_units_of<GruCell, Bf16, float>(p, unit_begin, unit_end);
-  } else {
-    forward_units_of<LstmCell, Bf16, float>(p, unit_begin, unit_end);
-  }
+  forward_units_of_cell<Bf16, float>(p, unit_begin, unit_end);
 }
 TBPTT_CPU_CLONES void backward_units_bf16(const BackwardStepParams& p, int64_t unit_begin,
                                           int64_t unit_end) {
-  if (p.cell_kind == CellKind::kGru) {
-    backward_units_of<GruCell, Bf16, float>(p, unit_begin, unit_end);
-  } else {
-    backward_units_of<LstmCell, Bf16, float>(p, unit_begin, unit_end);
-  }
+  backward_units_of_cell<Bf16, float>(p, unit_begin, unit_end);
 }
 
 namespace {

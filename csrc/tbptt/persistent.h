@@ -148,9 +148,14 @@ struct PersistentForwardParams {
   const uint8_t* flags;        // [L, B] u8     step flags, or nullptr: none
   const uint8_t* no_flags;     // [B] u8 zeros
   ForwardRecord record;        // where this layer's steps are recorded
-  void* scratch_gates;         // [B, G] T      where a step's gates go when not recorded
+  void* scratch_gates;         // [B, R] T      where a step's gates go when not recorded
   void* scratch_cell;          // [B, H] T
-  void* scratch_hidden;        // [B, H] T
+  void* scratch_hidden;        // [B, O] T
+  // The LSTM with projections (lstmp_math.h; the fused CPU layers only): h is P wide, so
+  // hidden_exchange is [2, B, P], out [L, B, P] and the h record P wide.
+  int64_t projection = 0;      // P; 0: no projection (h is H wide)
+  void* hidden_m = nullptr;    // [B, H] T      scratch: m_t = o tanh(c_t)
+  void* projected = nullptr;   // [B, P] T      scratch: m_t W_hr^T
 };
 
 // One layer's backward over a span of W steps, newest first.
@@ -177,7 +182,15 @@ struct PersistentBackwardParams {
                                //               (the GRU has none)
   void* grad_gates;            // [W, B, R] T   out: dL/d(pre-activations) (cells.h's layout; the
                                //               GRU's dGh is the first G = 3H of a row)
-  void* hidden_prev_seen;      // [W, B, H] T   out: h_{t-1} as each step saw it
+  void* hidden_prev_seen;      // [W, B, O] T   out: h_{t-1} as each step saw it
+  // The LSTM with projections (the fused CPU layers only): grad_out, grad_h_n, grad_hidden,
+  // grad_held and hidden_prev_seen are P wide (O = P).
+  int64_t projection = 0;      // P; 0: none
+  void* grad_projected = nullptr;  // [W, B, P] T  out: dh_eff of each step (lstmp_math.h)
+  void* grad_m = nullptr;      // [B, H] T      scratch: dm = dh_eff W_hr
+  const void* zeros_h = nullptr;  // [B, H] T   zeros: the LSTM element's h inputs
+  void* scratch_h = nullptr;   // [B, H] T      the LSTM element's h_{t-1} output (unread)
+  void* held_h = nullptr;      // [B, H] acc    zeros: nothing is carried in h over [B, H]
 };
 
 }  // namespace tbptt
