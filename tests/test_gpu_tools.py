@@ -561,15 +561,21 @@ def test_gpu_model_over_all_devices_ends_with_the_rule_table_of_each_family(tmp_
 # ---- the CUDA paths' benchmark ------------------------------------------------------------------
 
 @EMULATED
-def test_gpu_paths_smoke_runs_every_variant_under_emulation(tmp_path):
-    out = run_script("bench/gpu_paths.py", "--smoke", "--out", tmp_path / "paths.json")
+@pytest.mark.parametrize("cell", [None, "gru"])
+def test_gpu_paths_smoke_runs_every_variant_under_emulation(tmp_path, cell):
+    flags = ("--cell", cell) if cell else ()  # None: the LSTM, as without --cell
+    out = run_script("bench/gpu_paths.py", "--smoke", *flags, "--out", tmp_path / "paths.json")
     assert out.returncode == 0, out.stderr
     assert "MEANINGLESS" in out.stdout and "\n  n/a " not in out.stdout  # no variant failed
+    header = ("CUDA paths of the GRU (C: nn.GRU), us/step (MEANINGLESS" if cell else
+              "CUDA paths, us/step (MEANINGLESS")  # the LSTM's as before the GRU
+    assert out.stdout.startswith(header) and f"'cudnn' is nn.{'GRU' if cell else 'LSTM'} on" in out.stdout
     data = json.loads((tmp_path / "paths.json").read_text())
-    assert data["meaningless"] is True and data["steps"] == 4
-    assert [(r["dtype"], r["H"], r["B"]) for r in data["rows"]] == [("float32", 16, 2),
-                                                                      ("bfloat16", 16, 2)]
+    assert data["meaningless"] is True and data["steps"] == 4 and data["cell"] == (cell or "lstm")
+    assert [(r["cell"], r["dtype"], r["H"], r["B"]) for r in data["rows"]] == [
+        (cell or "lstm", "float32", 16, 2), (cell or "lstm", "bfloat16", 16, 2)]
     for row in data["rows"]:
+        assert row["modules"] == (["TruncatedGRU", "GRU"] if cell else ["TruncatedLSTM", "LSTM"])
         for variant in ("persistent", "stepwise", "cudnn"):
             assert row[f"{variant}_error"] is None
             assert row[f"{variant}_fwdbwd_us"] > 0 and row[f"{variant}_fwd_us"] > 0
