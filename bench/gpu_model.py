@@ -27,18 +27,27 @@ Every input is listed with its source; "assumption" marks what no measurement ba
 assumed one; with --paths-json (bench/gpu_paths.py's output) the measured us/step are printed
 next to the predicted ones. scripts/gpu_check.sh does both.
 
-The cells: Model.stepwise(..., cell="lstm"|"gru"|"lstmp", P) predicts the stepwise path of the
-GRU and of the LSTM with projections (proj_size P) as well, from the cell's counts (Cell, CELLS:
-gate blocks, GEMMs and pointwise passes per step, the GRU's dGh copies) turned into GEMM shapes
-and kernels by cell_work, one code path for all three (the LSTM's predictions are those it had
-before the cells). No persistent kernel exists for the GRU or LSTMP (csrc/lstm_driver.cpp offers
-them to the LSTM only), so --cell gru|lstmp|all prints, instead of the report above, a
-stepwise-only table per device of those cells next to the LSTM's (--proj P, default H/2).
+The cells: a Model is of one cell (Model(..., cell), build_model(device, cell=...)).
+Model.stepwise(..., cell="lstm"|"gru"|"lstmp", P) predicts the stepwise path of each (P: LSTMP's
+proj_size) from the cell's counts (Cell, CELLS: gate blocks, GEMMs and pointwise passes per
+step, the GRU's dGh copies) turned into GEMM shapes and kernels by cell_work, one code path for
+all three. The GRU's persistent kernels are the LSTM's templated on the cell (G = 3H), and
+Model.persistent predicts both with one code path over the cell's gate count (persistent_slices:
+forward the gates u rows of W_hh a block keeps, backward its [u, G] columns, k over G; the
+emulator's plan for that cell; the cell's window GEMMs and kernels). --cell gru prints the
+report above for the GRU, with, per family and dtype, the rule derived for it against the
+LSTM's rows it uses (csrc/persistent_dispatch.cpp has no GRU rows): "GRU derived rule vs the
+LSTM's rule in use". No persistent kernel exists for LSTMP (it needs two grid barriers a step):
+--cell lstmp prints a stepwise-only table per device of it next to the LSTM's (--proj P, default
+H/2); --cell all, the GRU's report and then that table for the GRU and LSTMP. The LSTM's
+predictions are those it had before the cells and before the GRU's persistent kernels.
 
     python bench/gpu_model.py [--device H100|A100|A10|RTX4090|L4|all] [--cpp-table]
                               [--json results/gpu_model.json] [--margin 0.8]
                               [--barrier-json F] [--paths-json F]
-    python bench/gpu_model.py --cell gru|lstmp|all [--proj P] [--device ...] [--json F]
+    python bench/gpu_model.py --cell gru [the options above]
+    python bench/gpu_model.py --cell lstmp [--proj P] [--device ...] [--json F]
+    python bench/gpu_model.py --cell all [--proj P] [the options above]
 """
 from __future__ import annotations
 
