@@ -27,18 +27,27 @@ Every input is listed with its source; "assumption" marks what no measurement ba
 assumed one; with --paths-json (bench/gpu_paths.py's output) the measured us/step are printed
 next to the predicted ones. scripts/gpu_check.sh does both.
 
-The cells: Model.stepwise(..., cell="lstm"|"gru"|"lstmp", P) predicts the stepwise path of the
-GRU and of the LSTM with projections (proj_size P) as well, from the cell's counts (Cell, CELLS:
-gate blocks, GEMMs and pointwise passes per step, the GRU's dGh copies) turned into GEMM shapes
-and kernels by cell_work, one code path for all three (the LSTM's predictions are those it had
-before the cells). No persistent kernel exists for the GRU or LSTMP (csrc/lstm_driver.cpp offers
-them to the LSTM only), so --cell gru|lstmp|all prints, instead of the report above, a
-stepwise-only table per device of those cells next to the LSTM's (--proj P, default H/2).
+The cells: a Model is of one cell (Model(..., cell), build_model(device, cell=...)).
+Model.stepwise(..., cell="lstm"|"gru"|"lstmp", P) predicts the stepwise path of each (P: LSTMP's
+proj_size) from the cell's counts (Cell, CELLS: gate blocks, GEMMs and pointwise passes per
+step, the GRU's dGh copies) turned into GEMM shapes and kernels by cell_work, one code path for
+all three. The GRU's persistent kernels are the LSTM's templated on the cell (G = 3H), and
+Model.persistent predicts both with one code path over the cell's gate count (persistent_slices:
+forward the gates u rows of W_hh a block keeps, backward its [u, G] columns, k over G; the
+emulator's plan for that cell; the cell's window GEMMs and kernels). --cell gru prints the
+report above for the GRU, with, per family and dtype, the rule derived for it against the
+LSTM's rows it uses (csrc/persistent_dispatch.cpp has no GRU rows): "GRU derived rule vs the
+LSTM's rule in use". No persistent kernel exists for LSTMP (it needs two grid barriers a step):
+--cell lstmp prints a stepwise-only table per device of it next to the LSTM's (--proj P, default
+H/2); --cell all, the GRU's report and then that table for the GRU and LSTMP. The LSTM's
+predictions are those it had before the cells and before the GRU's persistent kernels.
 
     python bench/gpu_model.py [--device H100|A100|A10|RTX4090|L4|all] [--cpp-table]
                               [--json results/gpu_model.json] [--margin 0.8]
                               [--barrier-json F] [--paths-json F]
-    python bench/gpu_model.py --cell gru|lstmp|all [--proj P] [--device ...] [--json F]
+    python bench/gpu_model.py --cell gru [the options above]
+    python bench/gpu_model.py --cell lstmp [--proj P] [--device ...] [--json F]
+    python bench/gpu_model.py --cell all [--proj P] [the options above]
 """
 from __future__ import annotations
 
@@ -435,10 +444,30 @@ def cell_work(cell, H, B, dtype, steps=CHUNK, P=None):
 _TILE_CACHE = {}
 
 
+def persistent_slices(cell, H, plan):
+    """What one block of the persistent kernels of `cell` keeps of W_hh [G, H], G = gates H
+    (tbptt/persistent.h shared_layout, the cell's kGates): forward the gate rows of its u units,
+    [gates u, H]; backward the u columns of all G rows, [u, G] (the k of its product runs over
+    G). The LSTM with projections has no persistent kernels."""
+    c = CELLS[cell]
+    if c.projected:
+        raise ValueError(f"gpu_model: the {cell} cell has no persistent kernels (it runs stepwise)")
+    forward_units, backward_units = plan["forward"]["units"], plan["backward"]["units"]
+    return {"gates": c.gates, "G": c.gates * H,
+            "forward_weight_rows": c.gates * forward_units,
+            "forward_weight_elements": c.gates * forward_units * H,
+            "backward_weight_elements": backward_units * c.gates * H}
+
+
 class Model:
-    def __init__(self, inputs, plan_of):
+    """The predictions for one layer of `cell` (CELLS) on one device: `inputs` (default_inputs),
+    `plan_of` (H, B, dtype) -> the persistent plan of that cell (tbptt_cuda.emulation.plan;
+    None where only the stepwise path is asked for)."""
+
+    def __init__(self, inputs, plan_of, cell="lstm"):
         self.p = {k: v.value for k, v in inputs.items()}
-        self.plan_of = plan_of  # (H, B, dtype) -> the plan dict of tbptt_cuda.emulation.plan
+        self.plan_of = plan_of
+        self.cell = cell
         self._tile_cache = _TILE_CACHE  # the tiles' geometry depends on no input: shared
 
     def us(self, clk):
@@ -457,12 +486,14 @@ class Model:
         by_bandwidth = elements * elem_bytes / self.p["l2_bytes_per_clk_sm"]
         return max(by_latency, by_bandwidth)
 
-    def ffma_tile(self, part, length, rows, elem_bytes, dtype, backward, width):
+    def ffma_tile(self, part, length, rows, elem_bytes, dtype, backward, width, gates):
         """Shared-memory wavefronts, FMA and other instructions of one tile's product in the
         FFMA kernels: the threads as product_tile maps them, every warp, one k iteration
         simulated at each parity and scaled by the slice length. width: elements in a row of
-        the weights (H forward, G backward); length: of the reduction (H, or the k chunk)."""
-        key = (tuple(sorted(part.items())), length, rows, elem_bytes, backward, width)
+        the weights (H forward, G backward); length: of the reduction (H, or the k chunk);
+        gates: the cell's gate blocks (forward, a thread reads that many weight rows of its
+        unit per k; backward, one)."""
+        key = (tuple(sorted(part.items())), length, rows, elem_bytes, backward, width, gates)
         if key in self._tile_cache:
             return self._tile_cache[key]
         units, threads, ks = part["units"], part["threads"], part["k_split"]
@@ -470,7 +501,8 @@ class Model:
         items = math.ceil(tile / ROWS_PER_THREAD) * units
         ws = padded_row(width, elem_bytes)
         ts = padded_row(part["k_chunk"], elem_bytes) if backward else ws
-        tile_offset = align16(units * (1 if backward else 4) * ws * elem_bytes)
+        weight_rows = 1 if backward else gates  # per unit
+        tile_offset = align16(units * weight_rows * ws * elem_bytes)
         per_slice = math.ceil(length / ks)
         wavefronts = fma = instructions = 0.0
         for warp in range(threads // 32):
@@ -494,7 +526,6 @@ class Model:
                         return (row * ws + k) * elem_bytes
                     return tile_offset + (row * ts + k) * elem_bytes
                 loads = []
-                weight_rows = 1 if backward else 4
                 for g in range(weight_rows):
                     loads.append([address(lane, lane[2] * weight_rows + g, True) if lane else None
                                   for lane in lanes])
@@ -502,8 +533,8 @@ class Model:
                     loads.append([address(lane, ROWS_PER_THREAD * lane[1] + r, False)
                                   if lane and r < lane[3] else None for lane in lanes])
                 per_trip += sum(bank_wavefronts(load, elem_bytes) for load in loads) / 2
-            fma_per_trip = max_rows * (1 if backward else 4)
-            loads_per_trip = (1 if backward else 4) + max_rows
+            fma_per_trip = max_rows * weight_rows
+            loads_per_trip = weight_rows + max_rows
             converts = loads_per_trip if elem_bytes == 2 else 0
             wavefronts += trips * per_trip
             fma += trips * fma_per_trip
@@ -512,9 +543,9 @@ class Model:
         self._tile_cache[key] = result
         return result
 
-    def ffma_compute_clk(self, part, length, rows, elem_bytes, dtype, backward, width):
+    def ffma_compute_clk(self, part, length, rows, elem_bytes, dtype, backward, width, gates):
         wavefronts, fma, instructions = self.ffma_tile(part, length, rows, elem_bytes, dtype,
-                                                       backward, width)
+                                                       backward, width, gates)
         lanes = self.p["fp64_fma_per_clk"] if dtype == "float64" else self.p["fp32_fma_per_clk"]
         busiest = max(wavefronts, fma / (lanes / 32), instructions / self.p["issue_per_clk"])
         return busiest / self.p["pipe_efficiency"]
@@ -575,18 +606,20 @@ class Model:
         floor, or the bytes streamed."""
         return max(self.p["kernel_floor_us"], nbytes / self.stream_bytes_per_us(nbytes))
 
-    def window_gemms_us(self, H, B, steps, dtype, cell="lstm", P=None):
+    def window_gemms_us(self, H, B, steps, dtype, cell=None, P=None):
         """Per step: the input projection forward (one GEMM per chunk), and backward dW_hh,
-        dW_ih, dx (and dW_hr for lstmp; one GEMM each per window), with their host time."""
-        work = cell_work(cell, H, B, dtype, steps, P)
+        dW_ih, dx (and dW_hr for lstmp; one GEMM each per window), with their host time; the
+        same on both paths. cell: the model's where None."""
+        work = cell_work(cell or self.cell, H, B, dtype, steps, P)
         return tuple((sum(self.gemm_us(flops, nbytes, dtype) for flops, nbytes in gemms)
                       + len(gemms) * self.p["host_gemm_us"]) / steps
                      for gemms in (work["window_fwd_gemms"], work["window_bwd_gemms"]))
 
-    def window_kernels_us(self, H, B, steps, dtype, cell="lstm", P=None):
+    def window_kernels_us(self, H, B, steps, dtype, cell=None, P=None):
         """Per step: the backward's window-wide elementwise kernels (the GRU's dGh and dGx
-        copies, LSTMP's rebuild of m), with their host time; none for the LSTM."""
-        kernels = cell_work(cell, H, B, dtype, steps, P)["window_bwd_kernels"]
+        copies, LSTMP's rebuild of m), with their host time; none for the LSTM. The same on
+        both paths (csrc/lstm_driver.cpp runs them after either). cell: the model's where None."""
+        kernels = cell_work(cell or self.cell, H, B, dtype, steps, P)["window_bwd_kernels"]
         return (sum(self.memory_kernel_us(nbytes) for nbytes in kernels)
                 + len(kernels) * self.p["host_launch_us"]) / steps
 
@@ -604,11 +637,12 @@ class Model:
 
     # ---- the three paths, us per step ---------------------------------------------------------
 
-    def stepwise(self, H, B, dtype, steps=CHUNK, cell="lstm", P=None):
+    def stepwise(self, H, B, dtype, steps=CHUNK, cell=None, P=None):
         """(forward us/step, forward+backward us/step, the terms) of the stepwise path of
-        `cell` (CELLS; P: lstmp's proj_size, default default_proj(H)): each step, forward and
-        again backward, is max(GPU, host) of its GEMMs and kernels (step_us); the window's
-        GEMMs and kernels are amortised over `steps`."""
+        `cell` (CELLS, the model's where None; P: lstmp's proj_size, default default_proj(H)):
+        each step, forward and again backward, is max(GPU, host) of its GEMMs and kernels
+        (step_us); the window's GEMMs and kernels are amortised over `steps`."""
+        cell = cell or self.cell
         work = cell_work(cell, H, B, dtype, steps, P)
         gpu, host = self.step_us(work, "fwd", dtype)
         bwd_gpu, bwd_host = self.step_us(work, "bwd", dtype)
@@ -624,10 +658,13 @@ class Model:
     def persistent(self, H, B, dtype, plan, variant="ffma", steps=CHUNK):
         """(forward us/step, forward+backward us/step, the terms) of the persistent kernels,
         variant "ffma" (float32/float64 as built) or "mma" (float16/bfloat16 as built; the ffma
-        variant of a 16-bit dtype is kept to show what the tensor cores buy)."""
+        variant of a 16-bit dtype is kept to show what the tensor cores buy), of the model's
+        cell: the LSTM's and the GRU's kernels are one template over the cell's gate count (G =
+        gates H, persistent_slices); the GRU's pointwise element is costed as the LSTM's."""
         s, acc = BYTES[dtype], ACC_BYTES[dtype]
         f, b = plan["forward"], plan["backward"]
-        G = 4 * H
+        slices = persistent_slices(self.cell, H, plan)
+        gates, G = slices["gates"], slices["G"]
         l2 = self.p["l2_latency_clk"]
         clk = defaultdict(float)  # forward terms, then backward ones, in clocks
         # forward: per batch tile, stage h_{t-1}, multiply, sum the slices, store gates_h
@@ -637,11 +674,12 @@ class Model:
                                                   + self.p["sync_block_clk"])
             if variant == "mma":
                 clk["fwd: product"] += self.mma_compute_clk(
-                    math.ceil(4 * f["units"] / 16), math.ceil(rows / 8), math.ceil(H / 16),
-                    f["threads"] // 32)
+                    math.ceil(slices["forward_weight_rows"] / 16), math.ceil(rows / 8),
+                    math.ceil(H / 16), f["threads"] // 32)
             else:
-                clk["fwd: product"] += self.ffma_compute_clk(f, H, rows, s, dtype, False, H)
-                clk["fwd: k-slice sums"] += self.reduce_clk(f, 16, acc)
+                clk["fwd: product"] += self.ffma_compute_clk(f, H, rows, s, dtype, False, H, gates)
+                # a thread's accumulators: ROWS_PER_THREAD batch rows x the gates of its unit
+                clk["fwd: k-slice sums"] += self.reduce_clk(f, ROWS_PER_THREAD * gates, acc)
             clk["fwd: product"] += self.p["sync_block_clk"]
         clk["fwd: pointwise"] = self.pointwise_clk(B * f["units"], f["threads"], l2)
         # backward: pointwise, barrier, then per batch tile and k chunk stage dG_t and multiply
@@ -657,25 +695,29 @@ class Model:
                         math.ceil(rows / 16), math.ceil(b["units"] / 8), math.ceil(cols / 16),
                         b["threads"] // 32)
                 else:
-                    clk["bwd: product"] += self.ffma_compute_clk(b, cols, rows, s, dtype, True, G)
+                    clk["bwd: product"] += self.ffma_compute_clk(b, cols, rows, s, dtype, True, G,
+                                                                 gates)
                 clk["bwd: product"] += self.p["sync_block_clk"]
             if variant != "mma":
-                clk["bwd: k-slice sums"] += self.reduce_clk(b, 4, acc)
+                clk["bwd: k-slice sums"] += self.reduce_clk(b, ROWS_PER_THREAD, acc)  # dL/dh rows
         terms = {name: self.us(value) for name, value in clk.items()}
         terms["fwd: grid barrier"] = terms["bwd: grid barrier"] = self.p["barrier_us"]
         # once per launch: the launch, the host glue, W_hh's slice loaded with the staging loop
         launch = self.p["coop_launch_us"] + self.p["persistent_host_us"]
         terms["fwd: launch + W_hh load, amortised"] = (launch + self.us(self.stage_clk(
-            4 * f["units"] * H, f["threads"], s, self.p["hbm_latency_clk"]))) / steps
+            slices["forward_weight_elements"], f["threads"], s, self.p["hbm_latency_clk"]))) / steps
         terms["bwd: launch + W_hh load, amortised"] = (launch + self.us(self.stage_clk(
-            b["units"] * G, b["threads"], s, self.p["hbm_latency_clk"]))) / steps
+            slices["backward_weight_elements"], b["threads"], s, self.p["hbm_latency_clk"]))) / steps
         terms["fwd: window GEMMs"], terms["bwd: window GEMMs"] = self.window_gemms_us(
             H, B, steps, dtype)
+        if cell_work(self.cell, H, B, dtype, steps)["window_bwd_kernels"]:  # the GRU's dGh, dGx
+            terms["bwd: window kernels"] = self.window_kernels_us(H, B, steps, dtype)
         forward = sum(v for k, v in terms.items() if k.startswith("fwd"))
         backward = sum(v for k, v in terms.items() if k.startswith("bwd"))
         return forward, forward + backward, terms
 
     def row(self, H, B, dtype, steps=CHUNK):
+        """The model's cell at one shape: its plan, the stepwise and persistent predictions."""
         plan = self.plan_of(H, B, dtype)
         out = {"H": H, "B": B, "dtype": dtype, "usable": plan["usable"], "reason": plan["reason"],
                "plan": {k: plan["forward"][k] for k in ("blocks", "units", "threads", "batch_tile",
@@ -895,8 +937,8 @@ def parse_device(text):
                                      f"{', '.join(DEVICE_NAMES)} or all")
 
 
-def build_model(device, barrier_json=None):
-    """(Model, inputs) of `device`, plans from the emulator's preset of that name."""
+def build_model(device, barrier_json=None, cell="lstm"):
+    """(Model, inputs) of `cell` on `device`, plans from the emulator's preset of that name."""
     from tbptt_cuda import emulation
 
     inputs = default_inputs(device)
@@ -909,10 +951,11 @@ def build_model(device, barrier_json=None):
             import torch
 
             plans[(H, B, dtype)] = emulation.plan(H, B, getattr(torch, dtype),
-                                                  sms=int(inputs["sms"].value), device=device)
+                                                  sms=int(inputs["sms"].value), device=device,
+                                                  cell=cell)
         return plans[(H, B, dtype)]
 
-    return Model(inputs, plan_of), inputs
+    return Model(inputs, plan_of, cell), inputs
 
 
 def built_rules(model, margin):
@@ -970,15 +1013,21 @@ def family_rule_tables(models, derived, margin):
     return reference, family_wide, notes
 
 
-def print_cpp_table(models, derived, margin):
-    """Prints the rule table of csrc/persistent_dispatch.cpp persistent_rule derived from each
-    family's reference device, how the family's other devices fare under it, and the table
-    derived from every modelled device of each family together; returns both tables."""
+def print_cpp_table(models, derived, margin, cell="lstm"):
+    """Prints the rule table of csrc/persistent_dispatch.cpp persistent_rule derived for `cell`
+    from each family's reference device, how the family's other devices fare under it, and
+    the table derived from every modelled device of each family together; for a cell other
+    than the LSTM (whose rows it uses), also how the rows in use compare with its own. Returns
+    both tables and that comparison ({} for the LSTM)."""
     reference, family_wide, notes = family_rule_tables(models, derived, margin)
-    print(f"\nDerived rule table (PREDICTIONS: persistent fwd+bwd < {margin} x stepwise, the "
+    target = ("for csrc/persistent_dispatch.cpp persistent_rule" if cell == "lstm" else
+              "the rows csrc/persistent_dispatch.cpp persistent_rule would hold for the "
+              f"{CELL_LABELS[cell]} were it keyed by cell (it is not: the {CELL_LABELS[cell]} "
+              "uses the LSTM's rows)")
+    print(f"\nDerived rule table{of_cell(cell).replace(' of', ' for')} (PREDICTIONS: persistent "
+          f"fwd+bwd < {margin} x stepwise, the "
           f"variant built for each dtype, float16 as bfloat16; reference device per family: "
-          f"{', '.join(f'{f} <- {d}' for f, d in FAMILY_REFERENCE.items())}), for "
-          "csrc/persistent_dispatch.cpp persistent_rule:")
+          f"{', '.join(f'{f} <- {d}' for f, d in FAMILY_REFERENCE.items())}), {target}:")
     print("  // {family, storage, B at most, B*H at most, L at least}")
     print("\n".join(cpp_rows(reference, notes)))
     print("The family's other devices under the reference device's rule (their own derived rule "
@@ -1013,23 +1062,87 @@ def print_cpp_table(models, derived, margin):
              "; the same as the reference rows."))
     if differs:
         print("\n".join(cpp_rows({f: family_wide[f] for f in differs})))
-    return reference, family_wide
+    rule_in_use = {}
+    if cell != "lstm":
+        in_use = current_rules()
+        print(f"{CELL_LABELS[cell]} derived rule vs the LSTM's rule in use, per family (derived "
+              "on its reference device; PREDICTIONS):")
+        for family in (f for f in FAMILIES if f in reference):
+            ref = FAMILY_REFERENCE[family]
+            for dtype in STORAGE_ENUM:
+                rule = in_use.get(family, {}).get(dtype)
+                agrees, words = rule_in_use_verdict(models[ref], derived[ref][dtype], rule, dtype,
+                                                    margin)
+                rule_in_use.setdefault(family, {})[dtype] = {
+                    "agrees": agrees, "in_use": list(rule) if rule else None,
+                    "derived": list(reference[family][dtype]), "verdict": words}
+                print(f"  {family:11s} {dtype:9s} in use {rule_words(rule)} | derived ({ref}) "
+                      f"{rule_words(reference[family][dtype])} | {words}")
+    return reference, family_wide, rule_in_use
 
 
 DEVICE_CAPABILITY = {}
 
 
-def report_device(device, args, barrier_json=None, note=None):
-    """Prints the model's inputs, predictions and rule comparison for one device (`note` under
-    its header); returns what --json writes for it, the model and the derived rules of the
-    variants built."""
+def of_cell(cell):
+    """The words naming a cell other than the LSTM in a report's headings ("" for the LSTM,
+    whose report reads as it did before the cells)."""
+    return "" if cell == "lstm" else f" of the {CELL_LABELS[cell]}"
+
+
+def rule_in_use_verdict(model, derived, rule, dtype, margin):
+    """(agrees, words): the rule row in use, (max_batch, max_batch_hidden, min_steps) or None,
+    against `derived` (derive_rule's output for the model's cell, which uses another cell's
+    rows: the GRU; dtype: the storage type of the row, float16 modelled as bfloat16): agrees
+    where the row is the one the derivation gives; else which limits differ, the grid shapes
+    the row in use sends the wrong way at L = CHUNK, and whether its L limit admits chunks
+    shorter than the shapes it admits need."""
+    if rule is None:
+        return False, "no row for this family and dtype in the table"
+    own = rule_of(derived)
+    if tuple(rule) == own:
+        return True, "agrees (the same row)"
+    limits = [f"{name} {mine} vs {theirs}" for name, mine, theirs
+              in zip(("B", "B*H", "L"), own, rule) if mine != theirs]
+    admitted, rejected = compare_rule(derived, rule)
+    admitted_wins = [(H, B) for H, B, win, _ in derived["shapes"]
+                     if win and B <= rule[0] and H * B <= rule[1]]
+    needed, where = min_steps_of(model, "bfloat16" if dtype == "float16" else dtype,
+                                 built_variant(dtype), margin, admitted_wins)
+    short = (f"; its L >= {rule[2]} admits chunks shorter than the {needed} steps the shapes "
+             f"it admits need (at H, B = {where})" if needed and needed > rule[2] else
+             "; conservative: no shape or chunk length it admits is predicted to lose"
+             if not admitted else "")
+    return False, (f"DISAGREES: {', '.join(limits)} (derived vs in use); at L = {CHUNK} the row "
+                   f"in use admits {len(admitted)} grid shapes predicted to lose {admitted[:4]}"
+                   f"{'...' if len(admitted) > 4 else ''}, rejects {len(rejected)} predicted to win "
+                   f"{rejected[:4]}{'...' if len(rejected) > 4 else ''}{short}")
+
+
+def rule_words(rule):
+    """A rule row (max_batch, max_batch_hidden, min_steps) as the reports write it."""
+    return f"B <= {rule[0]}, B*H <= {rule[1]}, L >= {rule[2]}" if rule else "none"
+
+
+def report_device(device, args, barrier_json=None, note=None, cell="lstm"):
+    """Prints the model's inputs, predictions and rule comparison for one layer of `cell`
+    (lstm, gru: the cells with persistent kernels) on one device (`note` under its header);
+    returns what --json writes for it, the model and the derived rules of the variants built."""
     from tbptt_cuda import emulation
 
     preset = emulation.devices()[device]
     family = family_of_capability(preset["capability"])
-    model, inputs = build_model(device, barrier_json)
+    model, inputs = build_model(device, barrier_json, cell)
     print("PREDICTIONS of bench/gpu_model.py (a cost model; nothing below was measured by it): "
-          f"{DEVICE_LABELS[device]}, one layer, I = H, chunk L = k2 = {CHUNK}; commit {git_commit()}")
+          f"{DEVICE_LABELS[device]}, one layer{of_cell(cell)}, I = H, chunk L = k2 = {CHUNK}; "
+          f"commit {git_commit()}")
+    if cell != "lstm":
+        print(f"The {CELL_LABELS[cell]}'s persistent kernels are the LSTM's, templated on the "
+              f"cell: G = {CELLS[cell].gates}H (a block keeps {CELLS[cell].gates}u rows of W_hh "
+              f"forward, [u, {CELLS[cell].gates}H] columns backward; the k of the backward "
+              "product runs over G), their plan the emulator's for this cell; its pointwise "
+              "element is costed as the LSTM's. csrc/persistent_dispatch.cpp's rule has no rows "
+              f"of its own for the {CELL_LABELS[cell]}: auto uses the LSTM's.")
     print(f"Device {device} (the emulator's preset): compute capability "
           f"{preset['capability'] // 10}.{preset['capability'] % 10}, {preset['sms']} SMs, "
           f"{preset['shared_bytes_per_sm']} B shared memory per SM "
@@ -1084,8 +1197,10 @@ def report_device(device, args, barrier_json=None, note=None):
     rules = current_rules()
     family_rules = rules.get(family, {})
     derived = {}
-    print(f"\nRule (csrc/persistent_dispatch.cpp persistent_rule, parsed; the {family} rows) vs "
-          f"the rule the PREDICTIONS imply (persistent fwd+bwd < {args.margin} x stepwise; grid "
+    in_use = "" if cell == "lstm" else f", the LSTM's, which the {CELL_LABELS[cell]} uses"
+    print(f"\nRule (csrc/persistent_dispatch.cpp persistent_rule, parsed; the {family} rows"
+          f"{in_use}) vs the rule the PREDICTIONS imply{of_cell(cell).replace(' of', ' for')} "
+          f"(persistent fwd+bwd < {args.margin} x stepwise; grid "
           f"H in {RULE_H}, B in {RULE_B}, usable plans only):")
     built_derived = {}  # dtype: the derivation of the variant built for it, shapes included
     for dtype in DTYPES + ("float16",):
@@ -1120,12 +1235,25 @@ def report_device(device, args, barrier_json=None, note=None):
                   f" | predicted: B <= {d['max_batch']}, B*H <= {d['max_batch_hidden']} (first "
                   f"loss at B*H = {d['first_loss_batch_hidden']}), {steps} | "
                   f"{verdict if variant == built_variant(dtype) else '(not built) ' + verdict}")
+    rule_in_use = {}  # a cell using the LSTM's rows: does the row it uses fit it?
+    if cell != "lstm":
+        print(f"\n{CELL_LABELS[cell]} derived rule vs the LSTM's rule in use (the {family} rows; "
+              f"derived on {device} for the variant built for each dtype, float16 as bfloat16; "
+              "PREDICTIONS):")
+        for dtype in STORAGE_ENUM:
+            rule, own = family_rules.get(dtype), rule_of(built_derived[dtype])
+            agrees, words = rule_in_use_verdict(model, built_derived[dtype], rule, dtype,
+                                                args.margin)
+            rule_in_use[dtype] = {"agrees": agrees, "in_use": list(rule) if rule else None,
+                                  "derived": list(own), "verdict": words}
+            print(f"  {family} {dtype:9s} in use {rule_words(rule)} | derived for the "
+                  f"{CELL_LABELS[cell]} {rule_words(own)} | {words}")
 
     print("\nThe same derivation under other inputs (max B, max B*H; PREDICTIONS):")
     scenario_results = {}
     scenarios = {**SCENARIOS, **DEVICE_SCENARIOS.get(device, {})}
     for name, changes in scenarios.items():
-        other = Model(with_inputs(inputs, changes), model.plan_of)
+        other = Model(with_inputs(inputs, changes), model.plan_of, model.cell)
         cells = []
         for dtype, variant in (("float32", "ffma"), ("bfloat16", "ffma"), ("bfloat16", "mma")):
             d = derive_rule(other, dtype, variant, args.margin)
@@ -1141,11 +1269,11 @@ def report_device(device, args, barrier_json=None, note=None):
     if args.paths_json and Path(args.paths_json).exists():
         measured = json.loads(Path(args.paths_json).read_text())
         print(f"\nMEASURED (bench/gpu_paths.py on {measured['header'].get('device')}) / PREDICTED, "
-              "forward+backward us/step:")
+              f"forward+backward us/step{of_cell(cell)}:")
         predicted = {(r["dtype"], r["H"], r["B"]): r for r in rows}
         for m in measured["rows"]:
             r = predicted.get((m["dtype"], m["H"], m["B"]))
-            if r is None:
+            if r is None or m.get("cell", "lstm") != cell:  # rows of before the cells: the LSTM's
                 continue
             parts = []
             built = f"{built_variant(m['dtype'])}_fwdbwd"
@@ -1154,11 +1282,13 @@ def report_device(device, args, barrier_json=None, note=None):
                 parts.append(f"{path} {fmt(got)} / {fmt(r[key])}")
             print(f"  {m['dtype']:9s} H={m['H']:5d} B={m['B']:3d}: " + "; ".join(parts))
 
-    report = {"device": device, "family": family, "preset": preset,
+    report = {"device": device, "cell": cell, "family": family, "preset": preset,
               "inputs": {k: dataclasses.asdict(v) for k, v in inputs.items()},
               "rows": rows, "derived_rules": derived, "scenarios": scenario_results,
               "current_rules": {k: list(v) for k, v in family_rules.items()},
               "rule_row": {dtype: list(rule_of(built_derived[dtype])) for dtype in STORAGE_ENUM}}
+    if rule_in_use:
+        report["rule_in_use_vs_derived"] = rule_in_use
     return report, model, {dtype: built_derived[dtype] for dtype in STORAGE_ENUM}
 
 
@@ -1191,15 +1321,18 @@ def cell_rows(model, cells, proj=None):
 def report_cells(device, cells, proj=None):
     """Prints the stepwise-only table of `cells` (gru, lstmp) against the LSTM for one device;
     returns what --json writes for it. Needs neither a GPU nor the emulator's plans."""
+    stepwise_only = [c for c in cells if CELLS[c].projected]  # no persistent kernels
+    with_persistent = ["lstm"] + [c for c in cells if not CELLS[c].projected]
     model = Model(default_inputs(device), plan_of=None)
     print("PREDICTIONS of bench/gpu_model.py (a cost model; nothing below was measured by it): "
           f"{DEVICE_LABELS[device]}, the stepwise CUDA path of one layer per cell, I = H, chunk "
           f"L = k2 = {CHUNK}; commit {git_commit()}")
-    print(f"No persistent kernel exists for the {' or the '.join(CELL_LABELS[c] for c in cells)}: "
-          "csrc/lstm_driver.cpp offers the persistent kernels to the LSTM only, so these cells run "
-          "the stepwise path (per step a cuBLAS GEMM and a pointwise kernel, each launched by the "
-          "host) at every shape. The LSTM columns are its stepwise path as well (its persistent "
-          "predictions: bench/gpu_model.py without --cell).")
+    print(f"No persistent kernel exists for the {' or the '.join(CELL_LABELS[c] for c in stepwise_only)}"
+          " (it needs two grid barriers a step): csrc/lstm_driver.cpp runs it stepwise (per step "
+          "cuBLAS GEMMs and pointwise kernels, each launched by the host) at every shape. The "
+          f"{' and '.join(CELL_LABELS[c] for c in with_persistent)} columns are the stepwise path "
+          "as well (their persistent predictions: bench/gpu_model.py without --cell"
+          + (", and with --cell gru" if "gru" in cells else "") + ").")
     print("Per step, forward and again backward (G = gates x H):")
     shapes = {
         "lstm": "1 GEMM [B, H] x [H, 4H] (backward [B, 4H] x [4H, H]) + 1 pointwise pass",
@@ -1268,9 +1401,13 @@ def main(argv=None):
     parser.add_argument("--paths-json", default=None,
                         help="bench/gpu_paths.py output: print the measured us/step next to the predicted")
     parser.add_argument("--cell", choices=("gru", "lstmp", "all"), default=None,
-                        help="print instead the stepwise-only table of this cell (all: gru and "
-                             "lstmp) next to the LSTM's, per --device (no persistent kernel "
-                             "exists for these cells); takes --device, --proj and --json only")
+                        help="gru: the report above for the GRU instead of the LSTM (its "
+                             "persistent kernels are the LSTM's over G = 3H; the rule derived "
+                             "for it against the LSTM's rows, which it uses); lstmp: the "
+                             "stepwise-only table of the LSTM with projections next to the "
+                             "LSTM's (no persistent kernel exists for it; takes --device, --proj "
+                             "and --json only); all: the GRU's report, then the stepwise-only "
+                             "table of both cells")
     parser.add_argument("--proj", type=int, default=None, metavar="P",
                         help="with --cell lstmp or all: the LSTMP's proj_size (default H/2; "
                              "0 < P < H, else that row is n/a)")
@@ -1279,11 +1416,12 @@ def main(argv=None):
         parser.error("--proj goes with --cell lstmp or --cell all")
     if args.proj is not None and args.proj <= 0:
         parser.error("--proj must be positive")
-    if args.cell and (args.cpp_table or args.paths_json or args.barrier_json):
-        parser.error("--cell prints the stepwise-only table: it takes no --cpp-table, "
+    if args.cell == "lstmp" and (args.cpp_table or args.paths_json or args.barrier_json):
+        parser.error("--cell lstmp prints the stepwise-only table: it takes no --cpp-table, "
                      "--paths-json or --barrier-json")
-    if args.cell:
-        return main_cells(args)
+    if args.cell == "lstmp":
+        return write_json(args.json, {"cell_tables": print_cell_tables(args)})
+    cell = "gru" if args.cell else "lstm"  # the cells with persistent kernels
 
     from tbptt_cuda import emulation
 
@@ -1306,31 +1444,39 @@ def main(argv=None):
         # with --device all, a measured barrier replaces the assumed one of its own device only
         use_barrier = barrier if (len(devices) == 1 or measured_on == device) else None
         reports[device], models[device], derived[device] = report_device(device, args, use_barrier,
-                                                                         note)
+                                                                         note, cell)
 
-    tables = None
+    out = {**reports[devices[0]]} if len(devices) == 1 else {"devices": reports}
     if args.device == "all" or args.cpp_table:
         for device in DEVICE_NAMES:
             if device not in models:  # the devices not reported on, with the inputs assumed
-                models[device], _ = build_model(device, barrier if measured_on == device else None)
+                models[device], _ = build_model(device, barrier if measured_on == device else None,
+                                                cell)
                 derived[device] = built_rules(models[device], args.margin)
-        tables = print_cpp_table(models, derived, args.margin)
+        reference, family_wide, rule_in_use = print_cpp_table(models, derived, args.margin, cell)
+        for key, table in (("family_rules", reference), ("family_rules_all_devices", family_wide)):
+            out[key] = {f: {d: list(r) for d, r in rows.items()} for f, rows in table.items()}
+        if rule_in_use:
+            out["family_rule_in_use_vs_derived"] = rule_in_use
+    if args.cell == "all":
+        print("\n" + "=" * 100 + "\n")
+        out["cell_tables"] = print_cell_tables(args)
+    return write_json(args.json, out)
 
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        if len(devices) == 1:
-            out = {"kind": "PREDICTIONS", "commit": git_commit(), **reports[devices[0]]}
-        else:
-            out = {"kind": "PREDICTIONS", "commit": git_commit(), "devices": reports}
-        if tables is not None:
-            for key, table in zip(("family_rules", "family_rules_all_devices"), tables):
-                out[key] = {f: {d: list(r) for d, r in rows.items()} for f, rows in table.items()}
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+
+def write_json(path, report):
+    """--json: `report` labelled PREDICTIONS with the commit, where a path is given; returns
+    main's exit status."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        out = {"kind": "PREDICTIONS", "commit": git_commit(), **report}
+        Path(path).write_text(json.dumps(out, indent=1, default=str))
     return 0
 
 
-def main_cells(args):
-    """--cell: the stepwise tables of the GRU and/or LSTMP per device (no plans, no emulator)."""
+def print_cell_tables(args):
+    """--cell lstmp or all: the stepwise tables of LSTMP (and the GRU) next to the LSTM's per
+    device (no plans, no emulator); returns them per device."""
     cells = ("gru", "lstmp") if args.cell == "all" else (args.cell,)
     devices = DEVICE_NAMES if args.device == "all" else (args.device or "H100",)
     reports = {}
@@ -1338,11 +1484,7 @@ def main_cells(args):
         if index:
             print("\n" + "=" * 100 + "\n")
         reports[device] = report_cells(device, cells, args.proj)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        out = {"kind": "PREDICTIONS", "commit": git_commit(), "cell_tables": reports}
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
-    return 0
+    return reports
 
 
 if __name__ == "__main__":

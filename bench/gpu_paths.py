@@ -1,15 +1,17 @@
 """Per-step time of the CUDA paths on a GPU: TruncatedLSTM with tbptt_cuda.set_cuda_path(
 "persistent") and ("stepwise") next to nn.LSTM (cuDNN) on the same work, forward and forward +
 backward of one chunk of L = 64 steps with k2 = 64 (one layer, I = H), for float32 and
-bfloat16, H in {256, 768, 1024}, B in {1, 16, 64}.
+bfloat16, H in {256, 768, 1024}, B in {1, 16, 64}. With --cell gru, TruncatedGRU next to
+nn.GRU instead (the GRU's persistent kernels are the LSTM's over G = 3H).
 
 Identical work for all three (the same weights, a random input, never all zero, and the same
 upstream gradient dL/dout), the state carried from chunk to chunk (detached for nn.LSTM);
 CUDA events around each chunk after a warm-up, the variants interleaved repetition by
 repetition, medians. Where the persistent plan does not fit (tbptt_cuda.cuda_plan(H, B,
-dtype)["usable"] is False), or a path fails, the table says n/a and why.
+dtype, cell)["usable"] is False), or a path fails, the table says n/a and why.
 
     python bench/gpu_paths.py [--out results/gpu_paths.json] [--repeats 15] [--warmup 3]
+                              [--cell lstm|gru]
                               [--dtypes float32,bfloat16] [--hidden 256,768,1024] [--batch 1,16,64]
     python bench/gpu_paths.py --smoke   # CPU tensors under tbptt_cuda.emulate_cuda(), H=16,
                                         # B=2, L=4: checks the script runs; timings meaningless
@@ -31,9 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import device_info, header_line  # noqa: E402
 
 import tbptt_cuda  # noqa: E402
-from tbptt_cuda import TruncatedLSTM, emulation  # noqa: E402
+from tbptt_cuda import TruncatedGRU, TruncatedLSTM, emulation  # noqa: E402
 
 VARIANTS = ("persistent", "stepwise", "cudnn")
+# per cell: ours, and torch's (cuDNN on a GPU) with the same parameters
+MODULES = {"lstm": (TruncatedLSTM, nn.LSTM), "gru": (TruncatedGRU, nn.GRU)}
+CELL_NAMES = {"lstm": "LSTM", "gru": "GRU"}
 
 
 class Timer:
@@ -56,14 +61,15 @@ class Timer:
 
 
 class Case:
-    """One (dtype, H, B): the modules, the data and a runner per variant and mode."""
+    """One (cell, dtype, H, B): the modules, the data and a runner per variant and mode."""
 
-    def __init__(self, dtype, H, B, L, device, smoke):
-        self.dtype, self.H, self.B, self.L = dtype, H, B, L
+    def __init__(self, dtype, H, B, L, device, smoke, cell="lstm"):
+        self.dtype, self.H, self.B, self.L, self.cell = dtype, H, B, L, cell
         self.smoke = smoke
         gen = torch.Generator().manual_seed(H * 1000 + B)
-        self.reference = nn.LSTM(H, H, 1).to(device=device, dtype=dtype)
-        self.ours = TruncatedLSTM(H, H, 1, k2=L, device=device, dtype=dtype)
+        ours, reference = MODULES[cell]
+        self.reference = reference(H, H, 1).to(device=device, dtype=dtype)
+        self.ours = ours(H, H, 1, k2=L, device=device, dtype=dtype)
         self.ours.load_state_dict(self.reference.state_dict())
         self.x = torch.randn(L, B, H, generator=gen).to(device=device, dtype=dtype)
         self.grad = torch.randn(L, B, H, generator=gen).to(device=device, dtype=dtype)
@@ -84,10 +90,10 @@ class Case:
         for p in module.parameters():
             p.grad = None
         with self.path_context(variant) as stats:
-            if variant == "cudnn":
-                state = self.state["cudnn"]
-                out, (h, c) = module(self.x, state)
-                self.state["cudnn"] = (h.detach(), c.detach())
+            if variant == "cudnn":  # the state: (h, c) for the LSTM, h for the GRU
+                out, state = module(self.x, self.state["cudnn"])
+                self.state["cudnn"] = (tuple(s.detach() for s in state) if isinstance(state, tuple)
+                                       else state.detach())
             else:
                 out, self.state[variant] = module(self.x, self.state[variant])
             if backward:
@@ -97,9 +103,10 @@ class Case:
                 self.launches[variant][name] = self.launches[variant].get(name, 0) + count
 
 
-def unusable_reason(dtype, H, B, smoke):
-    """Why the persistent path cannot run this shape, or None."""
-    plan = (emulation.plan(H, B, dtype) if smoke else tbptt_cuda.cuda_plan(H, B, dtype))
+def unusable_reason(dtype, H, B, smoke, cell="lstm"):
+    """Why the persistent path cannot run this shape of `cell`, or None."""
+    plan = (emulation.plan(H, B, dtype, cell=cell) if smoke
+            else tbptt_cuda.cuda_plan(H, B, dtype, cell=cell))
     return None if plan["usable"] else plan["reason"]
 
 
@@ -107,7 +114,7 @@ def measure(case, timer, repeats, warmup):
     """{variant: {"fwd": ms, "fwdbwd": ms} or {"error": reason}}: medians over repetitions in
     which the variants take turns."""
     results, runnable = {}, []
-    reason = unusable_reason(case.dtype, case.H, case.B, case.smoke)
+    reason = unusable_reason(case.dtype, case.H, case.B, case.smoke, case.cell)
     for variant in VARIANTS:
         if variant == "persistent" and reason:
             results[variant] = {"error": f"no persistent plan: {reason}"}
@@ -147,6 +154,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="L = k2 (default 64)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--cell", choices=tuple(MODULES), default="lstm",
+                        help="TruncatedLSTM next to nn.LSTM (default), or TruncatedGRU next to nn.GRU")
     args = parser.parse_args(argv)
 
     smoke = args.smoke
@@ -168,9 +177,10 @@ def main(argv=None):
         for dtype in dtypes:
             for H in hidden:
                 for B in batch:
-                    case = Case(dtype, H, B, L, device, smoke)
+                    case = Case(dtype, H, B, L, device, smoke, args.cell)
                     results = measure(case, timer, repeats, warmup)
-                    row = {"dtype": str(dtype).replace("torch.", ""), "H": H, "B": B, "L": L}
+                    row = {"cell": args.cell, "dtype": str(dtype).replace("torch.", ""), "H": H,
+                           "B": B, "L": L}
                     for variant, result in results.items():
                         for mode in ("fwd", "fwdbwd"):
                             ms = result.get(mode)
@@ -178,6 +188,8 @@ def main(argv=None):
                         row[f"{variant}_error"] = result.get("error")
                         if smoke:
                             row[f"{variant}_launches"] = case.launches[variant]
+                    if smoke:  # what ran: ours, and torch's
+                        row["modules"] = [type(m).__name__ for m in (case.ours, case.reference)]
                     rows.append(row)
     finally:
         if not smoke:
@@ -185,9 +197,11 @@ def main(argv=None):
     if not smoke:
         info["sm_clock_mhz_after"] = device_info("cuda")["sm_clock_mhz"]  # warm now
 
+    torch_module = MODULES[args.cell][1].__name__
     label = ("MEANINGLESS timings (--smoke: CPU tensors through the SIMT emulator; 'cudnn' is "
-             "nn.LSTM on the CPU)" if smoke else "MEASURED")
-    print(f"CUDA paths, us/step ({label}) on {header_line(info)}")
+             f"nn.{torch_module} on the CPU)" if smoke else "MEASURED")
+    of_cell = "" if args.cell == "lstm" else f" of the {CELL_NAMES[args.cell]} (C: nn.{torch_module})"
+    print(f"CUDA paths{of_cell}, us/step ({label}) on {header_line(info)}")
     if not smoke:
         print(f"(SM clock after the runs: {info['sm_clock_mhz_after']} MHz)")
     print(f"One layer, I = H, chunks of L = {L} with k2 = {L}; "
@@ -211,7 +225,8 @@ def main(argv=None):
         print(note)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"header": info, "meaningless": smoke, "steps": L,
+        Path(args.out).write_text(json.dumps({"header": info, "cell": args.cell,
+                                              "meaningless": smoke, "steps": L,
                                               "repeats": repeats, "rows": rows}, indent=1))
     return 0
 

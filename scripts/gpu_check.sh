@@ -2,8 +2,8 @@
 # On a GPU machine (preinstalled python3 with torch 2.11.0+cu130, no package registry, no
 # venv): build in place, report the build, run the whole test suite (CUDA cases included),
 # compute-sanitizer memcheck, racecheck and synccheck on a short run of both CUDA paths, then
-# the grid-barrier microbenchmark, the per-step times of the CUDA paths next to cuDNN, and the
-# cost model's predictions for comparison. Each step has a time budget (the whole is meant to
+# the grid-barrier microbenchmark, the per-step times of the CUDA paths next to cuDNN (the LSTM,
+# then the GRU at a few shapes), and the cost model's predictions for comparison (each cell). Each step has a time budget (the whole is meant to
 # take under 10 minutes on an H100); logs and JSON go to $OUT (or results/); the measured
 # tables and a summary (device, clocks, commit, each step's status) are printed last.
 #   FULL_BENCH=1   also run the pytest-benchmark suite (long)
@@ -36,7 +36,7 @@ clocks() { nvidia-smi --query-gpu=clocks.sm,clocks.max.sm --format=csv,noheader 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 
 # budgets (seconds): build 240, info 60, tests 240, each sanitizer 120, barrier 60, paths 180,
-# model 60; the steps that follow a failed build are skipped
+# paths_gru 90, model 60, model_gru 60; the steps that follow a failed build are skipped
 if ! step build 240 build.log python3 setup.py build_ext --inplace; then
   tail -n 40 "$OUT/build.log"
 else
@@ -52,8 +52,14 @@ else
   step barrier 60 barrier_latency.log python3 bench/barrier_latency.py --blocks 96 128 0 --threads 256 \
     --out "$OUT/barrier_latency.json"
   step paths 180 gpu_paths.log python3 bench/gpu_paths.py --out "$OUT/gpu_paths.json"
+  # the GRU: 8 of the LSTM's 18 shapes (its persistent kernels are the LSTM's over G = 3H)
+  step paths_gru 90 gpu_paths_gru.log python3 bench/gpu_paths.py --cell gru --hidden 256,768 \
+    --batch 1,16 --out "$OUT/gpu_paths_gru.json"
   step model 60 gpu_model.log python3 bench/gpu_model.py --barrier-json "$OUT/barrier_latency.json" \
     --paths-json "$OUT/gpu_paths.json" --json "$OUT/gpu_model.json"
+  step model_gru 60 gpu_model_gru.log python3 bench/gpu_model.py --cell gru \
+    --barrier-json "$OUT/barrier_latency.json" --paths-json "$OUT/gpu_paths_gru.json" \
+    --json "$OUT/gpu_model_gru.json"
   if [ -n "${FULL_BENCH:-}" ] && [ -f bench/summary.py ]; then
     step bench 1800 bench.log python3 -m pytest bench -q --benchmark-only --bench-device cuda \
       --benchmark-json="$OUT/bench.json"
@@ -61,8 +67,11 @@ else
   fi
   echo "== grid barrier (measured)"; cat "$OUT/barrier_latency.log"
   echo "== CUDA paths (measured)"; cat "$OUT/gpu_paths.log"
+  echo "== CUDA paths of the GRU (measured)"; cat "$OUT/gpu_paths_gru.log"
   echo "== cost model: the rule it derives (predictions; the whole output: $OUT/gpu_model.log)"
   grep -E "rule: |MEASURED|: persistent" "$OUT/gpu_model.log" | cut -c1-240
+  echo "== cost model, the GRU: its derived rule vs the LSTM's rows it uses (predictions; $OUT/gpu_model_gru.log)"
+  grep -E " in use |MEASURED|: persistent" "$OUT/gpu_model_gru.log" | cut -c1-240
 fi
 echo "== $(cat "$OUT/gpu.txt") | SM clock now, max: $(clocks) | torch $(python3 -c 'import torch; print(torch.__version__)' 2>&1) | commit $TBPTT_COMMIT | ${SECONDS}s in all"
 printf '%s\n' "${summary[@]}"

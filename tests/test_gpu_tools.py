@@ -257,11 +257,16 @@ def test_gpu_model_lstmp_runs_two_gemms_and_two_passes_per_step():
     assert terms["bwd host"] == terms["host: mm_out + launch"]
 
 
+@EMULATED
 def test_gpu_model_cell_flag_prints_the_stepwise_tables(tmp_path, capsys):
     assert gpu_model.main(["--cell", "all", "--device", "H100", "--json", str(tmp_path / "c.json")]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("PREDICTIONS") and "the stepwise CUDA path of one layer per cell" in text
-    assert "No persistent kernel exists for the GRU or the LSTM with projections" in text
+    # all: the GRU's report (persistent kernels: test_gpu_model_reports_the_gru_...), then the
+    # stepwise tables of both cells next to the LSTM's
+    assert text.startswith("PREDICTIONS") and "H100 SXM, one layer of the GRU" in text
+    text = text[text.index("the stepwise CUDA path of one layer per cell"):]
+    assert "No persistent kernel exists for the LSTM with projections (LSTMP) (it needs two grid" in text
+    assert "persistent kernel exists for the GRU" not in text
     lines = text.splitlines()
     for dtype in gpu_model.DTYPES:
         for H in gpu_model.TABLE_H:
@@ -279,9 +284,156 @@ def test_gpu_model_cell_flag_prints_the_stepwise_tables(tmp_path, capsys):
     text = capsys.readouterr().out
     assert re.search(r"^float32\s+256\s+1 \|.*\|\s+n/a\s+n/a", text, re.M)  # P >= H
     assert "GRU" not in text.split("PREDICTED us/step")[1]
-    for bad in (["--cell", "gru", "--proj", "8"], ["--cell", "all", "--cpp-table"]):
+    for bad in (["--cell", "gru", "--proj", "8"], ["--cell", "lstmp", "--cpp-table"]):
         with pytest.raises(SystemExit):
             gpu_model.main(bad)
+
+
+# (device, H, B, dtype, variant, steps, fwd us/step, fwd+bwd us/step) of the LSTM's persistent
+# kernels as bench/gpu_model.py predicted them before it modelled the GRU's (b5d2ff7)
+LSTM_PERSISTENT_BEFORE_THE_GRU = [
+    ("H100", 256, 1, "float32", "ffma", 64, 2.387043367346939, 5.500479591836735),
+    ("H100", 768, 16, "bfloat16", "mma", 64, 3.151334260408163, 8.21727071510204),
+    ("H100", 768, 16, "bfloat16", "ffma", 64, 7.539905688979593, 24.077352347755102),
+    ("H100", 512, 64, "float64", "ffma", 64, 24.682635140408166, 91.62972933714286),
+    ("A100", 512, 8, "float32", "ffma", 16, 9.569580143402696, 31.08437427168576),
+    ("L4", 512, 4, "bfloat16", "mma", 64, 2.2632777432306255, 6.771261358076565),
+]
+
+
+@EMULATED
+@pytest.mark.parametrize("device,H,B,dtype,variant,steps,fwd,fwdbwd", LSTM_PERSISTENT_BEFORE_THE_GRU)
+def test_gpu_model_lstm_persistent_predictions_are_those_before_the_gru(device, H, B, dtype, variant,
+                                                                        steps, fwd, fwdbwd):
+    model, _ = gpu_model.build_model(device)
+    assert model.cell == "lstm"
+    got = model.persistent(H, B, dtype, model.plan_of(H, B, dtype), variant, steps)
+    assert got[:2] == (fwd, fwdbwd)  # bit for bit
+    assert "bwd: window kernels" not in got[2]  # the LSTM has none
+
+
+class StagingSpy(gpu_model.Model):
+    """Records what the persistent prediction stages and multiplies."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.staged, self.mma_m_tiles, self.ffma_gates = [], [], []
+
+    def stage_clk(self, elements, threads, elem_bytes, latency):
+        self.staged.append((elements, latency))
+        return super().stage_clk(elements, threads, elem_bytes, latency)
+
+    def mma_compute_clk(self, m_tiles, n_tiles, k_steps, warps):
+        self.mma_m_tiles.append(m_tiles)
+        return super().mma_compute_clk(m_tiles, n_tiles, k_steps, warps)
+
+    def ffma_compute_clk(self, part, length, rows, elem_bytes, dtype, backward, width, gates):
+        self.ffma_gates.append((backward, width, gates))
+        return super().ffma_compute_clk(part, length, rows, elem_bytes, dtype, backward, width, gates)
+
+
+@EMULATED
+@pytest.mark.parametrize("H,B,dtype,variant", [(256, 1, "float32", "ffma"), (768, 16, "bfloat16", "mma"),
+                                                (768, 16, "bfloat16", "ffma")])
+def test_gpu_model_gru_persistent_kernels_hold_three_quarters_of_the_lstms_weights(H, B, dtype, variant):
+    lstm, inputs = gpu_model.build_model("H100")
+    plan = lstm.plan_of(H, B, dtype)  # the same plan for both cells: only G differs
+    u_fwd, u_bwd = plan["forward"]["units"], plan["backward"]["units"]
+    slices = {cell: gpu_model.persistent_slices(cell, H, plan) for cell in ("lstm", "gru")}
+    assert slices["lstm"] == {"gates": 4, "G": 4 * H, "forward_weight_rows": 4 * u_fwd,
+                              "forward_weight_elements": 4 * u_fwd * H,
+                              "backward_weight_elements": u_bwd * 4 * H}
+    for key in ("G", "forward_weight_rows", "forward_weight_elements", "backward_weight_elements"):
+        assert 4 * slices["gru"][key] == 3 * slices["lstm"][key], key
+    with pytest.raises(ValueError, match="no persistent kernels"):
+        gpu_model.persistent_slices("lstmp", H, plan)
+
+    spies = {cell: StagingSpy(inputs, lstm.plan_of, cell) for cell in ("lstm", "gru")}
+    results = {cell: spy.persistent(H, B, dtype, plan, variant) for cell, spy in spies.items()}
+    hbm, l2 = inputs["hbm_latency_clk"].value, inputs["l2_latency_clk"].value
+    for cell, spy in spies.items():
+        G = slices[cell]["G"]
+        # W_hh's slices loaded once per launch: [gates u, H] forward, [u, G] backward
+        assert [e for e, latency in spy.staged if latency == hbm] == [
+            slices[cell]["forward_weight_elements"], slices[cell]["backward_weight_elements"]]
+        # per step: h_{t-1} [B, H] forward, dG_t [B, G] backward (k over G)
+        assert sum(e for e, latency in spy.staged if latency == l2) == B * H + B * G
+        if variant == "mma":  # forward A tiles: 16 rows of the [gates u] weight rows
+            assert spy.mma_m_tiles[0] == -(-slices[cell]["forward_weight_rows"] // 16)
+        else:
+            assert {g for _, _, g in spy.ffma_gates} == {slices[cell]["gates"]}
+            assert {w for backward, w, _ in spy.ffma_gates if backward} == {G}
+    # the window's GEMMs (3/4 of the LSTM's) and the GRU's dGh/dGx copies, as on the stepwise path
+    gru_terms, lstm_terms = results["gru"][2], results["lstm"][2]
+    window = spies["gru"].window_gemms_us(H, B, gpu_model.CHUNK, dtype)
+    assert (gru_terms["fwd: window GEMMs"], gru_terms["bwd: window GEMMs"]) == window
+    assert window == spies["lstm"].window_gemms_us(H, B, gpu_model.CHUNK, dtype, cell="gru")
+    assert gru_terms["bwd: window kernels"] == spies["gru"].window_kernels_us(H, B, gpu_model.CHUNK, dtype) > 0
+    # FFMA: 3 weight rows per unit instead of 4; mma: the same where 3u and 4u pad to the same
+    # count of 16-row tiles (u = 8: 2 tiles each)
+    assert gru_terms["fwd: product"] < lstm_terms["fwd: product"] or (
+        variant == "mma" and -(-3 * u_fwd // 16) == -(-4 * u_fwd // 16)
+        and gru_terms["fwd: product"] == lstm_terms["fwd: product"])
+    assert results["gru"][1] != results["lstm"][1]
+
+
+@EMULATED
+def test_gpu_model_ffma_forward_tile_issues_three_quarters_of_the_lstms_fma_for_the_gru():
+    model, _ = gpu_model.build_model("H100")
+    part = model.plan_of(768, 16, "float32")["forward"]
+    lstm = model.ffma_tile(part, 768, 16, 4, "float32", False, 768, 4)
+    gru = model.ffma_tile(part, 768, 16, 4, "float32", False, 768, 3)
+    assert 4 * gru[1] == 3 * lstm[1]  # FMA: rows x gates per k
+    assert gru[0] < lstm[0] and gru[2] < lstm[2]  # fewer weight loads, wavefronts and instructions
+
+
+@EMULATED
+def test_gpu_model_reports_the_gru_against_the_lstms_rule_rows(tmp_path, capsys):
+    paths = {"header": {"device": "test GPU"}, "cell": "gru", "rows": [
+        {"cell": "gru", "dtype": "float32", "H": 256, "B": 1, "persistent_fwdbwd_us": 4.25,
+         "stepwise_fwdbwd_us": 20.5},
+        {"cell": "lstm", "dtype": "float32", "H": 768, "B": 1, "persistent_fwdbwd_us": 9.75,
+         "stepwise_fwdbwd_us": 21.5}]}
+    (tmp_path / "paths.json").write_text(json.dumps(paths))
+    assert gpu_model.main(["--cell", "gru", "--device", "H100", "--cpp-table", "--paths-json",
+                           str(tmp_path / "paths.json"), "--json", str(tmp_path / "gru.json")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("PREDICTIONS") and "H100 SXM, one layer of the GRU" in text
+    assert "No persistent kernel" not in text
+    lines = text.splitlines()
+    for dtype in gpu_model.DTYPES:  # one row per shape: plan, stepwise and persistent
+        for H in gpu_model.TABLE_H:
+            for B in gpu_model.TABLE_B:
+                assert sum(bool(re.match(rf"{dtype}\s+{H}\s+{B}\s+\S.* \|\s+\d+\.\d+\s+\d+\.\d+ ", line))
+                           for line in lines) == 1, (dtype, H, B)
+    assert "the sm_90 rows, the LSTM's, which the GRU uses" in text
+    for dtype in gpu_model.STORAGE_ENUM:
+        assert re.search(rf"^  sm_90 {dtype}\s+in use B <= \d+, B\*H <= \d+, L >= \d+ \| derived for "
+                         rf"the GRU B <= \d+, B\*H <= \d+, L >= \d+ \| (agrees|DISAGREES)", text, re.M)
+        for family in gpu_model.FAMILIES:  # --cpp-table: every family's reference device
+            assert re.search(rf"^  {family}\s+{dtype}\s+in use .* \| derived \(\w+\) B <= .* \| "
+                             rf"(agrees|DISAGREES)", text, re.M), (family, dtype)
+    assert "Derived rule table for the GRU" in text and "it is not: the GRU uses the LSTM's rows" in text
+    # the measured GRU row only, not the LSTM's
+    assert re.search(r"MEASURED .* forward\+backward us/step of the GRU:\n  float32\s+H=\s*256 B=\s*1: "
+                     r"persistent\s+4\.2 /", text)
+    assert "H=  768 B=  1: persistent" not in text
+    data = json.loads((tmp_path / "gru.json").read_text())
+    assert data["kind"] == "PREDICTIONS" and data["cell"] == "gru"
+    assert data["current_rules"] == {k: list(v) for k, v in gpu_model.current_rules()["sm_90"].items()}
+    verdicts = data["rule_in_use_vs_derived"]
+    assert set(verdicts) == set(gpu_model.STORAGE_ENUM)
+    for dtype, v in verdicts.items():
+        assert v["agrees"] == (v["in_use"] == v["derived"]), dtype
+        assert v["derived"] == data["rule_row"][dtype]
+    assert {f: set(rows) for f, rows in data["family_rule_in_use_vs_derived"].items()} == {
+        f: set(gpu_model.STORAGE_ENUM) for f in gpu_model.FAMILIES}
+    # the GRU's own predictions, not the LSTM's: the same shape predicted again per cell
+    lstm, _ = gpu_model.build_model("H100")
+    gru, _ = gpu_model.build_model("H100", cell="gru")
+    row = next(r for r in data["rows"] if (r["dtype"], r["H"], r["B"]) == ("bfloat16", 768, 16))
+    assert row["mma_fwdbwd"] == gru.row(768, 16, "bfloat16")["mma_fwdbwd"] != lstm.row(768, 16, "bfloat16")["mma_fwdbwd"]
+    assert row["stepwise_fwdbwd"] == gru.stepwise(768, 16, "bfloat16", cell="gru")[1]
 
 
 @EMULATED
@@ -409,15 +561,21 @@ def test_gpu_model_over_all_devices_ends_with_the_rule_table_of_each_family(tmp_
 # ---- the CUDA paths' benchmark ------------------------------------------------------------------
 
 @EMULATED
-def test_gpu_paths_smoke_runs_every_variant_under_emulation(tmp_path):
-    out = run_script("bench/gpu_paths.py", "--smoke", "--out", tmp_path / "paths.json")
+@pytest.mark.parametrize("cell", [None, "gru"])
+def test_gpu_paths_smoke_runs_every_variant_under_emulation(tmp_path, cell):
+    flags = ("--cell", cell) if cell else ()  # None: the LSTM, as without --cell
+    out = run_script("bench/gpu_paths.py", "--smoke", *flags, "--out", tmp_path / "paths.json")
     assert out.returncode == 0, out.stderr
     assert "MEANINGLESS" in out.stdout and "\n  n/a " not in out.stdout  # no variant failed
+    header = ("CUDA paths of the GRU (C: nn.GRU), us/step (MEANINGLESS" if cell else
+              "CUDA paths, us/step (MEANINGLESS")  # the LSTM's as before the GRU
+    assert out.stdout.startswith(header) and f"'cudnn' is nn.{'GRU' if cell else 'LSTM'} on" in out.stdout
     data = json.loads((tmp_path / "paths.json").read_text())
-    assert data["meaningless"] is True and data["steps"] == 4
-    assert [(r["dtype"], r["H"], r["B"]) for r in data["rows"]] == [("float32", 16, 2),
-                                                                      ("bfloat16", 16, 2)]
+    assert data["meaningless"] is True and data["steps"] == 4 and data["cell"] == (cell or "lstm")
+    assert [(r["cell"], r["dtype"], r["H"], r["B"]) for r in data["rows"]] == [
+        (cell or "lstm", "float32", 16, 2), (cell or "lstm", "bfloat16", 16, 2)]
     for row in data["rows"]:
+        assert row["modules"] == (["TruncatedGRU", "GRU"] if cell else ["TruncatedLSTM", "LSTM"])
         for variant in ("persistent", "stepwise", "cudnn"):
             assert row[f"{variant}_error"] is None
             assert row[f"{variant}_fwdbwd_us"] > 0 and row[f"{variant}_fwd_us"] > 0
