@@ -37,7 +37,8 @@ forward the gates u rows of W_hh a block keeps, backward its [u, G] columns, k o
 emulator's plan for that cell; the cell's window GEMMs and kernels). --cell gru prints the
 report above for the GRU, with, per family and dtype, the rule derived for it against the
 LSTM's rows it uses (csrc/persistent_dispatch.cpp has no GRU rows): "GRU derived rule vs the
-LSTM's rule in use". No persistent kernel exists for LSTMP (it needs two grid barriers a step):
+LSTM's rule in use". The model does not cover LSTMP's persistent kernels (two grid barriers and
+two products a step each way; csrc/cuda/persistent_kernels.cuh runs them, emulated only so far):
 --cell lstmp prints a stepwise-only table per device of it next to the LSTM's (--proj P, default
 H/2); --cell all, the GRU's report and then that table for the GRU and LSTMP. The LSTM's
 predictions are those it had before the cells and before the GRU's persistent kernels.
@@ -448,10 +449,11 @@ def persistent_slices(cell, H, plan):
     """What one block of the persistent kernels of `cell` keeps of W_hh [G, H], G = gates H
     (tbptt/persistent.h shared_layout, the cell's kGates): forward the gate rows of its u units,
     [gates u, H]; backward the u columns of all G rows, [u, G] (the k of its product runs over
-    G). The LSTM with projections has no persistent kernels."""
+    G). The LSTM with projections' persistent kernels (two products each way) are not modelled."""
     c = CELLS[cell]
     if c.projected:
-        raise ValueError(f"gpu_model: the {cell} cell has no persistent kernels (it runs stepwise)")
+        raise ValueError(f"gpu_model: the {cell} cell's persistent kernels are not modelled "
+                         "(stepwise predictions only)")
     forward_units, backward_units = plan["forward"]["units"], plan["backward"]["units"]
     return {"gates": c.gates, "G": c.gates * H,
             "forward_weight_rows": c.gates * forward_units,
@@ -1327,9 +1329,10 @@ def report_cells(device, cells, proj=None):
     print("PREDICTIONS of bench/gpu_model.py (a cost model; nothing below was measured by it): "
           f"{DEVICE_LABELS[device]}, the stepwise CUDA path of one layer per cell, I = H, chunk "
           f"L = k2 = {CHUNK}; commit {git_commit()}")
-    print(f"No persistent kernel exists for the {' or the '.join(CELL_LABELS[c] for c in stepwise_only)}"
-          " (it needs two grid barriers a step): csrc/lstm_driver.cpp runs it stepwise (per step "
-          "cuBLAS GEMMs and pointwise kernels, each launched by the host) at every shape. The "
+    print(f"The model does not cover the persistent kernels of the "
+          f"{' or the '.join(CELL_LABELS[c] for c in stepwise_only)}"
+          " (two grid barriers and two products a step each way): below, its stepwise path (per "
+          "step cuBLAS GEMMs and pointwise kernels, each launched by the host) at every shape. The "
           f"{' and '.join(CELL_LABELS[c] for c in with_persistent)} columns are the stepwise path "
           "as well (their persistent predictions: bench/gpu_model.py without --cell"
           + (", and with --cell gru" if "gru" in cells else "") + ").")
@@ -1405,7 +1408,7 @@ def main(argv=None):
                              "persistent kernels are the LSTM's over G = 3H; the rule derived "
                              "for it against the LSTM's rows, which it uses); lstmp: the "
                              "stepwise-only table of the LSTM with projections next to the "
-                             "LSTM's (no persistent kernel exists for it; takes --device, --proj "
+                             "LSTM's (its persistent kernels are not modelled; takes --device, --proj "
                              "and --json only); all: the GRU's report, then the stepwise-only "
                              "table of both cells")
     parser.add_argument("--proj", type=int, default=None, metavar="P",

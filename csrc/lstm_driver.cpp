@@ -257,6 +257,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_chunk(
       pp.scratch_hidden = scratch[2];
       if (lstmp) {
         pp.projection = O;
+        pp.w_hr = w_hr_raw.data_ptr();
         pp.hidden_m = hidden_m.data_ptr();
         pp.projected = projected.data_ptr();
       }
@@ -465,6 +466,7 @@ SpanGradients backward_span(const DeviceBackend& backend, const SpanActivations&
       pb.hidden_prev_seen = hidden_prev_seen.data_ptr();
       if (lstmp) {
         pb.projection = O;
+        pb.w_hr = w_hr_raw.data_ptr();
         pb.grad_projected = grad_projected.data_ptr();
         pb.grad_m = dm.data_ptr();
         pb.zeros_h = zeros_bh.data_ptr();

@@ -164,7 +164,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "persistent_plan",
       [](const std::string& backend, int64_t hidden, int64_t batch, const std::string& dtype,
-         const std::string& cell_name) {
+         const std::string& cell_name, int64_t proj_size) {
         const std::map<std::string, tbptt::CellKind> cells = {
             {"lstm", tbptt::CellKind::kLstm}, {"lstmp", tbptt::CellKind::kLstmp},
             {"gru", tbptt::CellKind::kGru}};
@@ -176,10 +176,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             {"float16", tbptt::StorageType::kFloat16}, {"bfloat16", tbptt::StorageType::kBFloat16}};
         TORCH_CHECK_VALUE(types.count(dtype), "tbptt: dtype must be float32, float64, float16 or bfloat16, got ", dtype);
         TORCH_CHECK_VALUE(hidden >= 1 && batch >= 1, "tbptt: hidden and batch must be >= 1");
+        TORCH_CHECK_VALUE((cell == tbptt::CellKind::kLstmp) == (proj_size > 0),
+                          "tbptt: proj_size must be > 0 for the cell 'lstmp' and 0 for the others, "
+                          "got ", proj_size, " for '", cell_name, "'");
+        TORCH_CHECK_VALUE(proj_size < hidden, "tbptt: proj_size must be < hidden, got ", proj_size);
         tbptt::PersistentPlan plan;
         if (backend == "emulated") {
 #ifdef TBPTT_WITH_EMULATION
-          plan = tbptt::emulated::persistent_plans().plan_of(0, cell, types.at(dtype), hidden, batch);
+          plan = tbptt::emulated::persistent_plans().plan_of(0, cell, types.at(dtype), hidden,
+                                                             proj_size, batch);
 #else
           TORCH_CHECK(false, "tbptt: built without the emulated kernels");
 #endif
@@ -187,7 +192,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           TORCH_CHECK_VALUE(backend == "cuda", "tbptt: backend must be 'cuda' or 'emulated'");
 #ifdef TBPTT_WITH_CUDA
           plan = tbptt::cuda::persistent_plans().plan_of(c10::cuda::current_device(), cell,
-                                                         types.at(dtype), hidden, batch);
+                                                         types.at(dtype), hidden, proj_size, batch);
 #else
           TORCH_CHECK(false, "tbptt: built without CUDA");
 #endif
@@ -210,12 +215,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                                      {"min_steps", rule.min_steps}};
         out["forward"] = partition(plan.forward);
         out["backward"] = partition(plan.backward);
+        if (cell == tbptt::CellKind::kLstmp) {
+          out["forward_projection"] = partition(plan.forward_projection);
+          out["backward_projection"] = partition(plan.backward_projection);
+        }
         return out;
       },
       "The persistent kernels' plan for one layer of a cell ('lstm', 'lstmp', 'gru') with H units "
       "and B rows (backend 'cuda': the current device; 'emulated': the simulated one).",
       pybind11::arg("backend"), pybind11::arg("hidden"), pybind11::arg("batch"),
-      pybind11::arg("dtype"), pybind11::arg("cell") = "lstm");
+      pybind11::arg("dtype"), pybind11::arg("cell") = "lstm", pybind11::arg("proj_size") = 0);
   m.def(
       "cuda_barrier_latency",
       [](int64_t blocks, int64_t threads, int64_t rounds, bool exchange, int64_t repeats) {

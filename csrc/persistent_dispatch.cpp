@@ -92,12 +92,12 @@ const PersistentRule& persistent_rule(int64_t capability, StorageType storage) {
 }
 
 PersistentPlans::Entry& PersistentPlans::entry(int64_t device, CellKind cell, StorageType storage,
-                                               int64_t hidden, int64_t batch) {
-  const Key key{device, static_cast<int>(cell), static_cast<int>(storage), hidden, batch};
+                                               int64_t hidden, int64_t projection, int64_t batch) {
+  const Key key{device, static_cast<int>(cell), static_cast<int>(storage), hidden, projection, batch};
   auto found = plans_.find(key);
   if (found != plans_.end()) return found->second;
   Entry fresh;
-  const int status = plan_(hidden, batch, cell, storage, &fresh.plan);
+  const int status = plan_(hidden, projection, batch, cell, storage, &fresh.plan);
   if (status != 0) {
     fresh.plan.usable = false;
     fresh.plan.reason = std::string("the device query failed: ") + status_name_(status);
@@ -106,11 +106,12 @@ PersistentPlans::Entry& PersistentPlans::entry(int64_t device, CellKind cell, St
 }
 
 const PersistentPlan* PersistentPlans::choose(CudaPath path, int64_t device, CellKind cell,
-                                              StorageType storage, int64_t hidden, int64_t batch,
-                                              int64_t steps) {
+                                              StorageType storage, int64_t hidden,
+                                              int64_t projection, int64_t batch, int64_t steps) {
   if (path == CudaPath::kStepwise) return nullptr;
   std::lock_guard<std::mutex> lock(mutex_);
-  Entry& found = entry(device, cell, storage, hidden, batch);  // the plan knows the device's family
+  // the plan knows the device's family
+  Entry& found = entry(device, cell, storage, hidden, projection, batch);
   if (path == CudaPath::kAuto) {
     const PersistentRule& rule = persistent_rule(found.plan.capability, storage);
     if (batch > rule.max_batch || batch * hidden > rule.max_batch_hidden || steps < rule.min_steps) {
@@ -147,9 +148,9 @@ void PersistentPlans::launch_failed(CudaPath path, const PersistentPlan* plan, c
 }
 
 PersistentPlan PersistentPlans::plan_of(int64_t device, CellKind cell, StorageType storage,
-                                        int64_t hidden, int64_t batch) {
+                                        int64_t hidden, int64_t projection, int64_t batch) {
   std::lock_guard<std::mutex> lock(mutex_);
-  return entry(device, cell, storage, hidden, batch).plan;
+  return entry(device, cell, storage, hidden, projection, batch).plan;
 }
 
 void PersistentPlans::clear() {
@@ -158,12 +159,10 @@ void PersistentPlans::clear() {
 }
 
 bool persistent_takes(const PersistentLaunchers& launchers, CellKind cell, int64_t hidden,
-                      int64_t batch, int64_t steps, at::ScalarType storage) {
-  // The LSTM with projections has no persistent kernels: the stepwise path, whatever the
-  // setting (its plan says why: plan_of).
-  if (cell == CellKind::kLstmp) return false;
+                      int64_t projection, int64_t batch, int64_t steps, at::ScalarType storage) {
   return launchers.plans->choose(launchers.path(), launchers.device(), cell,
-                                 storage_type_of(storage), hidden, batch, steps) != nullptr;
+                                 storage_type_of(storage), hidden, projection, batch,
+                                 steps) != nullptr;
 }
 
 namespace {
@@ -172,14 +171,17 @@ namespace {
 // stepwise path must run.
 template <typename Params, typename Launch>
 bool run_persistent(const PersistentLaunchers& launchers, Params& params, at::ScalarType storage,
-                    PersistentPartition PersistentPlan::*part, Launch launch, const char* kernel) {
+                    PersistentPartition PersistentPlan::*part,
+                    PersistentPartition PersistentPlan::*part_projection, Launch launch,
+                    const char* kernel) {
   const CudaPath path = launchers.path();
   const StorageType type = storage_type_of(storage);
   const PersistentPlan* plan = launchers.plans->choose(path, launchers.device(), params.cell_kind,
-                                                       type, params.hidden, params.batch,
-                                                       params.steps);
+                                                       type, params.hidden, params.projection,
+                                                       params.batch, params.steps);
   if (plan == nullptr) return false;
   params.part = plan->*part;
+  params.part_projection = plan->*part_projection;
   const int status = launch(params, type, launchers.stream());
   if (status == 0) return true;
   launchers.plans->launch_failed(path, plan, kernel, status);
@@ -190,13 +192,14 @@ bool run_persistent(const PersistentLaunchers& launchers, Params& params, at::Sc
 
 bool persistent_forward(const PersistentLaunchers& launchers, PersistentForwardParams& params,
                         at::ScalarType storage) {
-  return run_persistent(launchers, params, storage, &PersistentPlan::forward, launchers.forward,
-                        "persistent_forward");
+  return run_persistent(launchers, params, storage, &PersistentPlan::forward,
+                        &PersistentPlan::forward_projection, launchers.forward, "persistent_forward");
 }
 
 bool persistent_backward(const PersistentLaunchers& launchers, PersistentBackwardParams& params,
                          at::ScalarType storage) {
-  return run_persistent(launchers, params, storage, &PersistentPlan::backward, launchers.backward,
+  return run_persistent(launchers, params, storage, &PersistentPlan::backward,
+                        &PersistentPlan::backward_projection, launchers.backward,
                         "persistent_backward");
 }
 

@@ -59,26 +59,27 @@ struct PersistentRule {
 };
 const PersistentRule& persistent_rule(int64_t capability, StorageType storage);
 
-// Plans cached per (device, cell, storage type, H, B) for one build of the kernels (CUDA or the
+// Plans cached per (device, cell, storage type, H, P, B) for one build of the kernels (CUDA or the
 // emulator). Thread-safe.
 class PersistentPlans {
  public:
-  using PlanFunction = int (*)(int64_t hidden, int64_t batch, CellKind cell, StorageType storage,
-                               PersistentPlan* plan);
+  using PlanFunction = int (*)(int64_t hidden, int64_t projection, int64_t batch, CellKind cell,
+                               StorageType storage, PersistentPlan* plan);
   using StatusName = const char* (*)(int status);
   PersistentPlans(const char* device_name, PlanFunction plan, StatusName status_name)
       : device_name_(device_name), plan_(plan), status_name_(status_name) {}
 
   // The plan to launch for a layer of `steps` steps under `path`, or nullptr: run the stepwise
   // path. Raises where `path` is kPersistent and no plan fits this shape.
+  // (projection: P of the LSTM with projections, else 0)
   const PersistentPlan* choose(CudaPath path, int64_t device, CellKind cell, StorageType storage,
-                               int64_t hidden, int64_t batch, int64_t steps);
+                               int64_t hidden, int64_t projection, int64_t batch, int64_t steps);
   // A launch from `plan` returned `status` (nothing ran). kPersistent raises; kAuto warns
   // (once: the plan is marked dead and not launched again) and the caller runs the stepwise path.
   void launch_failed(CudaPath path, const PersistentPlan* plan, const char* kernel, int status);
   // The plan for a shape, computed if need be (inspection: tbptt_cuda's plan queries).
   PersistentPlan plan_of(int64_t device, CellKind cell, StorageType storage, int64_t hidden,
-                         int64_t batch);
+                         int64_t projection, int64_t batch);
   void clear();
 
  private:
@@ -86,9 +87,9 @@ class PersistentPlans {
     PersistentPlan plan;
     bool dead = false;
   };
-  using Key = std::tuple<int64_t, int, int, int64_t, int64_t>;
+  using Key = std::tuple<int64_t, int, int, int64_t, int64_t, int64_t>;
   Entry& entry(int64_t device, CellKind cell, StorageType storage, int64_t hidden,
-               int64_t batch);  // locked
+               int64_t projection, int64_t batch);  // locked
 
   const char* device_name_;
   PlanFunction plan_;
@@ -109,7 +110,7 @@ struct PersistentLaunchers {
 };
 
 bool persistent_takes(const PersistentLaunchers& launchers, CellKind cell, int64_t hidden,
-                      int64_t batch, int64_t steps, at::ScalarType storage);
+                      int64_t projection, int64_t batch, int64_t steps, at::ScalarType storage);
 bool persistent_forward(const PersistentLaunchers& launchers, PersistentForwardParams& params,
                         at::ScalarType storage);
 bool persistent_backward(const PersistentLaunchers& launchers, PersistentBackwardParams& params,
@@ -119,9 +120,10 @@ bool persistent_backward(const PersistentLaunchers& launchers, PersistentBackwar
 template <const PersistentLaunchers& (*launchers)()>
 const PersistentBackend* persistent_backend() {
   static const PersistentBackend backend{
-      [](CellKind cell, int64_t hidden, int64_t, int64_t batch, int64_t steps,
+      [](CellKind cell, int64_t hidden, int64_t state_units, int64_t batch, int64_t steps,
          at::ScalarType storage) {
-        return persistent_takes(launchers(), cell, hidden, batch, steps, storage);
+        const int64_t projection = cell == CellKind::kLstmp ? state_units : 0;
+        return persistent_takes(launchers(), cell, hidden, projection, batch, steps, storage);
       },
       [](PersistentForwardParams& params, at::ScalarType storage, const at::Tensor&,
          const at::Tensor&) { return persistent_forward(launchers(), params, storage); },

@@ -39,9 +39,9 @@ def cuda_path():
     return _backend.load().cuda_path()
 
 
-def cuda_plan(hidden, batch, dtype=None, cell="lstm"):
-    """The persistent kernels' plan for one layer of ``cell`` ("lstm", "gru"; "lstmp": never
-    usable, the reason says why) with ``hidden`` units and ``batch`` rows on the
+def cuda_plan(hidden, batch, dtype=None, cell="lstm", proj_size=None):
+    """The persistent kernels' plan for one layer of ``cell`` ("lstm", "gru", or "lstmp" with
+    ``proj_size`` P: default hidden // 2) with ``hidden`` units and ``batch`` rows on the
     current CUDA device: a dict with usable, reason, sms and the forward / backward partitions
     (blocks, units, threads, batch_tile, k_split, k_chunk, shared_bytes). Needs a GPU; the
     emulated device's: tbptt_cuda.emulation.plan."""
@@ -52,8 +52,9 @@ def cuda_plan(hidden, batch, dtype=None, cell="lstm"):
     if not torch.cuda.is_available():
         raise RuntimeError("cuda_plan: no CUDA GPU here (see tbptt_cuda.emulation.plan)")
     dtype = torch.float32 if dtype is None else dtype
+    proj = 0 if cell != "lstmp" else int(hidden) // 2 if proj_size is None else int(proj_size)
     return _backend.load().persistent_plan("cuda", int(hidden), int(batch),
-                                           str(dtype).replace("torch.", ""), cell)
+                                           str(dtype).replace("torch.", ""), cell, proj)
 
 
 def build_info():

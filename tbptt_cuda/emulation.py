@@ -151,10 +151,9 @@ def devices():
     return dict(_backend.load().emulated_devices())
 
 
-def plan(hidden, batch, dtype=None, sms=None, device=None, cell="lstm"):
-    """The persistent kernels' plan for one layer of ``cell`` ("lstm", "gru"; "lstmp" has no
-    persistent kernels: never usable, the reason says so) with ``hidden`` units and ``batch``
-    rows on the simulated ``device`` (a name of ``devices()``) with ``sms`` of its SMs (None for both: the
+def plan(hidden, batch, dtype=None, sms=None, device=None, cell="lstm", proj_size=None):
+    """The persistent kernels' plan for one layer of ``cell`` ("lstm", "gru", or "lstmp" with
+    ``proj_size`` P: default hidden // 2) with ``hidden`` units and ``batch`` rows on the simulated ``device`` (a name of ``devices()``) with ``sms`` of its SMs (None for both: the
     device in use inside ``emulate_cuda``, else a whole H100): a dict with usable, reason,
     sms, capability, family (the rule table's row: "sm_80", "sm_86/sm_89" or "sm_90"), rule
     (auto's limits for this family and dtype: max_batch, max_batch_hidden, min_steps), and the
@@ -164,13 +163,14 @@ def plan(hidden, batch, dtype=None, sms=None, device=None, cell="lstm"):
 
     dtype = torch.float32 if dtype is None else dtype
     name = str(dtype).replace("torch.", "")
+    proj = 0 if cell != "lstmp" else int(hidden) // 2 if proj_size is None else int(proj_size)
     module = _backend.load()
     if emulate_cuda._stack:
         current = emulate_cuda._stack[-1]
         if (sms is None or sms == current.sms) and (device is None or device == current.device):
-            return module.persistent_plan("emulated", int(hidden), int(batch), name, cell)
+            return module.persistent_plan("emulated", int(hidden), int(batch), name, cell, proj)
     with emulate_cuda(sms=sms, device=device or "H100"):
-        return module.persistent_plan("emulated", int(hidden), int(batch), name, cell)
+        return module.persistent_plan("emulated", int(hidden), int(batch), name, cell, proj)
 
 
 def barrier_bench(blocks, threads, rounds, exchange=True):

@@ -41,14 +41,7 @@ def cell(request):
 def device(request):
     """The tensors' device. For "emulated" (and "emulated_stepwise"), CPU tensors inside
     tbptt_cuda.emulate_cuda(path="persistent" or "stepwise"); the test must then have launched
-    our kernels (unless marked no_kernels). A test over the `cell` fixture skips the LSTM with
-    projections on "emulated": it has no persistent kernels and the stepwise ones run it, as
-    "emulated_stepwise" does already (tests/test_lstmp.py checks that fallback)."""
-    if request.param == "emulated" and "cell" in request.fixturenames \
-            and request.getfixturevalue("cell") == "lstmp":
-        pytest.skip("the LSTM with projections on the persistent path falls back to the "
-                    "stepwise kernels (emulated_stepwise runs them; test_lstmp.py checks the "
-                    "fallback)")
+    our kernels (unless marked no_kernels)."""
     if not request.param.startswith("emulated"):
         yield torch.device(request.param)
         return

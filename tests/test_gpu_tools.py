@@ -265,7 +265,7 @@ def test_gpu_model_cell_flag_prints_the_stepwise_tables(tmp_path, capsys):
     # stepwise tables of both cells next to the LSTM's
     assert text.startswith("PREDICTIONS") and "H100 SXM, one layer of the GRU" in text
     text = text[text.index("the stepwise CUDA path of one layer per cell"):]
-    assert "No persistent kernel exists for the LSTM with projections (LSTMP) (it needs two grid" in text
+    assert "The model does not cover the persistent kernels of the LSTM with projections (LSTMP)" in text
     assert "persistent kernel exists for the GRU" not in text
     lines = text.splitlines()
     for dtype in gpu_model.DTYPES:
@@ -345,7 +345,7 @@ def test_gpu_model_gru_persistent_kernels_hold_three_quarters_of_the_lstms_weigh
                               "backward_weight_elements": u_bwd * 4 * H}
     for key in ("G", "forward_weight_rows", "forward_weight_elements", "backward_weight_elements"):
         assert 4 * slices["gru"][key] == 3 * slices["lstm"][key], key
-    with pytest.raises(ValueError, match="no persistent kernels"):
+    with pytest.raises(ValueError, match="persistent kernels are not modelled"):
         gpu_model.persistent_slices("lstmp", H, plan)
 
     spies = {cell: StagingSpy(inputs, lstm.plan_of, cell) for cell in ("lstm", "gru")}
@@ -399,7 +399,7 @@ def test_gpu_model_reports_the_gru_against_the_lstms_rule_rows(tmp_path, capsys)
                            str(tmp_path / "paths.json"), "--json", str(tmp_path / "gru.json")]) == 0
     text = capsys.readouterr().out
     assert text.startswith("PREDICTIONS") and "H100 SXM, one layer of the GRU" in text
-    assert "No persistent kernel" not in text
+    assert "does not cover the persistent kernels" not in text
     lines = text.splitlines()
     for dtype in gpu_model.DTYPES:  # one row per shape: plan, stepwise and persistent
         for H in gpu_model.TABLE_H:

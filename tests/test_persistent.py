@@ -1,10 +1,9 @@
-"""The persistent kernels (csrc/cuda/persistent_kernels.cuh), run by the SIMT emulator, for both
-cells that have them (the LSTM and the GRU, `CELLS`): against the reference over the shapes, SM
-counts and schedules the partition must get right; the same results and ring contents as the
-stepwise path; bit-identical under twenty schedules; the plan, its rule and its fallback (no
-plan, a failed launch); one launch per layer per chunk and per window whatever their length, and
-one grid barrier per step; the path setting. The LSTM with projections has none (its plan says
-why; tests/test_lstmp.py checks that it runs stepwise)."""
+"""The persistent kernels (csrc/cuda/persistent_kernels.cuh), run by the SIMT emulator, for every
+cell (`CELLS`: the LSTM, the GRU, the LSTM with projections): against the reference over the
+shapes, SM counts and schedules the partition must get right; the same results and ring contents
+as the stepwise path; bit-identical under twenty schedules; the plan, its rule and its fallback
+(no plan, a failed launch); one launch per layer per chunk and per window whatever their length,
+and one grid barrier per step (two with a projection); the path setting."""
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import tbptt_cuda
 from tbptt_cuda import ARTBP, TruncatedLSTM, emulate_cuda, emulation
 
 from helpers import (TOLERANCE, assert_records_close, assert_within_low_precision_bar, make_rnn,
-                     make_stream, rel_err, run_both, split_state, stream_records)
+                     make_stream, proj_size_for, rel_err, run_both, split_state, stream_records)
 
 pytestmark = [pytest.mark.emulated, pytest.mark.skipif(
     not tbptt_cuda.build_info()["cuda_emulation"], reason="built without the emulated kernels")]
@@ -37,7 +36,7 @@ CASES = [
 ]
 LENGTHS = [1, 2, 7, 2, 7, 1]
 K2 = 9
-CELLS = ["lstm", "gru"]  # the cells with persistent kernels
+CELLS = ["lstm", "gru", "lstmp"]  # lstmp: proj_size = helpers.proj_size_for(H)
 
 
 def _case_id(case):
@@ -90,7 +89,7 @@ def test_matches_reference_over_shapes_and_sm_counts(case, cell):
     with emulate_cuda(path="persistent", sms=sms) as stats:
         ours, ref = run_both(lstm, chunks, resets, [K2] * len(LENGTHS), use_state=True)
     assert_records_close(ours, ref, dtype)
-    plan = emulation.plan(H, B, dtype, sms=sms, cell=cell)
+    plan = emulation.plan(H, B, dtype, sms=sms, cell=cell, proj_size=proj_size_for(H))
     assert plan["usable"] and plan["forward"]["blocks"] <= sms
     # one launch per layer per chunk, each way; the stepwise kernels never ran
     assert stats.launches == {"persistent_forward": layers * len(LENGTHS),
@@ -135,13 +134,16 @@ def test_sixteen_bit_paths_agree_to_their_rounding(dtype, cell):
 # more tiles than warps, taken in turn.
 SIXTEEN_BIT_CASES = [(16, 1, 1), (48, 17, 3), (130, 3, 8), (96, 8, 2), (64, 40, 8), (130, 5, 2)]
 # The GRU: 3u gate rows a block (u = 4: 12, not a whole 16-row tile; u = 68: 204), G = 3H
-# (H = 130: 390, not a multiple of 16).
+# (H = 130: 390, not a multiple of 16). The LSTM with projections: K = P = 8, 65, 24 (padded to
+# 16s), P columns a block 2, 9, 12 (blocks without any at H = 16 on 4 SMs: P = 8 over 4 blocks).
 GRU_SIXTEEN_BIT_CASES = [(16, 1, 4), (130, 3, 8), (130, 5, 2)]
+LSTMP_SIXTEEN_BIT_CASES = [(16, 1, 4), (130, 3, 8), (48, 17, 3)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("cell,case", [("lstm", c) for c in SIXTEEN_BIT_CASES]
-                         + [("gru", c) for c in GRU_SIXTEEN_BIT_CASES],
+                         + [("gru", c) for c in GRU_SIXTEEN_BIT_CASES]
+                         + [("lstmp", c) for c in LSTMP_SIXTEEN_BIT_CASES],
                          ids=lambda c: c if isinstance(c, str) else "H{}-B{}-sms{}".format(*c))
 def test_sixteen_bit_tensor_core_products_against_float64(cell, case, dtype):
     """float16 / bfloat16 multiply on (emulated) tensor cores, mma m16n8k16 with fp32
@@ -208,9 +210,11 @@ def test_launches_per_chunk_do_not_grow_with_its_length(L, cell):
     # two chunks of two layers
     assert stats.launches == {"persistent_forward": 2 * 2, "persistent_backward": 2 * 2}
     per_kernel = stats.per_kernel
-    # one grid barrier between steps forward; one per step backward (windows of L, L + 3)
-    assert per_kernel["persistent_forward"]["grid_barriers"] == 2 * 2 * (L - 1)
-    assert per_kernel["persistent_backward"]["grid_barriers"] == 2 * (L + (L + 3))
+    # one grid barrier between steps forward; one per step backward (windows of L, L + 3); with
+    # a projection one more a step each way (h needs all of m; dm needs all of dh_eff)
+    per_step = 2 if cell == "lstmp" else 1
+    assert per_kernel["persistent_forward"]["grid_barriers"] == 2 * 2 * (per_step * L - 1)
+    assert per_kernel["persistent_backward"]["grid_barriers"] == 2 * per_step * (L + (L + 3))
 
 
 def test_auto_follows_the_rule_table():
@@ -266,10 +270,36 @@ def test_gru_plans_hold_three_quarters_of_the_lstms_weights(dtype):
         assert gru["forward"]["shared_bytes"] <= lstm["forward"]["shared_bytes"]
         assert gru["backward"]["k_chunk"] <= 3 * H
         assert gru["backward"]["shared_bytes"] >= u * 3 * H * elem
-    lstmp = emulation.plan(256, 8, cell="lstmp")
-    assert not lstmp["usable"] and "projections" in lstmp["reason"]
     with pytest.raises(ValueError, match="cell must be 'lstm', 'lstmp' or 'gru'"):
         emulation.plan(256, 8, cell="rnn_tanh")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_lstmp_plans_split_both_products_over_the_same_blocks(dtype):
+    """The LSTM with projections: a block owns u of the H units (W_hh's 4u rows [4u, P]
+    forward; W_hr's u columns [u, P] backward) and v = ceil(P / blocks) of the P columns (W_hr's
+    v rows [v, H] forward; W_hh's v columns [v, 4H] backward); one launch each way takes the
+    larger thread count and the shared memory of both products."""
+    elem = 4 if dtype == torch.float32 else 2
+    for H, P, B in [(256, 128, 8), (768, 384, 16), (1024, 512, 32)]:
+        plan = emulation.plan(H, B, dtype, cell="lstmp", proj_size=P)
+        assert plan["usable"], plan["reason"]
+        f, fp = plan["forward"], plan["forward_projection"]
+        b, bp = plan["backward"], plan["backward_projection"]
+        blocks = f["blocks"]
+        assert blocks == fp["blocks"] == b["blocks"] == bp["blocks"] == -(-H // f["units"])
+        assert fp["units"] == b["units"] == -(-P // blocks) and bp["units"] == f["units"]
+        assert f["threads"] == fp["threads"] and b["threads"] == bp["threads"]
+        assert f["shared_bytes"] == fp["shared_bytes"] and b["shared_bytes"] == bp["shared_bytes"]
+        u, v = f["units"], fp["units"]
+        assert f["shared_bytes"] >= (4 * u * P + v * H) * elem
+        assert b["shared_bytes"] >= (v * 4 * H + u * P) * elem
+        assert f["shared_bytes"] <= 227 * 1024 and b["shared_bytes"] <= 227 * 1024
+        assert b["k_chunk"] <= 4 * H and bp["k_chunk"] <= P
+    with pytest.raises(ValueError, match="proj_size must be > 0 for the cell 'lstmp'"):
+        tbptt_cuda._backend.load().persistent_plan("emulated", 64, 2, "float32", "lstm", 8)
+    with pytest.raises(ValueError, match="proj_size must be < hidden"):
+        emulation.plan(64, 2, cell="lstmp", proj_size=64)
 
 
 def test_no_plan_falls_back_to_the_stepwise_path_with_the_same_results():

@@ -27,8 +27,9 @@ void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
                                       c10::cuda::getCurrentCUDAStream()));
 }
 
-int plan(int64_t hidden, int64_t batch, CellKind cell, StorageType storage, PersistentPlan* out) {
-  return static_cast<int>(plan_persistent(hidden, batch, cell, storage, out));
+int plan(int64_t hidden, int64_t projection, int64_t batch, CellKind cell, StorageType storage,
+         PersistentPlan* out) {
+  return static_cast<int>(plan_persistent(hidden, projection, batch, cell, storage, out));
 }
 const char* status_name(int status) { return cudaGetErrorName(static_cast<cudaError_t>(status)); }
 int64_t device() { return c10::cuda::current_device(); }

@@ -18,10 +18,11 @@ cudaError_t launch_forward_step(const ForwardStepParams& params, StorageType sto
 cudaError_t launch_backward_step(const BackwardStepParams& params, StorageType storage,
                                  cudaStream_t stream);
 
-// Plans the persistent kernels of a layer of `cell` with H units and B rows on the current
-// device (persistent_launch.h). Returns the status of the device queries.
-cudaError_t plan_persistent(int64_t hidden, int64_t batch, CellKind cell, StorageType storage,
-                            PersistentPlan* plan);
+// Plans the persistent kernels of a layer of `cell` with H units, P projection columns (lstmp;
+// else 0) and B rows on the current device (persistent_launch.h). Returns the status of the
+// device queries.
+cudaError_t plan_persistent(int64_t hidden, int64_t projection, int64_t batch, CellKind cell,
+                            StorageType storage, PersistentPlan* plan);
 
 // One layer's chunk forward / span backward in one cooperative launch, on `stream`.
 cudaError_t launch_persistent_forward(const PersistentForwardParams& params, StorageType storage,

@@ -105,11 +105,12 @@ SIMT_DEVICE ProductTile product_tile(const PersistentPartition& part, int64_t un
                                      int64_t tile_rows) {
   const int64_t items = thread_items(part.batch_tile, part.units);
   const int64_t tid = simt::thread_idx().x;
+  const int64_t per_group = units > 0 ? units : 1;  // a block may own no P column (lstmp)
   ProductTile t;
   t.slice = tid / items;
   t.item = tid % items;
-  t.group = t.item / units;
-  t.unit = t.item % units;
+  t.group = t.item / per_group;
+  t.unit = t.item % per_group;
   t.rows = min64(kRowsPerThread, tile_rows - kRowsPerThread * t.group);
   t.active = t.slice < part.k_split &&
              t.item < (tile_rows + kRowsPerThread - 1) / kRowsPerThread * units;
@@ -135,19 +136,20 @@ SIMT_DEVICE void sum_slices(int64_t k_split, int64_t slice, int64_t slot, int64_
   }
 }
 
-// Forward, one batch tile: gates_h[b0 + b, g H + unit0 + jj] = sum_k h_tile[b, k]
-// w[kGates jj + g, k] (gates_h [B, kGates H]).
+// Forward, one batch tile: out[b0 + b, g N + unit0 + jj] = sum_{k < K} h_tile[b, k]
+// w[kGates jj + g, k] (out [B, kGates N]; the recurrent product: K = h's width, N = H; the
+// projection's: K = H, N = P, kGates 1).
 template <int kGates, typename T, typename acc_t>
-SIMT_DEVICE void forward_product_ffma(const PersistentPartition& part, int64_t H, int64_t units,
-                                      int64_t unit0, int64_t b0, int64_t tile_rows, int64_t ws,
-                                      const simt::SharedArray<T>& w,
+SIMT_DEVICE void forward_product_ffma(const PersistentPartition& part, int64_t K, int64_t N,
+                                      int64_t units, int64_t unit0, int64_t b0, int64_t tile_rows,
+                                      int64_t ws, const simt::SharedArray<T>& w,
                                       const simt::SharedArray<T>& h_tile,
-                                      const simt::SharedArray<acc_t>& partial, T* gates_h) {
+                                      const simt::SharedArray<acc_t>& partial, T* out_rows) {
   const ProductTile t = product_tile(part, units, tile_rows);
-  const int64_t k_per_slice = (H + part.k_split - 1) / part.k_split;
+  const int64_t k_per_slice = (K + part.k_split - 1) / part.k_split;
   acc_t acc[kRowsPerThread * kGates] = {};  // [row r][gate g] at kGates r + g
   if (t.active) {
-    const int64_t k_end = min64(H, (t.slice + 1) * k_per_slice);
+    const int64_t k_end = min64(K, (t.slice + 1) * k_per_slice);
     for (int64_t k = t.slice * k_per_slice; k < k_end; ++k) {
       acc_t wk[kGates];
       for (int g = 0; g < kGates; ++g) wk[g] = convert<acc_t>(static_cast<T>(w[(kGates * t.unit + g) * ws + k]));
@@ -163,8 +165,8 @@ SIMT_DEVICE void forward_product_ffma(const PersistentPartition& part, int64_t H
              partial, acc);
   if (t.active && t.slice == 0) {
     for (int r = 0; r < t.rows; ++r) {
-      T* out = gates_h + (b0 + kRowsPerThread * t.group + r) * kGates * H + unit0 + t.unit;
-      for (int g = 0; g < kGates; ++g) out[g * H] = convert<T>(acc[kGates * r + g]);
+      T* out = out_rows + (b0 + kRowsPerThread * t.group + r) * kGates * N + unit0 + t.unit;
+      for (int g = 0; g < kGates; ++g) out[g * N] = convert<T>(acc[kGates * r + g]);
     }
   }
 }
@@ -215,18 +217,19 @@ SIMT_DEVICE WarpTile warp_tile(const PersistentPartition& part, int64_t plan_til
   return w;
 }
 
-// Forward, one batch tile, on tensor cores: the output tile (mt, nt) is gate rows 16 mt ..
-// (W_hh slice rows kGates jj + g) by batch rows 8 nt .. of the tile.
+// Forward, one batch tile, on tensor cores (K, N, out as forward_product_ffma): the output
+// tile (mt, nt) is gate rows 16 mt .. (weight slice rows kGates jj + g) by batch rows 8 nt ..
+// of the tile.
 template <int kGates, typename T>
-SIMT_DEVICE void forward_product_mma(const PersistentPartition& part, int64_t H, int64_t units,
-                                     int64_t unit0, int64_t b0, int64_t tile_rows, int64_t ws,
-                                     const simt::SharedArray<T>& w,
+SIMT_DEVICE void forward_product_mma(const PersistentPartition& part, int64_t K, int64_t N,
+                                     int64_t units, int64_t unit0, int64_t b0, int64_t tile_rows,
+                                     int64_t ws, const simt::SharedArray<T>& w,
                                      const simt::SharedArray<T>& h_tile,
-                                     const simt::SharedArray<float>& partial, T* gates_h) {
+                                     const simt::SharedArray<float>& partial, T* out_rows) {
   const int64_t m_tiles = round_up_to(kGates * part.units, 16) / 16;
   const int64_t tiles = m_tiles * (round_up_to(tile_rows, 8) / 8);
   const int64_t plan_tiles = mma_tiles(part.batch_tile, part.units, kGates, false);
-  const int64_t k_steps = round_up_to(H, 16) / 16;
+  const int64_t k_steps = round_up_to(K, 16) / 16;
   const int64_t steps_per_slice = (k_steps + part.k_split - 1) / part.k_split;
   const WarpTile wt = warp_tile(part, plan_tiles);
   const int lane = static_cast<int>(simt::lane_id());
@@ -246,98 +249,93 @@ SIMT_DEVICE void forward_product_mma(const PersistentPartition& part, int64_t H,
         const int64_t row = 16 * mt + simt::mma_layout::c_row(lane, i);  // kGates jj + g
         const int64_t b = 8 * nt + simt::mma_layout::c_col(lane, i);
         if (row < kGates * units && b < tile_rows) {
-          gates_h[(b0 + b) * kGates * H + (row % kGates) * H + unit0 + row / kGates] = convert<T>(d[i]);
+          out_rows[(b0 + b) * kGates * N + (row % kGates) * N + unit0 + row / kGates] = convert<T>(d[i]);
         }
       }
     }
   }
 }
 
-// ---- the forward kernel ---------------------------------------------------------------------
+// ---- staging weights and the two kinds of products -----------------------------------------
 
-// params: see PersistentForwardParams. Grid: part.blocks blocks of part.threads threads.
-// Cell: LstmCell or GruCell (cells.h).
-template <typename Cell, typename T, typename acc_t>
-SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
-    persistent_forward_kernel(const PersistentForwardParams p) {
-  using partial_t = typename std::conditional<kTensorCores<T>, float, acc_t>::type;
-  constexpr int kGates = Cell::kGates;
-  const PersistentPartition& part = p.part;
-  const int64_t H = p.hidden, B = p.batch, G = kGates * H;
+// Forward weights: w[kGates jj + g, k] = src[(g N + unit0 + jj) K + k] for jj < units, k < K
+// (src [kGates N, K]: W_hh [G, O], or W_hr [P, H] with kGates 1), zero past them up to
+// [rows, k_padded) (tensor cores: whole tiles). Every thread takes part; sync after.
+template <int kGates, typename T, typename acc_t>
+SIMT_DEVICE void stage_gate_rows(const simt::SharedArray<T>& w, int64_t ws, int64_t rows,
+                                 int64_t k_padded, const T* src, int64_t K, int64_t N,
+                                 int64_t units, int64_t unit0) {
   const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
-  const int64_t unit0 = int64_t(simt::block_idx().x) * part.units;
-  const int64_t units = min64(part.units, H - unit0);  // >= 1
-  const int64_t tile = part.batch_tile;
-  const PersistentSharedLayout layout =
-      shared_layout(part, H, kGates, false, sizeof(T), sizeof(acc_t));
-  const int64_t ws = layout.weight_stride;
-  const int64_t k_padded = kTensorCores<T> ? round_up_to(H, 16) : H;
-  // [weight_rows, ws] T: row kGates jj + g = W_hh row g * H + unit0 + jj (a unit's gates
-  // together); zero past the block's units and past H (tensor cores: whole tiles)
-  const simt::SharedArray<T> w = simt::shared_array<T>(0, layout.weight_rows * ws, "w_hh rows");
-  // [tile_rows, ws] T: rows b0 .. of h_{t-1}
-  const simt::SharedArray<T> h_tile =
-      simt::shared_array<T>(layout.tile_offset, layout.tile_rows * ws, "h tile");
-  const simt::SharedArray<partial_t> partial =
-      simt::shared_array<partial_t>(layout.partial_offset, layout.partial_count, "partial sums");
-
-  const T* w_hh = static_cast<const T*>(p.w_hh);
-  for (int64_t i = tid; i < layout.weight_rows * k_padded; i += threads) {
+  for (int64_t i = tid; i < rows * k_padded; i += threads) {
     const int64_t row = i / k_padded, k = i % k_padded;
-    w[row * ws + k] = (row < kGates * units && k < H)
-                          ? w_hh[((row % kGates) * H + unit0 + row / kGates) * H + k]
+    w[row * ws + k] = (row < kGates * units && k < K)
+                          ? src[((row % kGates) * N + unit0 + row / kGates) * K + k]
                           : convert<T>(acc_t(0));
-  }
-  if (kTensorCores<T>) {  // padding rows and columns of the h tile: read, never staged
-    for (int64_t i = tid; i < layout.tile_rows * k_padded; i += threads) {
-      h_tile[(i / k_padded) * ws + i % k_padded] = convert<T>(acc_t(0));
-    }
-  }
-  simt::sync_block();
-
-  T* gates_h = static_cast<T*>(p.gates_h);
-  for (int64_t s = 0; s < p.steps; ++s) {
-    const T* h_prev = offset_rows<T>(p.hidden_exchange, (s & 1) * B, H);  // [B, H]
-    // gates_h[b, g H + unit0 + jj] = sum_k h_{t-1}[b, k] W_hh[g H + unit0 + jj, k]
-    for (int64_t b0 = 0; b0 < B; b0 += tile) {
-      const int64_t tile_rows = min64(tile, B - b0);
-      stage_rows(h_tile, ws, h_prev + b0 * H, H, tile_rows, H);
-      simt::sync_block();
-      if constexpr (kTensorCores<T>) {
-        forward_product_mma<kGates, T>(part, H, units, unit0, b0, tile_rows, ws, w, h_tile,
-                                       partial, gates_h);
-      } else {
-        forward_product_ffma<kGates, T, acc_t>(part, H, units, unit0, b0, tile_rows, ws, w, h_tile,
-                                               partial, gates_h);
-      }
-      simt::sync_block();  // the tile and the partial sums are read; the next may overwrite
-    }
-    // Pointwise on the block's own units (gates_h of its columns, written above).
-    ForwardStepParams step;
-    step.cell_kind = Cell::kKind;
-    step.batch = B;
-    step.hidden = H;
-    step.gates_x = offset_rows<T>(p.gates_x, s * B, G);
-    step.gates_h = gates_h;
-    step.bias_hn = p.bias_hn;
-    step.cell = p.cell;
-    step.hidden_prev = h_prev;
-    step.hidden_next = offset_rows<T>(p.hidden_exchange, ((s + 1) & 1) * B, H);
-    step.out = offset_rows<T>(p.out, s * B, H);
-    set_record_targets(step, p.record, s, sizeof(T), p.scratch_gates, p.scratch_cell,
-                       p.scratch_hidden);
-    step.flags = p.flags != nullptr ? p.flags + s * B : p.no_flags;
-    step.flags_next = (p.flags != nullptr && s + 1 < p.steps) ? p.flags + (s + 1) * B : p.no_flags;
-    for (int64_t i = tid; i < B * units; i += threads) {
-      Cell::template forward<T, acc_t>(step, i / units, unit0 + i % units);
-    }
-    // h_t of every unit is in slot (s + 1) & 1 after the barrier. Slot s & 1 is free again:
-    // every block finished staging from it before it arrived.
-    if (s + 1 < p.steps) simt::sync_grid();
   }
 }
 
-// ---- the backward kernel --------------------------------------------------------------------
+// Backward weights: w[jj, k] = src[k ld + col0 + jj] for jj < units, k < K (columns col0 .. of
+// src [K, ld]: W_hh [G, O], or W_hr [P, H]), zero past them up to [rows, k_padded).
+template <typename T, typename acc_t>
+SIMT_DEVICE void stage_columns(const simt::SharedArray<T>& w, int64_t ws, int64_t rows,
+                               int64_t k_padded, const T* src, int64_t K, int64_t ld,
+                               int64_t units, int64_t col0) {
+  const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
+  for (int64_t i = tid; i < rows * k_padded; i += threads) {
+    const int64_t jj = i % rows, k = i / rows;  // consecutive threads: consecutive columns
+    w[jj * ws + k] = (jj < units && k < K) ? src[k * ld + col0 + jj] : convert<T>(acc_t(0));
+  }
+}
+
+// The arrays of one product in shared memory (shared_layout's).
+template <typename T, typename partial_t>
+struct SIMT_DEVICE_TYPE ProductArrays {
+  PersistentSharedLayout layout;
+  simt::SharedArray<T> w, tile;
+  simt::SharedArray<partial_t> partial;
+};
+
+template <typename T, typename partial_t>
+SIMT_DEVICE ProductArrays<T, partial_t> product_arrays(const PersistentSharedLayout& layout,
+                                                       const char* weight_name,
+                                                       const char* tile_name) {
+  return ProductArrays<T, partial_t>{
+      layout, simt::shared_array<T>(layout.weight_offset, layout.weight_rows * layout.weight_stride, weight_name),
+      simt::shared_array<T>(layout.tile_offset, layout.tile_rows * layout.tile_stride, tile_name),
+      simt::shared_array<partial_t>(layout.partial_offset, layout.partial_count, "partial sums")};
+}
+
+// Zeros a product's whole tile (tensor cores read its padding rows and columns, never staged).
+template <typename T, typename acc_t, typename partial_t>
+SIMT_DEVICE void zero_tile(const ProductArrays<T, partial_t>& a) {
+  const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
+  for (int64_t i = tid; i < a.layout.tile_rows * a.layout.tile_stride; i += threads) {
+    a.tile[i] = convert<T>(acc_t(0));
+  }
+}
+
+// out[b, kGates N columns of unit0 + jj] = src [B, K] (row stride K) @ the staged rows of `a`,
+// batch tile by batch tile (forward_product_*), for the block's `units` units. Every thread
+// of the block calls it.
+template <int kGates, typename T, typename acc_t, typename partial_t>
+SIMT_DEVICE void forward_product(const PersistentPartition& part, const ProductArrays<T, partial_t>& a,
+                                 int64_t B, int64_t K, const T* src, int64_t N, int64_t units,
+                                 int64_t unit0, T* out) {
+  const int64_t ws = a.layout.weight_stride;
+  for (int64_t b0 = 0; b0 < B; b0 += part.batch_tile) {
+    const int64_t tile_rows = min64(part.batch_tile, B - b0);
+    stage_rows(a.tile, ws, src + b0 * K, K, tile_rows, K);
+    simt::sync_block();
+    if constexpr (kTensorCores<T>) {
+      forward_product_mma<kGates, T>(part, K, N, units, unit0, b0, tile_rows, ws, a.w, a.tile,
+                                     a.partial, out);
+    } else {
+      forward_product_ffma<kGates, T, acc_t>(part, K, N, units, unit0, b0, tile_rows, ws, a.w,
+                                             a.tile, a.partial, out);
+    }
+    simt::sync_block();  // the tile and the partial sums are read; the next may overwrite
+  }
+}
 
 // Backward, one batch tile, FFMA: acc[r] = sum over the staged columns of dg_tile[b, k]
 // w[jj, k0 + k] for the thread's rows b; called per staged chunk, summed over slices after.
@@ -360,44 +358,230 @@ SIMT_DEVICE void backward_chunk_ffma(const PersistentPartition& part, const Prod
   }
 }
 
+// out[b, col0 + jj] (row stride ld_out) = sum_{k < K} src[b, k] w[jj, k]: src [B, K] with row
+// stride ld_src (dG_t [B, R]: K = G; dh_eff [B, P]: K = P) staged in [batch tile, k_chunk]
+// pieces, the block's `units` columns. Every thread of the block calls it.
+template <typename T, typename acc_t, typename partial_t>
+SIMT_DEVICE void backward_product(const PersistentPartition& part,
+                                  const ProductArrays<T, partial_t>& a, int64_t B, int64_t K,
+                                  const T* src, int64_t ld_src, int64_t units, int64_t col0,
+                                  T* out, int64_t ld_out) {
+  const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
+  const int64_t ws = a.layout.weight_stride, ts = a.layout.tile_stride;
+  const int64_t chunk = part.k_chunk;
+  for (int64_t b0 = 0; b0 < B; b0 += part.batch_tile) {
+    const int64_t tile_rows = min64(part.batch_tile, B - b0);
+    // FFMA: a thread's rows; tensor cores: up to kMaxWarpTiles output tiles of a warp
+    const ProductTile t = product_tile(part, units, tile_rows);
+    acc_t acc[kRowsPerThread] = {};
+    const int64_t n_tiles = round_up_to(part.units, 8) / 8;
+    const int64_t tiles = round_up_to(tile_rows, 16) / 16 * n_tiles;
+    const int64_t plan_tiles = mma_tiles(part.batch_tile, part.units, 1, true);
+    const WarpTile wt = warp_tile(part, plan_tiles);
+    float d[kMaxWarpTiles][4] = {};
+    for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+      const int64_t cols = min64(chunk, K - k0);
+      // tensor cores: whole k steps, the columns past K zero
+      const int64_t staged = kTensorCores<T> ? round_up_to(cols, 16) : cols;
+      stage_rows(a.tile, ts, src + b0 * ld_src + k0, ld_src, tile_rows, cols);
+      for (int64_t i = tid; i < tile_rows * (staged - cols); i += threads) {  // past K: zero
+        a.tile[(i / (staged - cols)) * ts + cols + i % (staged - cols)] = convert<T>(acc_t(0));
+      }
+      simt::sync_block();
+      if constexpr (kTensorCores<T>) {
+        const int64_t k_steps = staged / 16;
+        const int64_t per_slice = (k_steps + part.k_split - 1) / part.k_split;
+        const int64_t k_begin = min64(k_steps, wt.slice * per_slice) * 16;
+        const int64_t k_end = min64(k_steps, (wt.slice + 1) * per_slice) * 16;
+        for (int64_t n = 0; n < kMaxWarpTiles; ++n) {
+          const int64_t out_tile = wt.first_tile + n * wt.tile_step;
+          if (out_tile < tiles && wt.slice < part.k_split && (n == 0 || part.k_split == 1)) {
+            const int64_t mt = out_tile / n_tiles, nt = out_tile % n_tiles;
+            mma_accumulate(d[n], a.tile, 16 * mt, ts, k_begin, a.w, 8 * nt, ws, k0 + k_begin,
+                           k_end - k_begin);
+          }
+        }
+      } else {
+        backward_chunk_ffma<T, acc_t>(part, t, k0, cols, ws, ts, a.w, a.tile, acc);
+      }
+      simt::sync_block();  // the tile is read; the next may overwrite it
+    }
+    if constexpr (kTensorCores<T>) {
+      const int lane = static_cast<int>(simt::lane_id());
+      const bool active = wt.first_tile < tiles && wt.slice < part.k_split;
+      sum_slices(part.k_split, wt.slice, wt.first_tile * 32 + lane, plan_tiles * 32, active,
+                 a.partial, d[0]);
+      for (int64_t n = 0; n < kMaxWarpTiles; ++n) {
+        const int64_t out_tile = wt.first_tile + n * wt.tile_step;
+        if (out_tile >= tiles || wt.slice != 0 || (n > 0 && part.k_split > 1)) continue;
+        const int64_t mt = out_tile / n_tiles, nt = out_tile % n_tiles;
+        for (int i = 0; i < 4; ++i) {
+          const int64_t b = 16 * mt + simt::mma_layout::c_row(lane, i);
+          const int64_t jj = 8 * nt + simt::mma_layout::c_col(lane, i);
+          if (b < tile_rows && jj < units) {
+            out[(b0 + b) * ld_out + col0 + jj] = convert<T>(d[n][i]);
+          }
+        }
+      }
+    } else {
+      sum_slices(part.k_split, t.slice, t.item, thread_items(part.batch_tile, part.units),
+                 t.active, a.partial, acc);
+      if (t.active && t.slice == 0) {
+        for (int r = 0; r < t.rows; ++r) {
+          out[(b0 + kRowsPerThread * t.group + r) * ld_out + col0 + t.unit] = convert<T>(acc[r]);
+        }
+      }
+    }
+    simt::sync_block();  // partial sums read; and the next step's elements read out
+  }
+}
+
+// ---- the forward kernel ---------------------------------------------------------------------
+
+// params: see PersistentForwardParams. Grid: part.blocks blocks of part.threads threads.
+// Cell: LstmCell, GruCell or LstmpCell (cells.h). Block p owns H units [p u, p u + u) and, with
+// a projection, P columns [p v, p v + v) (v = part_projection.units; the last blocks may own
+// none). One grid barrier between steps; with a projection two a step: phase A (own H units:
+// h_{t-1} W_hh^T and pass 1 -> m), barrier, phase B (own P columns: m W_hr^T and the
+// projection's element -> h), barrier.
+template <typename Cell, typename T, typename acc_t>
+SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
+    persistent_forward_kernel(const PersistentForwardParams p) {
+  using partial_t = typename std::conditional<kTensorCores<T>, float, acc_t>::type;
+  constexpr int kGates = Cell::kGates;
+  constexpr bool kProjected = Cell::kKind == CellKind::kLstmp;
+  const PersistentPartition& part = p.part;
+  const int64_t H = p.hidden, B = p.batch, G = kGates * H;
+  const int64_t P = kProjected ? p.projection : 0, O = kProjected ? P : H;  // O: h's width
+  const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
+  const int64_t unit0 = int64_t(simt::block_idx().x) * part.units;
+  const int64_t units = min64(part.units, H - unit0);  // >= 1
+  const int64_t col0 = int64_t(simt::block_idx().x) * p.part_projection.units;  // projection
+  const int64_t cols = kProjected ? (P > col0 ? min64(p.part_projection.units, P - col0) : 0) : 0;
+  // Phase A: [gates u, O] rows of W_hh (row kGates jj + g = W_hh row g H + unit0 + jj: a
+  // unit's gates together) and the h_{t-1} tile [batch tile, O].
+  const ProductArrays<T, partial_t> recurrent = product_arrays<T, partial_t>(
+      shared_layout(part, O, kGates, false, sizeof(T), sizeof(acc_t)), "w_hh rows", "h tile");
+  stage_gate_rows<kGates, T, acc_t>(recurrent.w, recurrent.layout.weight_stride,
+                                    recurrent.layout.weight_rows,
+                                    kTensorCores<T> ? round_up_to(O, 16) : O,
+                                    static_cast<const T*>(p.w_hh), O, H, units, unit0);
+  // Phase B (projection): [v, H] rows of W_hr and the m tile [batch tile, H], after phase A's.
+  ProductArrays<T, partial_t> projection = recurrent;
+  if constexpr (kProjected) {
+    projection = product_arrays<T, partial_t>(
+        shared_layout(p.part_projection, H, 1, false, sizeof(T), sizeof(acc_t),
+                      recurrent.layout.bytes),
+        "w_hr rows", "m tile");
+    stage_gate_rows<1, T, acc_t>(projection.w, projection.layout.weight_stride,
+                                 projection.layout.weight_rows,
+                                 kTensorCores<T> ? round_up_to(H, 16) : H,
+                                 static_cast<const T*>(p.w_hr), H, P, cols, col0);
+  }
+  if (kTensorCores<T>) {  // padding rows and columns of the tiles: read, never staged
+    zero_tile<T, acc_t>(recurrent);
+    if (kProjected) zero_tile<T, acc_t>(projection);
+  }
+  simt::sync_block();
+
+  T* gates_h = static_cast<T*>(p.gates_h);  // [B, G]
+  for (int64_t s = 0; s < p.steps; ++s) {
+    const T* h_prev = offset_rows<T>(p.hidden_exchange, (s & 1) * B, O);  // [B, O]
+    // gates_h[b, g H + unit0 + jj] = sum_k h_{t-1}[b, k] W_hh[g H + unit0 + jj, k]
+    forward_product<kGates, T, acc_t>(part, recurrent, B, O, h_prev, H, units, unit0, gates_h);
+    // Pointwise on the block's own units (gates_h of its columns, written above).
+    ForwardStepParams step;
+    step.cell_kind = Cell::kKind;
+    step.batch = B;
+    step.hidden = H;
+    step.gates_x = offset_rows<T>(p.gates_x, s * B, G);
+    step.gates_h = gates_h;
+    step.bias_hn = p.bias_hn;
+    step.cell = p.cell;
+    step.hidden_prev = h_prev;
+    step.hidden_next = offset_rows<T>(p.hidden_exchange, ((s + 1) & 1) * B, O);
+    T* out = offset_rows<T>(p.out, s * B, O);  // [B, O]
+    step.out = kProjected ? static_cast<T*>(p.hidden_m) : out;
+    set_record_targets(step, p.record, s, sizeof(T), p.scratch_gates, p.scratch_cell,
+                       p.scratch_hidden);
+    step.flags = p.flags != nullptr ? p.flags + s * B : p.no_flags;
+    step.flags_next = (p.flags != nullptr && s + 1 < p.steps) ? p.flags + (s + 1) * B : p.no_flags;
+    for (int64_t i = tid; i < B * units; i += threads) {
+      Cell::template forward<T, acc_t>(step, i / units, unit0 + i % units);
+    }
+    if constexpr (kProjected) {
+      simt::sync_grid();  // m_t of every unit written
+      // projected[b, col0 + jj] = sum_k m[b, k] W_hr[col0 + jj, k], then hold, out, records
+      T* projected = static_cast<T*>(p.projected);  // [B, P]
+      forward_product<1, T, acc_t>(p.part_projection, projection, B, H,
+                                   static_cast<const T*>(p.hidden_m), P, cols, col0, projected);
+      ForwardStepParams finish = step;
+      finish.cell_kind = CellKind::kProjection;
+      finish.hidden = P;
+      finish.gates_h = projected;
+      finish.out = out;
+      for (int64_t i = tid; i < B * cols; i += threads) {
+        ProjectionPass::forward<T, acc_t>(finish, i / cols, col0 + i % cols);
+      }
+    }
+    // h_t of every unit is in slot (s + 1) & 1 after the barrier. Slot s & 1 is free again:
+    // every block finished staging from it before it arrived (and, with a projection, m is
+    // free: every block has staged it).
+    if (s + 1 < p.steps) simt::sync_grid();
+  }
+}
+
+// ---- the backward kernel --------------------------------------------------------------------
+
+// Block p owns the units of h [p u, p u + u) of the product dG_t W_hh (u = part.units: H
+// units, or with a projection P columns, the last blocks maybe none) and, with a projection,
+// H units [p v, p v + v) (v = part_projection.units). Without a projection: the element on
+// the own units, barrier, dL/dh_{t-1}[:, own] = dG_t W_hh[:, own]. With one: phase A (own P
+// columns: the projection's element -> dh_eff), barrier, phase B (own H units: dm = dh_eff
+// W_hr[:, own], the LSTM's element), barrier, phase C (own P columns: dG_t W_hh[:, own]), which
+// the same block's next phase A reads.
 template <typename Cell, typename T, typename acc_t, bool kPreActivations>
 SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
   using partial_t = typename std::conditional<kTensorCores<T>, float, acc_t>::type;
   constexpr int kGates = Cell::kGates;
+  constexpr bool kProjected = Cell::kKind == CellKind::kLstmp;
   const PersistentPartition& part = p.part;
   // G: the product's k (W_hh's rows); R: a grad_gates row (the GRU's dGh is its first 3H)
   const int64_t H = p.hidden, B = p.batch, G = kGates * H, R = kRecordsPerUnit * H, W = p.steps;
+  const int64_t P = kProjected ? p.projection : 0, O = kProjected ? P : H;
   const int64_t tid = simt::thread_idx().x, threads = simt::block_dim().x;
-  const int64_t unit0 = int64_t(simt::block_idx().x) * part.units;
-  const int64_t units = min64(part.units, H - unit0);  // >= 1
-  const int64_t tile = part.batch_tile, chunk = part.k_chunk;
-  const PersistentSharedLayout layout =
-      shared_layout(part, H, kGates, true, sizeof(T), sizeof(acc_t));
-  const int64_t ws = layout.weight_stride, ts = layout.tile_stride;
-  const int64_t k_padded = kTensorCores<T> ? round_up_to(G, 16) : G;
-  // [weight_rows, ws] T: row jj = column unit0 + jj of W_hh (its G entries); zero past the
-  // block's units and past G (tensor cores: whole tiles)
-  const simt::SharedArray<T> w = simt::shared_array<T>(0, layout.weight_rows * ws, "w_hh columns");
-  // [tile_rows, ts] T: rows b0 .. of dG_t, columns k0 .. k0 + chunk
-  const simt::SharedArray<T> dg_tile =
-      simt::shared_array<T>(layout.tile_offset, layout.tile_rows * ts, "dG tile");
-  const simt::SharedArray<partial_t> partial =
-      simt::shared_array<partial_t>(layout.partial_offset, layout.partial_count, "partial sums");
-
-  const T* w_hh = static_cast<const T*>(p.w_hh);
-  for (int64_t i = tid; i < layout.weight_rows * k_padded; i += threads) {
-    const int64_t jj = i % layout.weight_rows, k = i / layout.weight_rows;  // consecutive
-    w[jj * ws + k] = (jj < units && k < G) ? w_hh[k * H + unit0 + jj]      // threads: columns
-                                           : convert<T>(acc_t(0));
+  const int64_t block = simt::block_idx().x;
+  // the product's columns of h (H units, or P columns)
+  const int64_t col0 = block * part.units;
+  const int64_t cols = O > col0 ? min64(part.units, O - col0) : 0;
+  // the element's H units
+  const PersistentPartition& h_part = kProjected ? p.part_projection : part;
+  const int64_t unit0 = block * h_part.units;
+  const int64_t units = min64(h_part.units, H - unit0);  // >= 1
+  // [u, G] columns of W_hh (row jj = column col0 + jj of W_hh [G, O]) and the dG tile
+  const ProductArrays<T, partial_t> recurrent = product_arrays<T, partial_t>(
+      shared_layout(part, G, kGates, true, sizeof(T), sizeof(acc_t)), "w_hh columns", "dG tile");
+  stage_columns<T, acc_t>(recurrent.w, recurrent.layout.weight_stride, recurrent.layout.weight_rows,
+                          kTensorCores<T> ? round_up_to(G, 16) : G, static_cast<const T*>(p.w_hh),
+                          G, O, cols, col0);
+  // projection: [v, P] columns of W_hr [P, H] and the dh_eff tile, after the first's
+  ProductArrays<T, partial_t> projection = recurrent;
+  if constexpr (kProjected) {
+    projection = product_arrays<T, partial_t>(
+        shared_layout(p.part_projection, P, 1, true, sizeof(T), sizeof(acc_t),
+                      recurrent.layout.bytes),
+        "w_hr columns", "dh_eff tile");
+    stage_columns<T, acc_t>(projection.w, projection.layout.weight_stride,
+                            projection.layout.weight_rows, kTensorCores<T> ? round_up_to(P, 16) : P,
+                            static_cast<const T*>(p.w_hr), P, H, units, unit0);
   }
-  if (kTensorCores<T>) {  // the dG tile's padding rows: read, never staged
-    for (int64_t i = tid; i < layout.tile_rows * chunk; i += threads) {
-      dg_tile[(i / chunk) * ts + i % chunk] = convert<T>(acc_t(0));
-    }
+  if (kTensorCores<T>) {  // the tiles' padding rows: read, never staged
+    zero_tile<T, acc_t>(recurrent);
+    if (kProjected) zero_tile<T, acc_t>(projection);
   }
   simt::sync_block();
 
-  T* grad_hidden = static_cast<T*>(p.grad_hidden);
+  T* grad_hidden = static_cast<T*>(p.grad_hidden);  // [B, O]
   for (int64_t j = W - 1; j >= 0; --j) {
     BackwardStepParams step;
     step.cell_kind = Cell::kKind;
@@ -407,91 +591,53 @@ SIMT_DEVICE void persistent_backward_body(const PersistentBackwardParams& p) {
     step.flags = p.flags + j * B;
     step.flags_after = j < W - 1 ? p.flags + (j + 1) * B : p.no_flags;
     step.carry_scale = p.carry_scales != nullptr ? p.carry_scales[j] : 1.0;
-    step.grad_out = j >= p.grad_out_first ? offset_rows<T>(p.grad_out, (j - p.grad_out_first) * B, H)
+    step.grad_out = j >= p.grad_out_first ? offset_rows<T>(p.grad_out, (j - p.grad_out_first) * B, O)
                                           : static_cast<const T*>(p.no_grad_out);
     step.grad_hidden_next = j == W - 1 ? p.grad_h_n : grad_hidden;
     step.grad_hidden_held = p.grad_held;
     step.grad_cell = p.grad_cell;
     step.grad_gates = offset_rows<T>(p.grad_gates, j * B, R);
-    step.hidden_prev_seen = offset_rows<T>(p.hidden_prev_seen, j * B, H);
-    for (int64_t i = tid; i < B * units; i += threads) {
-      Cell::template backward<T, acc_t, kPreActivations>(step, i / units, unit0 + i % units);
+    step.hidden_prev_seen = offset_rows<T>(p.hidden_prev_seen, j * B, O);
+    if constexpr (kProjected) {
+      // phase A, own P columns: dh_eff and the carry past held steps (lstmp_math.h)
+      BackwardStepParams projected = step;
+      projected.cell_kind = CellKind::kProjection;
+      projected.hidden = P;
+      projected.grad_gates = offset_rows<T>(p.grad_projected, j * B, P);
+      for (int64_t i = tid; i < B * cols; i += threads) {
+        ProjectionPass::backward<T, acc_t, false>(projected, i / cols, col0 + i % cols);
+      }
+      simt::sync_grid();  // dh_eff of every column written
+      // phase B, own H units: dm[:, own] = dh_eff @ W_hr[:, own]; then the LSTM's element with
+      // dL/dh = dm and nothing carried in h (its h inputs zeros, its h output scratch)
+      backward_product<T, acc_t>(p.part_projection, projection, B, P,
+                                 static_cast<const T*>(projected.grad_gates), P, units, unit0,
+                                 static_cast<T*>(p.grad_m), H);
+      step.cell_kind = CellKind::kLstm;
+      step.hidden_prev = p.zeros_h;
+      step.hidden_prev_seen = p.scratch_h;
+      step.grad_out = p.grad_m;
+      step.grad_hidden_next = p.zeros_h;
+      step.grad_hidden_held = p.held_h;
+      for (int64_t i = tid; i < B * units; i += threads) {
+        LstmCell::backward<T, acc_t, kPreActivations>(step, i / units, unit0 + i % units);
+      }
+    } else {
+      for (int64_t i = tid; i < B * units; i += threads) {
+        Cell::template backward<T, acc_t, kPreActivations>(step, i / units, unit0 + i % units);
+      }
     }
     // dG_t of every unit is written after the barrier. Rows of the window buffer are written
     // once each, so the next step's writes cannot meet this step's reads: one barrier.
     simt::sync_grid();
-    // grad_hidden[b, unit0 + jj] = sum_k dG_t[b, k] W_hh[k, unit0 + jj]: dL/dh_{t-1}, own units
-    const T* dg = static_cast<const T*>(step.grad_gates);  // [B, R]: columns [0, G) of each row
-    for (int64_t b0 = 0; b0 < B; b0 += tile) {
-      const int64_t tile_rows = min64(tile, B - b0);
-      // FFMA: a thread's rows; tensor cores: up to kMaxWarpTiles output tiles of a warp
-      const ProductTile t = product_tile(part, units, tile_rows);
-      acc_t acc[kRowsPerThread] = {};
-      const int64_t n_tiles = round_up_to(part.units, 8) / 8;
-      const int64_t tiles = round_up_to(tile_rows, 16) / 16 * n_tiles;
-      const int64_t plan_tiles = mma_tiles(part.batch_tile, part.units, kGates, true);
-      const WarpTile wt = warp_tile(part, plan_tiles);
-      float d[kMaxWarpTiles][4] = {};
-      for (int64_t k0 = 0; k0 < G; k0 += chunk) {
-        const int64_t cols = min64(chunk, G - k0);
-        // tensor cores: whole k steps, the columns past G zero
-        const int64_t staged = kTensorCores<T> ? round_up_to(cols, 16) : cols;
-        stage_rows(dg_tile, ts, dg + b0 * R + k0, R, tile_rows, cols);
-        for (int64_t i = tid; i < tile_rows * (staged - cols); i += threads) {  // past G: zero
-          dg_tile[(i / (staged - cols)) * ts + cols + i % (staged - cols)] = convert<T>(acc_t(0));
-        }
-        simt::sync_block();
-        if constexpr (kTensorCores<T>) {
-          const int64_t k_steps = staged / 16;
-          const int64_t per_slice = (k_steps + part.k_split - 1) / part.k_split;
-          const int64_t k_begin = min64(k_steps, wt.slice * per_slice) * 16;
-          const int64_t k_end = min64(k_steps, (wt.slice + 1) * per_slice) * 16;
-          for (int64_t n = 0; n < kMaxWarpTiles; ++n) {
-            const int64_t out_tile = wt.first_tile + n * wt.tile_step;
-            if (out_tile < tiles && wt.slice < part.k_split && (n == 0 || part.k_split == 1)) {
-              const int64_t mt = out_tile / n_tiles, nt = out_tile % n_tiles;
-              mma_accumulate(d[n], dg_tile, 16 * mt, ts, k_begin, w, 8 * nt, ws, k0 + k_begin,
-                             k_end - k_begin);
-            }
-          }
-        } else {
-          backward_chunk_ffma<T, acc_t>(part, t, k0, cols, ws, ts, w, dg_tile, acc);
-        }
-        simt::sync_block();  // the tile is read; the next may overwrite it
-      }
-      if constexpr (kTensorCores<T>) {
-        const int lane = static_cast<int>(simt::lane_id());
-        const bool active = wt.first_tile < tiles && wt.slice < part.k_split;
-        sum_slices(part.k_split, wt.slice, wt.first_tile * 32 + lane, plan_tiles * 32, active,
-                   partial, d[0]);
-        for (int64_t n = 0; n < kMaxWarpTiles; ++n) {
-          const int64_t out_tile = wt.first_tile + n * wt.tile_step;
-          if (out_tile >= tiles || wt.slice != 0 || (n > 0 && part.k_split > 1)) continue;
-          const int64_t mt = out_tile / n_tiles, nt = out_tile % n_tiles;
-          for (int i = 0; i < 4; ++i) {
-            const int64_t b = 16 * mt + simt::mma_layout::c_row(lane, i);
-            const int64_t jj = 8 * nt + simt::mma_layout::c_col(lane, i);
-            if (b < tile_rows && jj < units) {
-              grad_hidden[(b0 + b) * H + unit0 + jj] = convert<T>(d[n][i]);
-            }
-          }
-        }
-      } else {
-        sum_slices(part.k_split, t.slice, t.item, thread_items(part.batch_tile, part.units),
-                   t.active, partial, acc);
-        if (t.active && t.slice == 0) {
-          for (int r = 0; r < t.rows; ++r) {
-            grad_hidden[(b0 + kRowsPerThread * t.group + r) * H + unit0 + t.unit] = convert<T>(acc[r]);
-          }
-        }
-      }
-      simt::sync_block();  // partial sums read; and the next step's elements read grad_hidden
-    }
+    // grad_hidden[b, col0 + jj] = sum_k dG_t[b, k] W_hh[k, col0 + jj]: dL/dh_{t-1}, own columns
+    backward_product<T, acc_t>(part, recurrent, B, G, static_cast<const T*>(step.grad_gates), R,
+                               cols, col0, grad_hidden, O);
   }
 }
 
 // params: see PersistentBackwardParams. Grid: part.blocks blocks of part.threads threads.
-// Cell: LstmCell or GruCell (cells.h).
+// Cell: LstmCell, GruCell or LstmpCell (cells.h).
 template <typename Cell, typename T, typename acc_t>
 SIMT_KERNEL void SIMT_LAUNCH_BOUNDS(kPersistentMaxThreads, 1)
     persistent_backward_kernel(const PersistentBackwardParams p) {

@@ -33,8 +33,9 @@ void backward_step(const BackwardStepParams& params, at::ScalarType storage) {
 }
 
 
-int plan(int64_t hidden, int64_t batch, CellKind cell, StorageType storage, PersistentPlan* out) {
-  return emu::plan_persistent(hidden, batch, cell, storage, out);
+int plan(int64_t hidden, int64_t projection, int64_t batch, CellKind cell, StorageType storage,
+         PersistentPlan* out) {
+  return emu::plan_persistent(hidden, projection, batch, cell, storage, out);
 }
 CudaPath path() { return static_cast<CudaPath>(path_setting.load(std::memory_order_relaxed)); }
 int64_t device() { return 0; }

@@ -16,8 +16,8 @@ int launch_backward_step(const BackwardStepParams& params, StorageType storage, 
 
 // The persistent kernels' plan on the simulated device, and their launches (see
 // csrc/cuda/persistent_launch.h).
-int plan_persistent(int64_t hidden, int64_t batch, CellKind cell, StorageType storage,
-                    PersistentPlan* plan);
+int plan_persistent(int64_t hidden, int64_t projection, int64_t batch, CellKind cell,
+                    StorageType storage, PersistentPlan* plan);
 int launch_persistent_forward(const PersistentForwardParams& params, StorageType storage, void* stream);
 int launch_persistent_backward(const PersistentBackwardParams& params, StorageType storage, void* stream);
 

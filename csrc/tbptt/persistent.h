@@ -77,28 +77,31 @@ TBPTT_HD int64_t padded_row(int64_t n, int64_t elem_bytes) {
 
 TBPTT_HD int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
-// Byte offsets of a persistent kernel's shared arrays (the one rule the plan and the kernels
-// share; `gates`: the cell's kGates, G = gates H). Forward: weights [gates u, padded_row(H)] T,
-// the h tile [batch_tile, padded_row(H)] T, the partial sums [k_split - 1, thread_items,
-// kRowsPerThread * gates] acc. Backward: weights [u, padded_row(G)] T, the dG tile
+// Byte offsets of a persistent kernel's shared arrays for one product (the one rule the plan
+// and the kernels share), from byte `base` on; `k`: the product's reduction length (forward:
+// h's width, H, or P with a projection; backward: W_hh's G = gates H rows, or P for the
+// projection's dh_eff W_hr), `gates`: the gate blocks of its output rows (the cell's kGates;
+// 1 for the projection). Forward: weights [gates u, padded_row(k)] T, the h tile
+// [batch_tile, padded_row(k)] T, the partial sums [k_split - 1, thread_items,
+// kRowsPerThread * gates] acc. Backward: weights [u, padded_row(k)] T, the dG tile
 // [batch_tile, padded_row(k_chunk)] T, the partial sums [k_split - 1, thread_items,
 // kRowsPerThread] acc. Tensor cores: rows and k padded to whole tiles (forward weights
-// [round16(gates u), .. round16(H)], h tile [round8(batch_tile), ..];
-// backward weights [round8(u), .. round16(G)], dG tile [round16(batch_tile), ..]) and partial
-// sums [k_split - 1, tiles, 32 lanes, 4] float.
+// [round16(gates u), .. round16(k)], h tile [round8(batch_tile), ..];
+// backward weights [round8(u), .. round16(k)], dG tile [round16(batch_tile), ..]) and partial
+// sums [k_split - 1, tiles, 32 lanes, 4] float. The LSTM with projections' kernels hold two
+// products' arrays, the second from the first's `bytes` on.
 struct PersistentSharedLayout {
-  int64_t weight_rows, weight_stride;
+  int64_t weight_offset, weight_rows, weight_stride;
   int64_t tile_rows, tile_offset, tile_stride;
   int64_t partial_offset, partial_count;
   int64_t bytes;
 };
 
-TBPTT_HD PersistentSharedLayout shared_layout(const PersistentPartition& part, int64_t hidden,
+TBPTT_HD PersistentSharedLayout shared_layout(const PersistentPartition& part, int64_t k,
                                               int64_t gates, bool backward, int64_t elem_bytes,
-                                              int64_t acc_bytes) {
+                                              int64_t acc_bytes, int64_t base = 0) {
   PersistentSharedLayout s;
   const bool tc = part.tensor_cores;
-  const int64_t k = backward ? gates * hidden : hidden;
   if (backward) {
     s.weight_rows = tc ? round_up_to(part.units, 8) : part.units;
     s.tile_rows = tc ? round_up_to(part.batch_tile, 16) : part.batch_tile;
@@ -106,8 +109,9 @@ TBPTT_HD PersistentSharedLayout shared_layout(const PersistentPartition& part, i
     s.weight_rows = tc ? round_up_to(gates * part.units, 16) : gates * part.units;
     s.tile_rows = tc ? round_up_to(part.batch_tile, 8) : part.batch_tile;
   }
+  s.weight_offset = align16(base);
   s.weight_stride = padded_row(tc ? round_up_to(k, 16) : k, elem_bytes);
-  s.tile_offset = align16(s.weight_rows * s.weight_stride * elem_bytes);
+  s.tile_offset = s.weight_offset + align16(s.weight_rows * s.weight_stride * elem_bytes);
   s.tile_stride = backward ? padded_row(part.k_chunk, elem_bytes) : s.weight_stride;
   s.partial_offset = s.tile_offset + align16(s.tile_rows * s.tile_stride * elem_bytes);
   s.partial_count = tc ? (part.k_split - 1) * mma_tiles(part.batch_tile, part.units, gates, backward) * 32 * 4
@@ -117,13 +121,19 @@ TBPTT_HD PersistentSharedLayout shared_layout(const PersistentPartition& part, i
   return s;
 }
 
-// What the plan decided for one (device, cell, storage type, H, B).
+// What the plan decided for one (device, cell, storage type, H, B). Forward: the recurrent
+// product h_{t-1} W_hh^T over the block's H units; backward: dG_t W_hh over the block's units
+// of h (H units; the projection's P columns). The LSTM with projections adds a second product
+// each way (forward_projection: m W_hr^T over the block's P columns; backward_projection:
+// dh_eff W_hr over its H units); a kernel launches with the larger thread count of its two
+// partitions and the shared bytes of both (each partition's shared_bytes holds that total).
 struct PersistentPlan {
   bool usable = false;        // both kernels fit; else `reason` says why not
   std::string reason;
   int64_t sms = 0;            // SMs the device reported when planned
   int64_t capability = 0;     // its compute capability, major * 10 + minor (90: H100)
   PersistentPartition forward, backward;
+  PersistentPartition forward_projection, backward_projection;  // lstmp only (blocks 0 else)
 };
 
 // One layer's forward over a chunk of L steps.
@@ -133,6 +143,7 @@ struct PersistentForwardParams {
   int64_t batch;               // B
   int64_t hidden;              // H
   PersistentPartition part;
+  PersistentPartition part_projection;  // lstmp: m W_hr^T's partition (PersistentPlan)
   const void* gates_x;         // [L, B, G] T   x_t W_ih^T + b_ih + b_hh (GRU: ForwardStepParams')
   const void* w_hh;            // [G, H] T      nn.LSTM's / nn.GRU's layout
   const void* bias_hn;         // [H] acc       GRU: b_hn (ForwardStepParams); unused by the LSTM
@@ -151,9 +162,10 @@ struct PersistentForwardParams {
   void* scratch_gates;         // [B, R] T      where a step's gates go when not recorded
   void* scratch_cell;          // [B, H] T
   void* scratch_hidden;        // [B, O] T
-  // The LSTM with projections (lstmp_math.h; the fused CPU layers only): h is P wide, so
-  // hidden_exchange is [2, B, P], out [L, B, P] and the h record P wide.
+  // The LSTM with projections (lstmp_math.h): h is P wide, so hidden_exchange is [2, B, P],
+  // out [L, B, P] and the h record P wide.
   int64_t projection = 0;      // P; 0: no projection (h is H wide)
+  const void* w_hr = nullptr;  // [P, H] T      nn.LSTM's weight_hr
   void* hidden_m = nullptr;    // [B, H] T      scratch: m_t = o tanh(c_t)
   void* projected = nullptr;   // [B, P] T      scratch: m_t W_hr^T
 };
@@ -165,7 +177,8 @@ struct PersistentBackwardParams {
   int64_t batch;               // B
   int64_t hidden;              // H
   PersistentPartition part;
-  const void* w_hh;            // [G, H] T
+  PersistentPartition part_projection;  // lstmp: dh_eff W_hr's partition (PersistentPlan)
+  const void* w_hh;            // [G, O] T
   BackwardSource source;       // the span's activations (window.h)
   const uint8_t* flags;        // [W, B] u8     the span's step flags (with kFlagCut)
   const uint8_t* no_flags;     // [B] u8 zeros
@@ -183,9 +196,10 @@ struct PersistentBackwardParams {
   void* grad_gates;            // [W, B, R] T   out: dL/d(pre-activations) (cells.h's layout; the
                                //               GRU's dGh is the first G = 3H of a row)
   void* hidden_prev_seen;      // [W, B, O] T   out: h_{t-1} as each step saw it
-  // The LSTM with projections (the fused CPU layers only): grad_out, grad_h_n, grad_hidden,
-  // grad_held and hidden_prev_seen are P wide (O = P).
+  // The LSTM with projections: grad_out, grad_h_n, grad_hidden, grad_held and
+  // hidden_prev_seen are P wide (O = P).
   int64_t projection = 0;      // P; 0: none
+  const void* w_hr = nullptr;  // [P, H] T
   void* grad_projected = nullptr;  // [W, B, P] T  out: dh_eff of each step (lstmp_math.h)
   void* grad_m = nullptr;      // [B, H] T      scratch: dm = dh_eff W_hr
   const void* zeros_h = nullptr;  // [B, H] T   zeros: the LSTM element's h inputs

@@ -8,7 +8,8 @@
 //   warp         shfl shfl_up shfl_down shfl_xor (mask, value, lane/delta, width), ballot any all
 //   atomics      atomic_add(T* | shared element, v), load_acquire, store_release, fence
 //   shared       shared_array<T>(byte_offset, count, "name") -> SharedArray<T>: the block's
-//                dynamic shared memory, carved by the kernel at offsets the launcher sized
+//                dynamic shared memory, carved by the kernel at offsets the launcher sized;
+//                a struct holding SharedArrays is declared `struct SIMT_DEVICE_TYPE Name`
 //   tensor cores mma_m16n8k16<float16|bfloat16>(d, a, b, c) and its fragment maps (mma_layout)
 //   types        simt::float16, simt::bfloat16 (convert explicitly: tbptt::convert),
 //                bits_of(v) -> uint16_t, pack_pair(low, high) -> uint32_t
@@ -47,6 +48,7 @@
 #include <cuda_runtime.h>
 
 #define SIMT_NS cuda
+#define SIMT_DEVICE_TYPE
 #define SIMT_KERNEL __global__
 #define SIMT_DEVICE __device__ __forceinline__
 #define SIMT_LAUNCH_BOUNDS(threads, min_blocks) __launch_bounds__(threads, min_blocks)
@@ -270,6 +272,10 @@ TBPTT_HD __nv_bfloat16 convert<__nv_bfloat16, float>(float value) {
 #else  // the SIMT emulator
 
 #define SIMT_NS emu
+// A struct of kernel code holding simt:: objects (SharedArray): hidden like the emulator's own
+// types, which simt_emu.h declares under visibility(hidden) (g++ warns on a visible struct
+// with hidden members).
+#define SIMT_DEVICE_TYPE __attribute__((visibility("hidden")))
 #define SIMT_KERNEL
 #define SIMT_DEVICE inline
 #define SIMT_LAUNCH_BOUNDS(threads, min_blocks)
