@@ -536,19 +536,16 @@ def main(argv=None):
         parts += ["", "**CPU per step** (float32, B=32, I=H, 64-step chunks, forward + backward; "
                   "ratio = ours / peer, ratio of medians of interleaved runs [IQR]; target and "
                   "verdict; ours / peer µs per step)", "", cpu_step]
-    cpu_gru = cpu_step_table(rows, "gru")
-    if cpu_gru:
-        parts += ["", "**CPU GRU per step** (TruncatedGRU against nn.GRU; float32, B=32, I=H, "
-                  "64-step chunks, forward + backward; ratio = ours / peer, ratio of medians of "
-                  "interleaved runs [IQR]; no targets (the fused CPU layers, as the LSTM's): "
-                  "reported, not judged; ours / peer µs per step)", "", cpu_gru]
-    cpu_lstmp = cpu_step_table(rows, "lstmp")
-    if cpu_lstmp:
-        parts += ["", "**CPU LSTM with projections per step** (TruncatedLSTM(proj_size=H/2) against "
-                  "nn.LSTM(proj_size=H/2); float32, B=32, I=H, 64-step chunks, forward + backward; "
-                  "ratio = ours / peer, ratio of medians of interleaved runs [IQR]; no targets (the "
-                  "fused CPU layers, as the LSTM's): reported, not judged; ours / peer µs per step)", "",
-                  cpu_lstmp]
+    # The other cells' tables: no targets were set for them (reported, not judged).
+    for cell, title in (("gru", "CPU GRU per step** (TruncatedGRU against nn.GRU"),
+                        ("lstmp", "CPU LSTM with projections per step** (TruncatedLSTM(proj_size=H/2) "
+                                  "against nn.LSTM(proj_size=H/2)")):
+        table = cpu_step_table(rows, cell)
+        if table:
+            parts += ["", f"**{title}; float32, B=32, I=H, 64-step chunks, forward + backward; "
+                      "ratio = ours / peer, ratio of medians of interleaved runs [IQR]; no targets "
+                      "(the fused CPU layers, as the LSTM's): reported, not judged; ours / peer µs "
+                      "per step)", "", table]
     cpu_bf16 = cpu_bf16_table(rows)
     if cpu_bf16:
         parts += ["", "**CPU bfloat16 per step** (B=32, I=H, 64-step chunks, BPTT(k,k), forward + "

@@ -24,7 +24,23 @@ from .history import CELLS, MODES, History, accumulation_dtype, state_sizes
 FLAG_RESET, FLAG_HOLD = 1, 2  # step flags, as csrc/tbptt/window.h defines them
 
 
-class LSTMState(tuple):
+class _StreamState:
+    """What LSTMState and GRUState carry besides the state's values: the stream's history, its
+    position and the window of the chunk that made it."""
+
+    def _carry(self, history, step, window):
+        self.history = history  # None: no history recorded (no_grad / eval)
+        self.step = step        # the stream step this state follows (history.end when made)
+        self.window = window    # steps the backward of the chunk that made it reaches
+        return self
+
+    @property
+    def history_nbytes(self):
+        """Bytes the history ring of this stream holds on its device (0 without history)."""
+        return self.history.nbytes if self.history is not None else 0
+
+
+class LSTMState(_StreamState, tuple):
     """(h_n, c_n), as nn.LSTM returns, plus the stream's history: h_n [num_layers, B, O]
     (O = proj_size if proj_size > 0 else hidden_size), c_n [num_layers, B, hidden_size].
 
@@ -33,16 +49,7 @@ class LSTMState(tuple):
     """
 
     def __new__(cls, h, c, history=None, step=0, window=None):
-        state = super().__new__(cls, (h, c))
-        state.history = history  # None: no history recorded (no_grad / eval)
-        state.step = step        # the stream step this state follows (history.end when made)
-        state.window = window    # steps the backward of the chunk that made it reaches
-        return state
-
-    @property
-    def history_nbytes(self):
-        """Bytes the history ring of this stream holds on its device (0 without history)."""
-        return self.history.nbytes if self.history is not None else 0
+        return tuple.__new__(cls, (h, c))._carry(history, step, window)
 
     def __reduce__(self):
         """torch.save keeps everything needed to continue the stream exactly: (h_n, c_n), the
@@ -68,7 +75,7 @@ def _restore_state(h, c, history, step, window=None):
                      step, window)
 
 
-class GRUState(torch.Tensor):
+class GRUState(_StreamState, torch.Tensor):
     """h_n [num_layers, B, H] as nn.GRU returns it -- a tensor -- plus the stream's history.
 
     Pass it back as the next call's hx to continue the stream. It is a torch.Tensor (index it,
@@ -83,16 +90,8 @@ class GRUState(torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
     def __new__(cls, h, history=None, step=0, window=None):
-        state = h.as_subclass(cls)  # the same tensor, still in the autograd graph
-        state.history = history  # None: no history recorded (no_grad / eval)
-        state.step = step        # the stream step this state follows (history.end when made)
-        state.window = window    # steps the backward of the chunk that made it reaches
-        return state
-
-    @property
-    def history_nbytes(self):
-        """Bytes the history ring of this stream holds on its device (0 without history)."""
-        return self.history.nbytes if self.history is not None else 0
+        # the same tensor, still in the autograd graph
+        return h.as_subclass(cls)._carry(history, step, window)
 
     def __reduce_ex__(self, protocol):
         """torch.save keeps everything needed to continue the stream exactly (h_n, the history

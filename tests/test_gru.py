@@ -6,11 +6,11 @@ PackedSequence, bias=False); against tbptt_cuda/reference.py over multi-chunk st
 windows reach into earlier chunks (k2 > L) in every history mode, with resets, dropout and
 ARTBP; the state is a tensor (GRUState) that carries the stream, saves and resumes exactly;
 the history's layout and bytes; the errors. The paths: the CPU stepwise path and fused layers
-(also in tests/test_cpu_fused.py and test_cpu_bf16.py), the CUDA stepwise and persistent
-kernels under the emulator (the persistent ones also in tests/test_persistent.py, over the
-LSTM's cases), the GPU where there is one.
-The reference comparisons shared with the LSTM run over the `cell` fixture in
-test_reference.py, test_history_modes.py, test_resets.py, test_artbp.py and test_autograd.py.
+(their own tests in tests/test_cpu_fused.py and test_cpu_bf16.py), the CUDA stepwise and
+persistent kernels under the emulator (the persistent ones also in tests/test_persistent.py,
+over the LSTM's cases), the GPU where there is one. The reference comparisons (and 16-bit
+within the bar) shared with the LSTM run over the `cell` fixture in test_reference.py,
+test_history_modes.py, test_resets.py, test_artbp.py and test_autograd.py.
 """
 import copy
 import io
@@ -24,18 +24,14 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
-import tbptt_cuda
-from tbptt_cuda import ARTBP, GRUState, TruncatedGRU, TruncatedLSTM, _backend, emulate_cuda
+from tbptt_cuda import ARTBP, GRUState, TruncatedGRU, TruncatedLSTM, _backend
 from tbptt_cuda.history import History, RingBuffers
 from tbptt_cuda.reference import GRU, ReferenceStream, cell_of
 
-from helpers import (TOLERANCE, assert_records_close, assert_within_low_precision_bar,
-                     make_stream, rel_err, run_both, stream_records)
+from helpers import TOLERANCE, assert_records_close, make_stream, rel_err, run_both
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 MODES = ["activations", "states", "checkpoints"]
-EMULATION = tbptt_cuda.build_info()["cuda_emulation"]
-needs_emulation = pytest.mark.skipif(not EMULATION, reason="built without the emulated kernels")
 
 
 @pytest.fixture
@@ -248,23 +244,6 @@ def test_artbp_matches_the_reference(history, device):
     (out.pow(2).sum() + h.sum()).backward()
     for a, b in zip(ours, [out.detach(), h.detach()] + _grads(gru)):
         assert rel_err(a, b) <= 1e-10
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_sixteen_bit_streams_within_the_bar(dtype, device):
-    """16-bit storage by the LSTM's rules: each record at most LOW_PRECISION_RATIO times as far
-    from float64 as plain PyTorch at that dtype."""
-    exact = TruncatedGRU(16, 32, 2, dtype=torch.float64, device=device)
-    ours = TruncatedGRU(16, 32, 2, dtype=dtype, device=device)
-    plain = TruncatedGRU(16, 32, 2, dtype=dtype, device=device)
-    ours.load_state_dict(exact.state_dict())
-    plain.load_state_dict(exact.state_dict())
-    chunks, resets = make_stream([8] * 3, 8, 16, torch.float64, device, reset_prob=0.05)
-    truth = stream_records(exact, chunks, resets, 16, reference=True)
-    low = [c.to(dtype) for c in chunks]
-    got = stream_records(ours, low, resets, 16)
-    baseline = stream_records(plain, low, resets, 16, reference=True)
-    assert_within_low_precision_bar(truth, got, baseline, dtype, check_dtype=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,57 +470,8 @@ def test_errors_name_the_argument():
 
 
 # ---------------------------------------------------------------------------------------------
-# the paths: which backend runs the GRU
-
-def _records_on(path, module=TruncatedGRU):
-    """A float32 stream of two 12-step chunks (B = 3, H = 40: where "auto" takes the persistent
-    kernels for an LSTM) on the CPU ("cpu") or under the emulator on that CUDA path."""
-    torch.manual_seed(0)
-    rnn = module(5, 40, 2, k2=16)
-    chunks, resets = make_stream([12, 12], 3, 5, torch.float32, "cpu", reset_prob=0.1, seed=2)
-    if path == "cpu":
-        return stream_records(rnn, chunks, resets, 16), None
-    with emulate_cuda(path=path) as stats:
-        return stream_records(rnn, chunks, resets, 16), dict(stats.launches)
-
-
-@needs_emulation
-def test_the_persistent_kernels_run_the_gru_where_auto_takes_them_for_the_lstm():
-    """The "auto" path takes the persistent kernels for the GRU where it takes them for the LSTM (the
-    same rule): one launch per layer per chunk each way, the stepwise path's results to float32
-    rounding (the products sum in another order)."""
-    _, lstm_launches = _records_on("auto", TruncatedLSTM)
-    assert lstm_launches == {"persistent_forward": 4, "persistent_backward": 4}
-    stepwise, launches = _records_on("stepwise")
-    assert set(launches) == {"forward_step", "backward_step"}
-    for path in ("persistent", "auto"):
-        results, launched = _records_on(path)
-        assert launched == lstm_launches, path  # two chunks of two layers
-        for a, b in zip(results, stepwise):
-            for ta, tb in zip(a, b):
-                assert rel_err(ta, tb) <= TOLERANCE[torch.float32], path
-
-
-@pytest.mark.skipif(_backend.cpu_fused_reason() != "", reason="no fused CPU layers here")
-def test_the_fused_cpu_layers_run_the_gru():
-    """On the CPU, "auto" runs the GRU's float32 layers fused (W_hh packed: the pack counter
-    moves), with the forced stepwise path's results to float32 rounding."""
-    module = _backend.load()
-    before = module.cpu_path()
-    try:
-        module.set_cpu_path("stepwise")
-        packs = module.cpu_weight_packs_made()
-        stepwise, _ = _records_on("cpu")
-        assert module.cpu_weight_packs_made() == packs
-        module.set_cpu_path("auto")
-        auto, _ = _records_on("cpu")
-        assert module.cpu_weight_packs_made() > packs
-    finally:
-        module.set_cpu_path(before)
-    for a, b in zip(auto, stepwise):
-        for ta, tb in zip(a, b):
-            assert rel_err(ta, tb) <= TOLERANCE[torch.float32]
-
+# the ops (which backend runs the GRU: tests/test_persistent.py and test_cpu_fused.py, over the
+# cells)
 
 def test_opcheck_registered_ops_for_the_gru(device):
     """The ops and their fake (shape-only) implementations agree for cell = 2: c0, c_n and the

@@ -4,16 +4,16 @@ Against nn.LSTM(proj_size=P) on the same weights (k2=None, one chunk per call: o
 c_n and every gradient), in every calling convention (state positional or hx=, batch_first,
 unbatched, PackedSequence, bias=False, 1 and 2 layers); against tbptt_cuda/reference.py
 (Cell LSTMP) over multi-chunk streams whose windows reach into earlier chunks (k2 > L) in
-every history mode, with resets, dropout (masks of size P) and ARTBP; gradcheck; 16-bit
-within the bar; save and resume exactly; the history's layout and bytes (h and the masks P
+every history mode, with resets, dropout (masks of size P) and ARTBP; gradcheck; save and
+resume exactly; the history's layout and bytes (h and the masks P
 wide, c H wide); the parameters (weight_hr_l{k} [P, H] after the biases: nn.LSTM's names,
 order and initialisation) and state_dict both ways; the errors. proj_size=0 is the plain LSTM,
 bit for bit. The paths: the CPU stepwise element loops and the fused CPU layers (two team
-barriers a step each way; also in tests/test_cpu_fused.py and test_cpu_bf16.py), the CUDA
-stepwise and persistent kernels under the emulator (the persistent ones, two grid barriers a
-step each way, also in tests/test_persistent.py over the LSTM's cases), the GPU where there is
-one. The reference
-comparisons shared with the other cells run over the `cell` fixture ("lstmp") in
+barriers a step each way; their own tests in tests/test_cpu_fused.py and test_cpu_bf16.py), the
+CUDA stepwise and persistent kernels under the emulator (the persistent ones, two grid barriers
+a step each way, also in tests/test_persistent.py over the LSTM's cases), the GPU where there
+is one. The reference comparisons (and 16-bit within the bar) shared with the other cells run
+over the `cell` fixture ("lstmp") in
 test_reference.py, test_history_modes.py, test_resets.py, test_artbp.py, test_autograd.py.
 """
 import copy
@@ -28,19 +28,16 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
-import tbptt_cuda
-from tbptt_cuda import ARTBP, LSTMState, TruncatedGRU, TruncatedLSTM, _backend, emulate_cuda
+from tbptt_cuda import ARTBP, LSTMState, TruncatedGRU, TruncatedLSTM, _backend
 from tbptt_cuda.function import CELL_CODES
 from tbptt_cuda.history import History, RingBuffers
 from tbptt_cuda.reference import LSTM, LSTMP, ReferenceStream, cell_of
 
-from helpers import (TOLERANCE, assert_records_close, assert_within_low_precision_bar,
-                     make_stream, rel_err, run_both, stream_records)
+from helpers import (TOLERANCE, assert_records_close, make_stream, rel_err, run_both,
+                     stream_records)
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 MODES = ["activations", "states", "checkpoints"]
-EMULATION = tbptt_cuda.build_info()["cuda_emulation"]
-needs_emulation = pytest.mark.skipif(not EMULATION, reason="built without the emulated kernels")
 
 # The shapes of most tests: I, H, P all different (a mix-up of any two shows in a shape or a
 # value), P < I so that the upper layers' input (P) differs from the first's (I).
@@ -49,9 +46,8 @@ I, H, P = 4, 6, 3
 
 @pytest.fixture
 def cell():
-    """Every test here is the LSTM with projections': conftest's `device` then skips "emulated"
-    (the forced persistent path hands it to the stepwise kernels, which "emulated_stepwise"
-    runs; test_the_persistent_path_falls_back_to_the_stepwise_kernels checks the hand-over)."""
+    """Every test here is the LSTM with projections' (conftest's `device` runs it on "emulated",
+    the persistent kernels, and on "emulated_stepwise")."""
     return "lstmp"
 
 
@@ -380,24 +376,6 @@ def test_gradcheck_two_layers_without_bias(device):
     assert torch.autograd.gradcheck(second, (x2, *params.values()))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_sixteen_bit_streams_within_the_bar(dtype, device):
-    """16-bit storage by the LSTM's rules: each record at most LOW_PRECISION_RATIO times as far
-    from float64 as plain PyTorch at that dtype."""
-    torch.manual_seed(0)
-    exact = TruncatedLSTM(16, 32, 2, proj_size=12, dtype=torch.float64, device=device)
-    ours = TruncatedLSTM(16, 32, 2, proj_size=12, dtype=dtype, device=device)
-    plain = TruncatedLSTM(16, 32, 2, proj_size=12, dtype=dtype, device=device)
-    ours.load_state_dict(exact.state_dict())
-    plain.load_state_dict(exact.state_dict())
-    chunks, resets = make_stream([8] * 3, 8, 16, torch.float64, device, reset_prob=0.05)
-    truth = stream_records(exact, chunks, resets, 16, reference=True)
-    low = [c.to(dtype) for c in chunks]
-    got = stream_records(ours, low, resets, 16)
-    baseline = stream_records(plain, low, resets, 16, reference=True)
-    assert_within_low_precision_bar(truth, got, baseline, dtype, check_dtype=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # the state and the history: h P wide, c H wide
 
@@ -678,58 +656,8 @@ def test_errors_name_the_argument():
 
 
 # ---------------------------------------------------------------------------------------------
-# the paths: which backend runs the LSTM with projections
-
-def _records_on(path, proj_size=16):
-    """A float32 stream of two 12-step chunks (B = 3, H = 40: where "auto" takes the persistent
-    kernels for an LSTM) on the CPU ("cpu") or under the emulator on that CUDA path."""
-    torch.manual_seed(0)
-    rnn = TruncatedLSTM(5, 40, 2, proj_size=proj_size, k2=16)
-    chunks, resets = make_stream([12, 12], 3, 5, torch.float32, "cpu", reset_prob=0.1, seed=2)
-    if path == "cpu":
-        return stream_records(rnn, chunks, resets, 16), None
-    with emulate_cuda(path=path) as stats:
-        return stream_records(rnn, chunks, resets, 16), dict(stats.launches)
-
-
-@needs_emulation
-def test_the_persistent_kernels_run_the_projection_where_auto_takes_them_for_the_lstm():
-    """The "auto" path takes the persistent kernels for the LSTM with projections where it takes
-    them for the LSTM (the same rule): one launch per layer per chunk each way, two grid
-    barriers a step, the stepwise path's results to float32 rounding."""
-    _, lstm_launches = _records_on("auto", proj_size=0)
-    assert lstm_launches == {"persistent_forward": 4, "persistent_backward": 4}
-    stepwise, launches = _records_on("stepwise")
-    assert "persistent_forward" not in launches and launches
-    for path in ("persistent", "auto"):
-        results, launched = _records_on(path)
-        assert launched == lstm_launches, path  # two chunks of two layers
-        for a, b in zip(results, stepwise):
-            for ta, tb in zip(a, b):
-                assert rel_err(ta, tb) <= TOLERANCE[torch.float32], path
-
-
-@pytest.mark.skipif(_backend.cpu_fused_reason() != "", reason="no fused CPU layers here")
-def test_the_fused_cpu_layers_run_the_projection():
-    """On the CPU, "auto" runs the LSTM with projections' float32 layers fused (W_hh and W_hr
-    packed: the pack counter moves), with the forced stepwise path's results to float32
-    rounding."""
-    module = _backend.load()
-    before = module.cpu_path()
-    try:
-        module.set_cpu_path("stepwise")
-        packs = module.cpu_weight_packs_made()
-        stepwise, _ = _records_on("cpu")
-        assert module.cpu_weight_packs_made() == packs
-        module.set_cpu_path("auto")
-        auto, _ = _records_on("cpu")
-        assert module.cpu_weight_packs_made() >= packs + 4  # W_hh and W_hr, both directions
-    finally:
-        module.set_cpu_path(before)
-    for a, b in zip(auto, stepwise):
-        for ta, tb in zip(a, b):
-            assert rel_err(ta, tb) <= TOLERANCE[torch.float32]
-
+# the ops (which backend runs it: tests/test_persistent.py and test_cpu_fused.py, over the
+# cells)
 
 def test_opcheck_registered_ops_for_lstmp(device):
     """The ops and their fake (shape-only) implementations agree for cell = 1: y and h_n P

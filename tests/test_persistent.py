@@ -217,6 +217,25 @@ def test_launches_per_chunk_do_not_grow_with_its_length(L, cell):
     assert per_kernel["persistent_backward"]["grid_barriers"] == 2 * per_step * (L + (L + 3))
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstmp"])
+def test_auto_takes_the_persistent_kernels_for_a_cell_where_it_takes_them_for_the_lstm(cell):
+    """The other cells follow the LSTM's rule rows: at a shape where "auto" takes the persistent
+    kernels for an LSTM (float32, B = 3, H = 40, two chunks of 12 steps: one launch per layer
+    per chunk each way) it takes them for the cell too, forced or not, with the stepwise path's
+    results to float32 rounding."""
+    args = (None, 40, 3, 2, 0.0, 0.1, torch.float32)
+    _, _, lstm_stats = _stream("auto", *args, lengths=[12, 12], k2=16)
+    assert lstm_stats.launches == {"persistent_forward": 4, "persistent_backward": 4}
+    stepwise, _, stepwise_stats = _stream("stepwise", *args, lengths=[12, 12], k2=16, cell=cell)
+    assert set(stepwise_stats.launches).isdisjoint(lstm_stats.launches)
+    for path in ("persistent", "auto"):
+        records, _, stats = _stream(path, *args, lengths=[12, 12], k2=16, cell=cell)
+        assert stats.launches == lstm_stats.launches, path
+        for a_chunk, b_chunk in zip(records, stepwise):
+            for a, b in zip(a_chunk, b_chunk):
+                assert rel_err(a, b) <= TOLERANCE[torch.float32], path
+
+
 def test_auto_follows_the_rule_table():
     """auto takes the persistent kernels only inside persistent_rule's table
     (csrc/persistent_dispatch.cpp; float32: B <= 64, B*H <= 512, L >= 11; 16-bit: B <= 256,

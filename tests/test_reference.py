@@ -6,7 +6,8 @@ import torch
 
 from tbptt_cuda import TruncatedLSTM
 
-from helpers import assert_records_close, make_rnn, make_stream, random_state, run_both
+from helpers import (assert_records_close, assert_within_low_precision_bar, make_rnn, make_stream,
+                     random_state, run_both, stream_records)
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 
@@ -87,3 +88,21 @@ def test_k2_growth_before_wrap_matches(dtype, cell, device):
     chunks, resets = make_stream([2, 2, 3, 3], 2, 2, dtype, device, seed=6)
     ours, ref = run_both(rnn, chunks, resets, [4, 8, 10, 10])
     assert_records_close(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_sixteen_bit_streams_within_the_bar(dtype, cell, device):
+    """16-bit storage, every cell: each record of a TBPTT(8, 16) stream with resets at most
+    LOW_PRECISION_RATIO times as far from float64 as plain PyTorch at that dtype."""
+    torch.manual_seed(0)
+    exact = make_rnn(cell, 16, 32, 2, dtype=torch.float64, device=device)
+    ours = make_rnn(cell, 16, 32, 2, dtype=dtype, device=device)
+    plain = make_rnn(cell, 16, 32, 2, dtype=dtype, device=device)
+    ours.load_state_dict(exact.state_dict())
+    plain.load_state_dict(exact.state_dict())
+    chunks, resets = make_stream([8] * 3, 8, 16, torch.float64, device, reset_prob=0.05)
+    truth = stream_records(exact, chunks, resets, 16, reference=True)
+    low = [c.to(dtype) for c in chunks]
+    got = stream_records(ours, low, resets, 16)
+    baseline = stream_records(plain, low, resets, 16, reference=True)
+    assert_within_low_precision_bar(truth, got, baseline, dtype, check_dtype=True)

@@ -25,41 +25,46 @@ inline simt::Dim3 pointwise_grid(int64_t elements) {
                     1, 1};
 }
 
-// One forward step of one layer over B*H elements, params.cell's element. Returns the launch
-// status (invalid value for a cell without elements).
-simt::Status launch_forward_step(const ForwardStepParams& params, StorageType storage,
-                                 simt::Stream stream) {
+// Launches kernel_of(Cell{}, T{}, acc_t{}) over the B * hidden elements of params, for the cell
+// that with_cell (with_forward_cell or with_backward_cell) picks from params.cell_kind and for
+// `storage`. Returns the launch status (invalid value for a cell without such elements).
+template <typename Params, typename WithCell, typename KernelOf>
+simt::Status launch_pointwise(const simt::KernelSpec& spec, WithCell with_cell, KernelOf kernel_of,
+                              const Params& params, StorageType storage, simt::Stream stream) {
   const simt::Dim3 grid = pointwise_grid(params.batch * params.hidden);
-  return with_forward_cell(
+  return with_cell(
       params.cell_kind,
       [&](auto cell) {
-        using Cell = decltype(cell);
         return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
-          using T = decltype(storage_tag);
-          using acc_t = decltype(acc_tag);
-          return simt::launch(kForwardStep, forward_step_kernel<Cell, T, acc_t>, grid,
+          return simt::launch(spec, kernel_of(cell, storage_tag, acc_tag), grid,
                               simt::Dim3{kPointwiseThreads, 1, 1}, 0, stream, params);
         });
       },
       [] { return simt::Status(1); });  // cudaErrorInvalidValue
 }
 
-// One backward step of one layer over B*H elements. Returns the launch status.
+// One forward step of one layer over B*H elements, params.cell's element.
+simt::Status launch_forward_step(const ForwardStepParams& params, StorageType storage,
+                                 simt::Stream stream) {
+  return launch_pointwise(
+      kForwardStep,
+      [](CellKind kind, auto&& f, auto&& otherwise) { return with_forward_cell(kind, f, otherwise); },
+      [](auto cell, auto storage_tag, auto acc_tag) {
+        return forward_step_kernel<decltype(cell), decltype(storage_tag), decltype(acc_tag)>;
+      },
+      params, storage, stream);
+}
+
+// One backward step of one layer over B*H elements, params.cell's element.
 simt::Status launch_backward_step(const BackwardStepParams& params, StorageType storage,
                                   simt::Stream stream) {
-  const simt::Dim3 grid = pointwise_grid(params.batch * params.hidden);
-  return with_backward_cell(
-      params.cell_kind,
-      [&](auto cell) {
-        using Cell = decltype(cell);
-        return with_storage_type(storage, [&](auto storage_tag, auto acc_tag) {
-          using T = decltype(storage_tag);
-          using acc_t = decltype(acc_tag);
-          return simt::launch(kBackwardStep, backward_step_kernel<Cell, T, acc_t>, grid,
-                              simt::Dim3{kPointwiseThreads, 1, 1}, 0, stream, params);
-        });
+  return launch_pointwise(
+      kBackwardStep,
+      [](CellKind kind, auto&& f, auto&& otherwise) { return with_backward_cell(kind, f, otherwise); },
+      [](auto cell, auto storage_tag, auto acc_tag) {
+        return backward_step_kernel<decltype(cell), decltype(storage_tag), decltype(acc_tag)>;
       },
-      [] { return simt::Status(1); });
+      params, storage, stream);
 }
 
 }  // namespace SIMT_NS
