@@ -1,6 +1,7 @@
 """Shared test helpers: run one stream through TruncatedLSTM (with or without proj_size) or
 TruncatedGRU and through the reference."""
 import torch
+from torch import nn
 
 from tbptt_cuda import TruncatedGRU, TruncatedLSTM
 from tbptt_cuda.reference import ReferenceStream
@@ -192,3 +193,59 @@ def stream_records(module, chunks, resets, k2, reference=False):
         (out.float() * w.float()).sum().backward()
         records.append([out.detach()] + [x.grad] + [p.grad.clone() for p in module.parameters()])
     return records
+
+
+def saved_stream_chunks(seed, lengths=(3, 4, 2, 4, 3), batch=3, features=2):
+    """The float64 chunks [L, batch, features] of the save-and-resume tests (CPU tensors)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(L, batch, features, generator=gen, dtype=torch.float64) for L in lengths]
+
+
+def continue_stream(module, state, chunks, seed=123):
+    """Runs `chunks` through `module` (any cell) from `state`, dropout masks from `seed`, a
+    backward after each: per chunk [out, h_n, (c_n,) *parameter grads]; and the last state."""
+    torch.manual_seed(seed)
+    records = []
+    for x in chunks:
+        module.zero_grad(set_to_none=True)
+        out, state = module(x, state)
+        h, c = split_state(state)
+        (out.pow(2).sum() + h.sum() + (c.pow(2).sum() if c is not None else 0)).backward()
+        records.append([out.detach(), h.detach()] + ([] if c is None else [c.detach()])
+                       + [p.grad.clone() for p in module.parameters()])
+    return records, state
+
+
+def nn_pair(cell, device, dtype, batch_first=False, layers=2, I=3, H=5, bias=True):
+    """Ours (make_rnn) and its nn peer (nn.LSTM, nn.LSTM with proj_size, nn.GRU) on the same
+    weights."""
+    ours = make_rnn(cell, I, H, layers, batch_first=batch_first, bias=bias, device=device,
+                    dtype=dtype)
+    peer = {"gru": nn.GRU, "lstm": nn.LSTM, "lstmp": nn.LSTM}[cell]
+    extra = {"proj_size": ours.proj_size} if cell == "lstmp" else {}
+    theirs = peer(I, H, layers, batch_first=batch_first, bias=bias, **extra).to(device, dtype)
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def leaf_state(module, batch, device, dtype):
+    """A random initial state for `module`, as nn.LSTM / nn.GRU take it (h0 [layers, (B,) O],
+    and c0 [layers, (B,) H] but for the GRU; batch None: unbatched), and its tensors."""
+    lead = (module.num_layers,) if batch is None else (module.num_layers, batch)
+    h0 = torch.randn(*lead, out_size(module), device=device, dtype=dtype)
+    if module.cell == "gru":
+        return h0, [h0]
+    c0 = torch.randn(*lead, module.hidden_size, device=device, dtype=dtype)
+    return (h0, c0), [h0, c0]
+
+
+def fresh_leaves(state, tensors):
+    """The same state from clones that require grad, and those clones."""
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    return (leaves[0] if isinstance(state, torch.Tensor) else tuple(leaves)), leaves
+
+
+def state_loss(state):
+    """A loss on the final state every cell has: sum(h), plus sum(c^2) where there is c."""
+    h, c = split_state(state)
+    return h.sum() + (c.pow(2).sum() if c is not None else 0)

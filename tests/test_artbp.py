@@ -2,7 +2,9 @@
 expectation over forced windows equals TBPTT with k2 = cap, while the unweighted average and
 TBPTT with k2 do not; (b) the sampler's histogram and seed; (c) Monte Carlo through
 loss.backward() converges to the cap gradient and rejects the k2 one; (d) with cap >= the
-stream, the mean of the summed chunk gradients is BPTT(n,n). Float64 throughout."""
+stream, the mean of the summed chunk gradients is BPTT(n,n); (e) a forced window against the
+reference with the same compensation factors, every cell and history mode. Float64
+throughout."""
 import math
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from tbptt_cuda import ARTBP, TruncatedLSTM
 from tbptt_cuda.reference import ReferenceStream
 
-from helpers import make_rnn, out_size, rel_err
+from helpers import make_rnn, make_stream, out_size, rel_err, split_state
 
 DTYPE = torch.float64
 K1 = K2 = 4
@@ -88,6 +90,40 @@ def test_exact_expectation_is_tbptt_with_k2_equal_to_cap(law, cell, device):
     (out * loss_weights).sum().backward()
     expected = torch.cat([p.grad.flatten() for p in rnn.parameters()])
     assert rel_err(grads[window - K2], expected) <= 1e-10
+
+
+@pytest.mark.parametrize("history", ["activations", "states", "checkpoints"])
+def test_forced_window_matches_the_reference(history, cell, device):
+    """A forced ARTBP window of 8 steps over chunks of 3 (k2 = 3, cap 9), 2 layers: outputs, the
+    final state and every gradient as the reference's with the same compensation factors on
+    the carried gradient (of h, and of c where there is one)."""
+    torch.manual_seed(0)
+    rnn = make_rnn(cell, 2, 4, 2, k2=3, artbp=ARTBP(cap=9, c=0.3), history=history,
+                   checkpoint_every=2 if history == "checkpoints" else None, device=device,
+                   dtype=DTYPE)
+    chunks, _ = make_stream([3, 3, 3, 3], 2, 2, DTYPE, device, seed=6)
+    stream, state = ReferenceStream(rnn), None
+    for x in chunks[:3]:
+        _, state = rnn(x, state)
+        stream.chunk(x, 3)
+
+    def records(out, state):
+        h, c = split_state(state)
+        (out.pow(2).sum() + h.sum() + (c.pow(2).sum() if c is not None else 0)).backward()
+        return ([out.detach(), h.detach()] + ([] if c is None else [c.detach()])
+                + [p.grad.clone() for p in rnn.parameters()])
+
+    rnn.zero_grad(set_to_none=True)
+    with rnn.artbp.force(8):
+        out, state = rnn(chunks[3], state)
+    assert state.window == 8
+    ours = records(out, state)
+    rnn.zero_grad(set_to_none=True)
+    theirs = records(*stream.chunk(chunks[3], 3, window=8,
+                                   carry_scales=rnn.artbp.carry_scales(8, 3)))
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert rel_err(a, b) <= 1e-10
 
 
 @pytest.mark.parametrize("law", list(LAWS))

@@ -1,7 +1,9 @@
 """Stream checkpoints: torch.save of a returned state keeps everything needed to continue the
 stream exactly (the ring, its steps, the floor, dropout masks in the window, the stream's
 start); torch.load with its default weights_only=True reads it; a resumed run, in this process
-or a new one, gives the outputs and gradients of an uninterrupted one, bit for bit."""
+or a new one (every cell), gives the outputs and gradients of an uninterrupted one, bit for bit.
+The GRU's and the LSTM with projections' own checks of their saved states: tests/test_gru.py,
+tests/test_lstmp.py."""
 import copy
 import io
 import os
@@ -15,41 +17,26 @@ import torch
 import tbptt_cuda
 from tbptt_cuda import TruncatedLSTM
 
-
-def _chunks(seed, lengths=(3, 4, 2, 4, 3), batch=3, features=2):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(L, batch, features, generator=gen, dtype=torch.float64) for L in lengths]
+from helpers import continue_stream, make_rnn, saved_stream_chunks
 
 
-def _continue(lstm, state, chunks, seed=123):
-    """Runs `chunks` from `state` (dropout masks from `seed`): per chunk, out and grads."""
-    torch.manual_seed(seed)
-    records = []
-    for x in chunks:
-        lstm.zero_grad(set_to_none=True)
-        out, state = lstm(x, state)
-        (out.pow(2).sum() + state[1].sum()).backward()
-        records.append([out.detach()] + [p.grad.clone() for p in lstm.parameters()])
-    return records, state
-
-
-def _module(device="cpu", dropout=0.25):
+def _module(device="cpu", dropout=0.25, cell="lstm"):
     torch.manual_seed(0)
-    return TruncatedLSTM(2, 5, 2, dropout=dropout, k2=7, device=device, dtype=torch.float64)
+    return make_rnn(cell, 2, 5, 2, dropout=dropout, k2=7, device=device, dtype=torch.float64)
 
 
 def test_resumed_stream_continues_exactly(device):
     lstm = _module(device)
-    chunks = [x.to(device) for x in _chunks(1)]
-    _, state = _continue(lstm, None, chunks[:3], seed=7)
+    chunks = [x.to(device) for x in saved_stream_chunks(1)]
+    _, state = continue_stream(lstm, None, chunks[:3], seed=7)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    uninterrupted, _ = _continue(lstm, state, chunks[3:])
+    uninterrupted, _ = continue_stream(lstm, state, chunks[3:])
     buffer.seek(0)
     restored = torch.load(buffer)  # weights_only=True, torch's default
     assert isinstance(restored, tbptt_cuda.LSTMState)
     assert restored.step == state.step and restored.history_nbytes == state.history_nbytes
-    resumed, _ = _continue(lstm, restored, chunks[3:])
+    resumed, _ = continue_stream(lstm, restored, chunks[3:])
     for a, b in zip(uninterrupted, resumed):
         for ta, tb in zip(a, b):
             assert torch.equal(ta, tb)
@@ -123,13 +110,13 @@ def test_a_16_bit_stream_saved_with_a_float32_cell_record_resumes(history):
 
     torch.manual_seed(0)
     lstm = TruncatedLSTM(2, 6, 2, k2=7, history=history, dtype=torch.bfloat16)
-    chunks = [x.bfloat16() for x in _chunks(1)]
-    _, state = _continue(lstm, None, chunks[:3])
+    chunks = [x.bfloat16() for x in saved_stream_chunks(1)]
+    _, state = continue_stream(lstm, None, chunks[:3])
     h, c, record, step, _ = copy.deepcopy(state.__reduce__()[1])
-    expected, _ = _continue(lstm, state, chunks[3:])
+    expected, _ = continue_stream(lstm, state, chunks[3:])
     assert record["ring"]["cell"].dtype == torch.bfloat16
     record["ring"]["cell"] = record["ring"]["cell"].float()  # the older layout
-    resumed, _ = _continue(lstm, _restore_state(h, c, record, step), chunks[3:])
+    resumed, _ = continue_stream(lstm, _restore_state(h, c, record, step), chunks[3:])
     for a, b in zip(expected, resumed):
         for ta, tb in zip(a, b):
             assert torch.equal(ta, tb)
@@ -138,29 +125,35 @@ def test_a_16_bit_stream_saved_with_a_float32_cell_record_resumes(history):
 RESUME_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     import tbptt_cuda  # allowlists the state's rebuild function for weights_only loading
-    from tbptt_cuda import TruncatedLSTM
+    from tbptt_cuda import TruncatedGRU, TruncatedLSTM
     saved = torch.load(sys.argv[1])  # weights_only=True
-    lstm = TruncatedLSTM(2, 5, 2, dropout=0.25, k2=7, dtype=torch.float64)
+    if saved["cell"] == "gru":
+        lstm = TruncatedGRU(2, 5, 2, dropout=0.25, k2=7, dtype=torch.float64)
+    else:
+        lstm = TruncatedLSTM(2, 5, 2, dropout=0.25, k2=7, proj_size=saved["proj_size"],
+                             dtype=torch.float64)
     lstm.load_state_dict(saved["model"])
     state = saved["state"]
     torch.manual_seed(123)
     records = []
-    for x in saved["chunks"]:
+    for x in saved["chunks"]:  # helpers.continue_stream's records
         lstm.zero_grad(set_to_none=True)
         out, state = lstm(x, state)
-        (out.pow(2).sum() + state[1].sum()).backward()
-        records.append([out.detach()] + [p.grad.clone() for p in lstm.parameters()])
+        h, c = (state, None) if saved["cell"] == "gru" else state
+        (out.pow(2).sum() + h.sum() + (c.pow(2).sum() if c is not None else 0)).backward()
+        records.append([out.detach(), h.detach()] + ([] if c is None else [c.detach()])
+                       + [p.grad.clone() for p in lstm.parameters()])
     torch.save(records, sys.argv[2])
 """)
 
 
-def test_resume_in_a_new_process_continues_exactly(tmp_path):
-    lstm = _module()
-    chunks = _chunks(2)
-    _, state = _continue(lstm, None, chunks[:3], seed=9)
-    torch.save({"model": lstm.state_dict(), "state": state, "chunks": chunks[3:]},
-               tmp_path / "checkpoint.pt")
-    uninterrupted, _ = _continue(lstm, state, chunks[3:])
+def test_resume_in_a_new_process_continues_exactly(tmp_path, cell):
+    lstm = _module(cell=cell)
+    chunks = saved_stream_chunks(2)
+    _, state = continue_stream(lstm, None, chunks[:3], seed=9)
+    torch.save({"model": lstm.state_dict(), "state": state, "chunks": chunks[3:], "cell": cell,
+                "proj_size": getattr(lstm, "proj_size", 0)}, tmp_path / "checkpoint.pt")
+    uninterrupted, _ = continue_stream(lstm, state, chunks[3:])
     result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "checkpoint.pt"),
                              str(tmp_path / "resumed.pt")], capture_output=True, text=True,
                             timeout=300)
@@ -177,12 +170,12 @@ def test_map_location_moves_a_stream_from_cuda_to_cpu(tmp_path):
     gpu = _module("cuda", dropout=0.0)  # (dropout masks come from each device's own generator)
     cpu = _module("cpu", dropout=0.0)
     cpu.load_state_dict(gpu.state_dict())
-    chunks = _chunks(3)
-    _, state = _continue(gpu, None, [x.cuda() for x in chunks[:3]])
+    chunks = saved_stream_chunks(3)
+    _, state = continue_stream(gpu, None, [x.cuda() for x in chunks[:3]])
     torch.save(state, tmp_path / "s.pt")
-    on_gpu, _ = _continue(gpu, state, [x.cuda() for x in chunks[3:]])
+    on_gpu, _ = continue_stream(gpu, state, [x.cuda() for x in chunks[3:]])
     moved = torch.load(tmp_path / "s.pt", map_location="cpu")
-    on_cpu, _ = _continue(cpu, moved, chunks[3:])
+    on_cpu, _ = continue_stream(cpu, moved, chunks[3:])
     for a, b in zip(on_gpu, on_cpu):
         for ta, tb in zip(a, b):
             assert torch.allclose(ta.cpu(), tb, rtol=1e-9, atol=1e-12)

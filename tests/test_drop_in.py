@@ -1,6 +1,8 @@
 """nn.LSTM's calling conventions: flatten_parameters, hx=, unbatched input, PackedSequence
-(sorted and unsorted, batch_first or not), against nn.LSTM on the same weights; a packed chunk
-inside a stream against the reference (for every cell); and the bad input of each."""
+(sorted and unsorted, batch_first or not), against nn.LSTM on the same weights; unbatched input
+and PackedSequence for every cell (the `cell` fixture) against its nn peer (nn.LSTM, nn.LSTM
+with proj_size, nn.GRU); a packed chunk inside a stream against the reference (every cell);
+and the bad input of each."""
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequen
 from tbptt_cuda import TruncatedLSTM
 from tbptt_cuda.reference import ReferenceStream
 
-from helpers import TOLERANCE, make_rnn, rel_err, split_state
+from helpers import (TOLERANCE, fresh_leaves, leaf_state, make_rnn, nn_pair, out_size, rel_err,
+                     split_state, state_loss)
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 
@@ -48,37 +51,45 @@ def test_hx_keyword_as_nn_lstm(device):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
-def test_unbatched_input_equals_nn_lstm(batch_first, dtype, device):
-    ours, theirs = _pair(device, dtype, batch_first=batch_first)
-    tol = TOLERANCE[dtype]
+def test_unbatched_input_equals_its_nn_peer(batch_first, dtype, cell, device):
+    ours, theirs = nn_pair(cell, device, dtype, batch_first=batch_first)
     x = torch.randn(6, 3, device=device, dtype=dtype)  # [L, I]: batch_first does not apply
-    h0 = torch.randn(2, 5, device=device, dtype=dtype)
-    c0 = torch.randn(2, 5, device=device, dtype=dtype)
+    state0, tensors = leaf_state(ours, None, device, dtype)
+    O = out_size(ours)
     results = []
     for module in (ours, theirs):
         module.zero_grad(set_to_none=True)
-        xi, hi, ci = (t.clone().requires_grad_() for t in (x, h0, c0))
-        out, (h, c) = module(xi, (hi, ci))
-        assert out.shape == (6, 5) and h.shape == (2, 5) and c.shape == (2, 5)
-        (out.pow(2).sum() + h.sum() + c.pow(2).sum()).backward()
-        results.append([out, h, c, xi.grad, hi.grad, ci.grad] + _grads(module))
+        xi = x.clone().requires_grad_()
+        hx, leaves = fresh_leaves(state0, tensors)
+        out, state = module(xi, hx)
+        h, c = split_state(state)
+        assert out.shape == (6, O) and h.shape == (2, O)
+        assert c is None if cell == "gru" else c.shape == (2, 5)
+        (out.pow(2).sum() + state_loss(state)).backward()
+        results.append([out, h] + ([] if c is None else [c]) + [xi.grad]
+                       + [t.grad for t in leaves] + _grads(module))
     for a, b in zip(*results):
-        assert rel_err(a, b) <= tol
+        assert rel_err(a, b) <= TOLERANCE[dtype]
 
 
-def test_unbatched_stream_continues_like_a_batch_of_one(device):
-    lstm = TruncatedLSTM(3, 4, 2, k2=6, device=device, dtype=torch.float64)
+def test_unbatched_stream_continues_like_a_batch_of_one(cell, device):
+    torch.manual_seed(0)
+    rnn = make_rnn(cell, 3, 4, 2, k2=6, device=device, dtype=torch.float64)
+    O = out_size(rnn)
     xs = [torch.randn(L, 3, device=device, dtype=torch.float64) for L in (3, 4, 2)]
     runs = []
     for batched in (False, True):
         state, record = None, []
         for x in xs:
-            lstm.zero_grad(set_to_none=True)
-            out, state = lstm(x.unsqueeze(1) if batched else x, state)
-            out.sum().backward()
-            record.append([out.reshape(-1, 4).detach()] + _grads(lstm))
+            rnn.zero_grad(set_to_none=True)
+            out, state = rnn(x.unsqueeze(1) if batched else x, state)
+            (out.sum() + state_loss(state)).backward()
+            h, c = split_state(state)
+            record.append([out.reshape(-1, O).detach(), h.reshape(2, O).detach()]
+                          + ([] if c is None else [c.reshape(2, 4).detach()]) + _grads(rnn))
         if not batched:
-            assert state[0].shape == (2, 4) and state.history_nbytes > 0
+            assert split_state(state)[0].shape == (2, O)
+            assert state.history_nbytes > 0 and state.window == 6
         runs.append(record)
     for a, b in zip(*runs):
         for ta, tb in zip(a, b):
@@ -109,38 +120,40 @@ def _packed_case(device, dtype, enforce_sorted):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
 @pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
-def test_packed_sequence_equals_nn_lstm(enforce_sorted, batch_first, dtype, device):
-    ours, theirs = _pair(device, dtype, batch_first=batch_first)
-    tol = TOLERANCE[dtype]
+def test_packed_sequence_equals_its_nn_peer(enforce_sorted, batch_first, dtype, cell, device):
+    ours, theirs = nn_pair(cell, device, dtype, batch_first=batch_first)
     packed = _packed_case(device, dtype, enforce_sorted)
-    h0 = torch.randn(2, 3, 5, device=device, dtype=dtype)  # original batch order
-    c0 = torch.randn(2, 3, 5, device=device, dtype=dtype)
+    state0, tensors = leaf_state(ours, 3, device, dtype)  # original batch order
     results = []
     for module in (ours, theirs):
         module.zero_grad(set_to_none=True)
         data = packed.data.clone().requires_grad_()
-        hi, ci = h0.clone().requires_grad_(), c0.clone().requires_grad_()
-        out, (h, c) = module(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
-                                            packed.unsorted_indices), (hi, ci))
-        assert isinstance(out, PackedSequence)
-        (out.data.pow(2).sum() + h.sum() + c.pow(2).sum()).backward()
-        results.append((out, [out.data, h, c, data.grad, hi.grad, ci.grad] + _grads(module)))
+        hx, leaves = fresh_leaves(state0, tensors)
+        out, state = module(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                                           packed.unsorted_indices), hx)
+        assert isinstance(out, PackedSequence) and out.data.shape[-1] == out_size(ours)
+        (out.data.pow(2).sum() + state_loss(state)).backward()
+        h, c = split_state(state)
+        results.append((out, [out.data, h] + ([] if c is None else [c]) + [data.grad]
+                        + [t.grad for t in leaves] + _grads(module)))
     (out_a, a), (out_b, b) = results
     assert torch.equal(out_a.batch_sizes, out_b.batch_sizes)
     for index in ("sorted_indices", "unsorted_indices"):
         ia, ib = getattr(out_a, index), getattr(out_b, index)
         assert (ia is None and ib is None) or torch.equal(ia, ib)
     for ta, tb in zip(a, b):
-        assert rel_err(ta, tb) <= tol
+        assert rel_err(ta, tb) <= TOLERANCE[dtype]
 
 
-def test_packed_from_padded_batch_with_lengths(device):
-    ours, theirs = _pair(device, torch.float64, batch_first=True)
+def test_packed_from_padded_batch_with_lengths(cell, device):
+    ours, theirs = nn_pair(cell, device, torch.float64, batch_first=True)
     padded = torch.randn(4, 6, 3, device=device, dtype=torch.float64)
     lengths = torch.tensor([6, 1, 3, 6])
     packed = pack_padded_sequence(padded, lengths, batch_first=True, enforce_sorted=False)
-    (out_a, (h_a, _)), (out_b, (h_b, _)) = ours(packed), theirs(packed)
-    assert rel_err(out_a.data, out_b.data) <= 1e-10 and rel_err(h_a, h_b) <= 1e-10
+    (out_a, state_a), (out_b, state_b) = ours(packed), theirs(packed)
+    assert rel_err(out_a.data, out_b.data) <= 1e-10
+    for a, b in zip(split_state(state_a), split_state(state_b)):
+        assert (a is None and b is None) or rel_err(a, b) <= 1e-10
 
 
 def test_packed_chunk_inside_a_stream_matches_the_reference(cell, device):

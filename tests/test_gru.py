@@ -1,34 +1,33 @@
 """TruncatedGRU (issue 18): nn.GRU's drop-in, streaming like TruncatedLSTM.
 
-Against nn.GRU on the same weights (k2=None, one chunk per call: outputs, h_n and every
-gradient), in every calling convention (hx positional or keyword, batch_first, unbatched,
-PackedSequence, bias=False); against tbptt_cuda/reference.py over multi-chunk streams whose
-windows reach into earlier chunks (k2 > L) in every history mode, with resets, dropout and
-ARTBP; the state is a tensor (GRUState) that carries the stream, saves and resumes exactly;
-the history's layout and bytes; the errors. The paths: the CPU stepwise path and fused layers
-(their own tests in tests/test_cpu_fused.py and test_cpu_bf16.py), the CUDA stepwise and
-persistent kernels under the emulator (the persistent ones also in tests/test_persistent.py,
-over the LSTM's cases), the GPU where there is one. The reference comparisons (and 16-bit
-within the bar) shared with the LSTM run over the `cell` fixture in test_reference.py,
-test_history_modes.py, test_resets.py, test_artbp.py and test_autograd.py.
+Here, the GRU's own: nn.GRU's parameters, initialisation and state_dict both ways; hx
+positional or keyword and bias=False against nn.GRU; multi-chunk streams against
+tbptt_cuda/reference.py whose windows reach into earlier chunks (k2 > L) in every history
+mode, with resets and dropout; the state, a tensor (GRUState) that carries the stream and
+saves and resumes exactly; the history's layout and bytes; the ops; the errors.
+
+Shared with the other cells (the `cell` fixture), against nn.GRU and the reference:
+k2=None against nn.GRU chunked with detach (test_nn_lstm.py); unbatched input and
+PackedSequence (test_drop_in.py); the reference comparisons and 16-bit within the bar
+(test_reference.py, test_history_modes.py, test_resets.py, test_autograd.py); ARTBP
+(test_artbp.py); resuming in a new process (test_checkpoint.py); the paths: the CPU fused
+layers (test_cpu_fused.py, test_cpu_bf16.py) and the persistent kernels under the emulator
+(test_persistent.py).
 """
 import copy
 import io
 import math
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
-from tbptt_cuda import ARTBP, GRUState, TruncatedGRU, TruncatedLSTM, _backend
+from tbptt_cuda import GRUState, TruncatedGRU, TruncatedLSTM, _backend
 from tbptt_cuda.history import History, RingBuffers
-from tbptt_cuda.reference import GRU, ReferenceStream, cell_of
+from tbptt_cuda.reference import GRU, cell_of
 
-from helpers import TOLERANCE, assert_records_close, make_stream, rel_err, run_both
+from helpers import (assert_records_close, continue_stream, make_stream, rel_err, run_both,
+                     saved_stream_chunks)
 
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 MODES = ["activations", "states", "checkpoints"]
@@ -80,46 +79,6 @@ def test_parameters_initialisation_and_state_dict_both_ways(bias):
     assert TruncatedGRU(3, 5).flatten_parameters() is None
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("num_layers", [1, 2], ids=lambda n: f"layers{n}")
-@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
-def test_k2_none_equals_nn_gru_chunked_with_detach(batch_first, num_layers, dtype, device):
-    """k2=None is BPTT(k, k): each chunk's gradient stops at its start, as nn.GRU fed chunk by
-    chunk from the detached state. Outputs, h_n, x's, h0's and every parameter's gradient."""
-    ours, theirs = _pair(device, dtype, num_layers, batch_first, I=4, H=6)
-    B = 3
-    h0 = torch.randn(num_layers, B, 6, device=device, dtype=dtype)
-    xs = [torch.randn(*((B, L) if batch_first else (L, B)), 4, device=device, dtype=dtype)
-          for L in (5, 3, 6)]
-    tol = TOLERANCE[dtype]
-    state_ours = state_theirs = None
-    for i, x in enumerate(xs):
-        results = []
-        for module in (ours, theirs):
-            module.zero_grad(set_to_none=True)
-            xi = x.clone().requires_grad_()
-            if i == 0:
-                hi = h0.clone().requires_grad_()
-                hx = hi
-            elif module is ours:
-                hx = state_ours  # the stream: never detached
-            else:
-                hx = state_theirs.detach()
-            out, h_n = module(xi, hx)
-            (out.pow(2).sum() + h_n.sum() + h_n[-1].pow(2).sum()).backward()
-            grads = [xi.grad] + _grads(module) + ([hi.grad] if i == 0 else [])
-            results.append((out, h_n, grads))
-            if module is ours:
-                assert isinstance(h_n, GRUState)
-                state_ours = h_n
-            else:
-                state_theirs = h_n
-        (out_a, h_a, g_a), (out_b, h_b, g_b) = results
-        assert rel_err(out_a, out_b) <= tol and rel_err(h_a, h_b) <= tol
-        for a, b in zip(g_a, g_b):
-            assert rel_err(a, b) <= tol
-
-
 def test_bias_false_hx_positional_and_keyword_equal_nn_gru(device):
     for bias in (False, True):
         ours, theirs = _pair(device, torch.float64, bias=bias)
@@ -133,77 +92,9 @@ def test_bias_false_hx_positional_and_keyword_equal_nn_gru(device):
         assert rel_err(a, b) <= 1e-10 and rel_err(h_a, h_b) <= 1e-10
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
-def test_unbatched_input_equals_nn_gru(batch_first, dtype, device):
-    ours, theirs = _pair(device, dtype, batch_first=batch_first)
-    x = torch.randn(6, 3, device=device, dtype=dtype)  # [L, I]: batch_first does not apply
-    h0 = torch.randn(2, 5, device=device, dtype=dtype)
-    results = []
-    for module in (ours, theirs):
-        module.zero_grad(set_to_none=True)
-        xi, hi = x.clone().requires_grad_(), h0.clone().requires_grad_()
-        out, h = module(xi, hi)
-        assert out.shape == (6, 5) and h.shape == (2, 5)
-        (out.pow(2).sum() + h.sum()).backward()
-        results.append([out, h, xi.grad, hi.grad] + _grads(module))
-    for a, b in zip(*results):
-        assert rel_err(a, b) <= TOLERANCE[dtype]
-
-
-def test_unbatched_stream_continues_like_a_batch_of_one(device):
-    gru = TruncatedGRU(3, 4, 2, k2=6, device=device, dtype=torch.float64)
-    xs = [torch.randn(L, 3, device=device, dtype=torch.float64) for L in (3, 4, 2)]
-    runs = []
-    for batched in (False, True):
-        state, record = None, []
-        for x in xs:
-            gru.zero_grad(set_to_none=True)
-            out, state = gru(x.unsqueeze(1) if batched else x, state)
-            (out.sum() + state.pow(2).sum()).backward()
-            record.append([out.reshape(-1, 4).detach(), state.reshape(2, 4).detach()] + _grads(gru))
-        if not batched:
-            assert isinstance(state, GRUState) and state.shape == (2, 4)
-            assert state.history_nbytes > 0 and state.window == 6
-        runs.append(record)
-    for a, b in zip(*runs):
-        for ta, tb in zip(a, b):
-            assert torch.equal(ta, tb)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
-@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
-def test_packed_sequence_equals_nn_gru(enforce_sorted, batch_first, dtype, device):
-    ours, theirs = _pair(device, dtype, batch_first=batch_first)
-    lengths = [5, 4, 2] if enforce_sorted else [5, 2, 4]
-    packed = pack_sequence([torch.randn(n, 3, device=device, dtype=dtype) for n in lengths],
-                           enforce_sorted=enforce_sorted)
-    h0 = torch.randn(2, 3, 5, device=device, dtype=dtype)  # original batch order
-    results = []
-    for module in (ours, theirs):
-        module.zero_grad(set_to_none=True)
-        data = packed.data.clone().requires_grad_()
-        hi = h0.clone().requires_grad_()
-        out, h = module(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
-                                       packed.unsorted_indices), hi)
-        assert isinstance(out, PackedSequence)
-        (out.data.pow(2).sum() + h.sum()).backward()
-        results.append((out, [out.data, h, data.grad, hi.grad] + _grads(module)))
-    (out_a, a), (out_b, b) = results
-    assert torch.equal(out_a.batch_sizes, out_b.batch_sizes)
-    for ta, tb in zip(a, b):
-        assert rel_err(ta, tb) <= TOLERANCE[dtype]
-    padded = torch.randn(4, 6, 3, device=device, dtype=dtype)  # from a padded batch, lengths
-    packed = pack_padded_sequence(padded, torch.tensor([6, 1, 3, 6]), batch_first=True,
-                                  enforce_sorted=False)
-    (out_a, h_a), (out_b, h_b) = ours(packed), theirs(packed)
-    assert rel_err(out_a.data, out_b.data) <= TOLERANCE[dtype]
-    assert rel_err(h_a, h_b) <= TOLERANCE[dtype]
-
-
 # ---------------------------------------------------------------------------------------------
-# streams against the reference: windows into earlier chunks, modes, resets, dropout, ARTBP
+# streams against the reference: windows into earlier chunks, modes, resets, dropout (ARTBP's
+# forced window: tests/test_artbp.py, over the cells)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("history", MODES)
@@ -217,33 +108,6 @@ def test_stream_with_resets_and_dropout_matches_the_reference(history, dtype, de
     ours, ref = run_both(gru, chunks, resets, [7] * 5, use_state=True, explicit=(h0,))
     assert_records_close(ours, ref, dtype)
     assert gru.last_dropout_masks.shape == (1, 3, 2, 6)
-
-
-@pytest.mark.parametrize("history", MODES)
-def test_artbp_matches_the_reference(history, device):
-    """A forced ARTBP window of 8 steps over chunks of 3 (k2 = 3, cap 9): the reference with
-    the same compensation factors on the carried gradient."""
-    dtype = torch.float64
-    torch.manual_seed(0)
-    gru = TruncatedGRU(2, 4, 2, k2=3, artbp=ARTBP(cap=9, c=0.3), history=history,
-                       checkpoint_every=2 if history == "checkpoints" else None, device=device,
-                       dtype=dtype)
-    chunks, _ = make_stream([3, 3, 3, 3], 2, 2, dtype, device, seed=6)
-    stream, state = ReferenceStream(gru), None
-    for x in chunks[:3]:
-        _, state = gru(x, state)
-        stream.chunk(x, 3)
-    gru.zero_grad(set_to_none=True)
-    with gru.artbp.force(8):
-        out, state = gru(chunks[3], state)
-    assert state.window == 8
-    (out.pow(2).sum() + state.sum()).backward()
-    ours = [out.detach(), state.detach()] + _grads(gru)
-    gru.zero_grad(set_to_none=True)
-    out, h = stream.chunk(chunks[3], 3, window=8, carry_scales=gru.artbp.carry_scales(8, 3))
-    (out.pow(2).sum() + h.sum()).backward()
-    for a, b in zip(ours, [out.detach(), h.detach()] + _grads(gru)):
-        assert rel_err(a, b) <= 1e-10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,33 +162,16 @@ def test_history_layout_and_bytes_per_mode():
     assert ring.nbytes == 82_960
 
 
-def _chunks(seed, lengths=(3, 4, 2, 4, 3), batch=3, features=2):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(L, batch, features, generator=gen, dtype=torch.float64) for L in lengths]
-
-
-def _continue(gru, h, chunks, seed=123):
-    """Runs `chunks` from the state h (dropout masks from `seed`): per chunk, out, h_n, grads."""
-    torch.manual_seed(seed)
-    records = []
-    for x in chunks:
-        gru.zero_grad(set_to_none=True)
-        out, h = gru(x, h)
-        (out.pow(2).sum() + h.sum()).backward()
-        records.append([out.detach(), h.detach()] + _grads(gru))
-    return records, h
-
-
 @pytest.mark.parametrize("history", MODES)
 def test_resumed_stream_continues_exactly(history, device):
     torch.manual_seed(0)
     gru = TruncatedGRU(2, 5, 2, dropout=0.25, k2=7, history=history, device=device,
                        dtype=torch.float64)
-    chunks = [x.to(device) for x in _chunks(1)]
-    _, h = _continue(gru, None, chunks[:3], seed=7)
+    chunks = [x.to(device) for x in saved_stream_chunks(1)]
+    _, h = continue_stream(gru, None, chunks[:3], seed=7)
     buffer = io.BytesIO()
     torch.save({"state": h, "model": gru.state_dict()}, buffer)
-    uninterrupted, _ = _continue(gru, h, chunks[3:])
+    uninterrupted, _ = continue_stream(gru, h, chunks[3:])
     buffer.seek(0)
     restored = torch.load(buffer)["state"]  # weights_only=True, torch's default
     assert isinstance(restored, GRUState) and restored.requires_grad is False
@@ -333,45 +180,12 @@ def test_resumed_stream_continues_exactly(history, device):
     assert torch.equal(restored, h.detach())
     copied = copy.deepcopy(restored)  # a deep copy is a state too, with its own history
     assert isinstance(copied, GRUState) and copied.history is not restored.history
-    resumed, _ = _continue(gru, restored, chunks[3:])
+    resumed, _ = continue_stream(gru, restored, chunks[3:])
     for a, b in zip(uninterrupted, resumed):
         for ta, tb in zip(a, b):
             assert torch.equal(ta, tb)
-    again, _ = _continue(gru, copied, chunks[3:])
+    again, _ = continue_stream(gru, copied, chunks[3:])
     for a, b in zip(uninterrupted, again):
-        for ta, tb in zip(a, b):
-            assert torch.equal(ta, tb)
-
-
-RESUME_SCRIPT = textwrap.dedent("""
-    import sys, torch
-    import tbptt_cuda  # allowlists the state's rebuild function for weights_only loading
-    from tbptt_cuda import TruncatedGRU
-    saved = torch.load(sys.argv[1])  # weights_only=True
-    gru = TruncatedGRU(2, 5, 2, k2=7, dtype=torch.float64)
-    gru.load_state_dict(saved["model"])
-    h, records = saved["state"], []
-    for x in saved["chunks"]:
-        gru.zero_grad(set_to_none=True)
-        out, h = gru(x, h)
-        (out.pow(2).sum() + h.sum()).backward()
-        records.append([out.detach(), h.detach()] + [p.grad.clone() for p in gru.parameters()])
-    torch.save(records, sys.argv[2])
-""")
-
-
-def test_resume_in_a_new_process_continues_exactly(tmp_path):
-    torch.manual_seed(0)
-    gru = TruncatedGRU(2, 5, 2, k2=7, dtype=torch.float64)
-    chunks = _chunks(2)
-    _, h = _continue(gru, None, chunks[:3])
-    torch.save({"model": gru.state_dict(), "state": h, "chunks": chunks[3:]}, tmp_path / "c.pt")
-    uninterrupted, _ = _continue(gru, h, chunks[3:])
-    result = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "c.pt"),
-                             str(tmp_path / "resumed.pt")], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    for a, b in zip(uninterrupted, torch.load(tmp_path / "resumed.pt")):
         for ta, tb in zip(a, b):
             assert torch.equal(ta, tb)
 

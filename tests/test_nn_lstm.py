@@ -1,12 +1,14 @@
 """Drop-in behaviour: parameters and state_dict as nn.LSTM's, and k2=None (BPTT(k,k)) equal to
-nn.LSTM run chunk by chunk from the detached state."""
+the nn peer run chunk by chunk from the detached state (every cell: nn.LSTM, nn.LSTM with
+proj_size, nn.GRU)."""
 import pytest
 import torch
 from torch import nn
 
-from tbptt_cuda import TruncatedLSTM
+from tbptt_cuda import GRUState, LSTMState, TruncatedLSTM
 
-from helpers import TOLERANCE, rel_err
+from helpers import (TOLERANCE, fresh_leaves, leaf_state, nn_pair, out_size, rel_err, split_state,
+                     state_loss)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
@@ -27,45 +29,50 @@ def test_parameters_and_state_dict_both_ways(bias):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda n: f"layers{n}")
 @pytest.mark.parametrize("batch_first", [False, True], ids=["seq_first", "batch_first"])
-def test_k2_none_equals_nn_lstm_chunked_with_detach(batch_first, num_layers, dtype, device):
-    theirs = nn.LSTM(4, 6, num_layers, batch_first=batch_first).to(device, dtype)
-    ours = TruncatedLSTM(4, 6, num_layers, batch_first=batch_first, k2=None, device=device,
-                         dtype=dtype)
-    ours.load_state_dict(theirs.state_dict())
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_k2_none_equals_its_nn_peer_chunked_with_detach(bias, batch_first, num_layers, dtype,
+                                                        cell, device):
+    """k2=None is BPTT(k, k): each chunk's gradient stops at its start, as the nn peer (nn.LSTM,
+    nn.LSTM with proj_size, nn.GRU) fed chunk by chunk from the detached state. Outputs, the
+    final state, x's, the initial state's and every parameter's gradient."""
+    ours, theirs = nn_pair(cell, device, dtype, batch_first=batch_first, layers=num_layers,
+                           I=4, H=6, bias=bias)
+    O = out_size(ours)
+    assert ours.k2 is None
     B = 3
-    h0 = torch.randn(num_layers, B, 6, device=device, dtype=dtype)
-    c0 = torch.randn(num_layers, B, 6, device=device, dtype=dtype)
+    state0, tensors = leaf_state(ours, B, device, dtype)
     xs = [torch.randn(*((B, L) if batch_first else (L, B)), 4, device=device, dtype=dtype)
           for L in (5, 3, 6)]
     tol = TOLERANCE[dtype]
-    state_ours, state_theirs = None, None
+    state_ours = state_theirs = None
     for i, x in enumerate(xs):
         results = []
         for module in (ours, theirs):
             module.zero_grad(set_to_none=True)
             xi = x.clone().requires_grad_()
+            leaves = []
             if i == 0:
-                hi, ci = h0.clone().requires_grad_(), c0.clone().requires_grad_()
-                state = (hi, ci)
+                state, leaves = fresh_leaves(state0, tensors)
             elif module is ours:
-                state = state_ours
+                state = state_ours  # the stream: never detached
+            elif isinstance(state_theirs, torch.Tensor):
+                state = state_theirs.detach()
             else:
-                state = tuple(s.detach() for s in state_theirs)
+                state = tuple(t.detach() for t in state_theirs)
             out, new_state = module(xi, state)
-            loss = out.pow(2).sum() + new_state[0].sum() + new_state[1].pow(2).sum()
-            loss.backward()
-            grads = [xi.grad] + [p.grad for p in module.parameters()]
-            if i == 0:
-                grads += [hi.grad, ci.grad]
-            results.append((out, new_state, grads))
+            h, c = split_state(new_state)
+            assert out.shape[-1] == O and h.shape == (num_layers, B, O)
+            assert c is None if cell == "gru" else c.shape == (num_layers, B, 6)
+            (out.pow(2).sum() + state_loss(new_state) + h[-1].pow(2).sum()).backward()
+            grads = [xi.grad] + [p.grad for p in module.parameters()] + [t.grad for t in leaves]
+            results.append([out, h] + ([] if c is None else [c]) + grads)
             if module is ours:
+                assert isinstance(new_state, GRUState if cell == "gru" else LSTMState)
                 state_ours = new_state
             else:
                 state_theirs = new_state
-        (out_a, st_a, g_a), (out_b, st_b, g_b) = results
-        assert rel_err(out_a, out_b) <= tol
-        assert rel_err(st_a[0], st_b[0]) <= tol and rel_err(st_a[1], st_b[1]) <= tol
-        for a, b in zip(g_a, g_b):
+        assert len(results[0]) == len(results[1])
+        for a, b in zip(*results):
             assert rel_err(a, b) <= tol
 
 
