@@ -6,8 +6,9 @@ For one layer with I = H, a chunk of L steps and a window of k2 = L steps, it pr
 of
   - the stepwise path: per step a cuBLAS GEMM and our pointwise kernel, forward and again
     backward, each launched by the host (csrc/lstm_driver.cpp);
-  - the persistent kernels as they are (csrc/cuda/persistent_kernels.cuh: FFMA for every
-    dtype), from the partition their plan picks on the simulated device (its SM count and
+  - the persistent kernels as they are (csrc/cuda/persistent_kernels.cuh: FFMA products for
+    float32 and float64, mma for 16-bit, below; the "ffma" rows of a 16-bit dtype are a
+    what-if), from the partition their plan picks on the simulated device (its SM count and
     shared memory: tbptt_cuda.emulation.plan(..., device=NAME)): the grid barrier, the staging
     of h_{t-1} (forward) and dG_t (backward) from L2 as the staging loops issue it, the
     shared-memory wavefronts (bank conflicts included) and FMA issue of the register tiles, the
